@@ -1,0 +1,98 @@
+"""Action and value heads shared by every Minecraft policy.
+
+The action head is factored the way VPT factors the Minecraft action space: one categorical
+over the 8641 joint button combinations and one over the 121 joint camera bins. Log-probabilities
+are returned with a singleton action dimension, ``(B, T, 1, n)``, the reference layout, so that
+released VPT weights and MineStudio-style objective callbacks work unchanged.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from minesweep.actions.space import N_BUTTON_COMBINATIONS, N_CAMERA_INDICES
+
+PiLogits = dict[str, torch.Tensor]
+Action = dict[str, torch.Tensor]
+
+
+class CategoricalHead(nn.Module):
+    """One categorical action component: linear layer -> log-softmax of logits / temperature."""
+
+    def __init__(self, input_dim: int, num_classes: int, temperature: float = 1.0) -> None:
+        super().__init__()
+        # Named like the reference so released state dicts load without renaming.
+        self.linear_layer = nn.Linear(input_dim, num_classes)
+        self.num_classes = num_classes
+        self.temperature = temperature
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.linear_layer(x).unsqueeze(-2) / self.temperature
+        return F.log_softmax(logits.float(), dim=-1)
+
+    @staticmethod
+    def logprob(action: torch.Tensor, log_probs: torch.Tensor) -> torch.Tensor:
+        """``action`` (..., 1) int, ``log_probs`` (..., 1, n) -> (...) summed over the action dim."""
+        picked = torch.gather(log_probs, -1, action.long().unsqueeze(-1)).squeeze(-1)
+        return picked.sum(-1)
+
+    @staticmethod
+    def entropy(log_probs: torch.Tensor) -> torch.Tensor:
+        return -(log_probs.exp() * log_probs).sum(-1).sum(-1)
+
+    @staticmethod
+    def sample(log_probs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
+        if deterministic:
+            return log_probs.argmax(-1)
+        # Gumbel-max: one exact categorical sample per position, fully vectorised.
+        uniform = torch.rand_like(log_probs).clamp_(1e-20, 1.0)
+        return (log_probs - torch.log(-torch.log(uniform))).argmax(-1)
+
+
+class MineActionHead(nn.Module):
+    """Joint-buttons (8641-way) and joint-camera (121-way) categoricals.
+
+    ``forward(h)`` gives ``pi_logits = {'buttons': (B,T,1,8641), 'camera': (B,T,1,121)}`` of
+    normalised log-probabilities; ``logprob``/``entropy``/``sample`` take those dicts.
+    """
+
+    def __init__(self, input_dim: int, temperature: float = 1.0) -> None:
+        super().__init__()
+        self.buttons = CategoricalHead(input_dim, N_BUTTON_COMBINATIONS, temperature)
+        self.camera = CategoricalHead(input_dim, N_CAMERA_INDICES, temperature)
+
+    def components(self) -> dict[str, CategoricalHead]:
+        return {"buttons": self.buttons, "camera": self.camera}
+
+    def forward(self, x: torch.Tensor) -> PiLogits:
+        return {name: head(x) for name, head in self.components().items()}
+
+    def logprob(
+        self, action: Action, pi_logits: PiLogits, return_dict: bool = False
+    ) -> torch.Tensor | dict[str, torch.Tensor]:
+        """Log-probability of ``action`` (each component (B,T,1)); (B,T) summed, or a dict per component."""
+        per_component = {
+            name: head.logprob(action[name], pi_logits[name]) for name, head in self.components().items()
+        }
+        return per_component if return_dict else sum(per_component.values())
+
+    def entropy(self, pi_logits: PiLogits, return_dict: bool = False) -> torch.Tensor | dict[str, torch.Tensor]:
+        per_component = {name: head.entropy(pi_logits[name]) for name, head in self.components().items()}
+        return per_component if return_dict else sum(per_component.values())
+
+    def sample(self, pi_logits: PiLogits, deterministic: bool = False) -> Action:
+        """An agent action per position: each component (B,T,1) int64."""
+        return {name: head.sample(pi_logits[name], deterministic) for name, head in self.components().items()}
+
+
+class ValueHead(nn.Module):
+    """Scalar value prediction (B,T,1)."""
+
+    def __init__(self, input_dim: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(input_dim, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x)

@@ -1,0 +1,74 @@
+"""A small memory policy for tests and CPU demos: a strided CNN + a GRU memory.
+
+Fast on two CPU cores, yet a real recurrent policy: its state is carried across windows and
+reset wherever ``first`` marks an episode start.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from minesweep.policies.base import Latents, MinePolicy, State
+
+
+class ImageEncoder(nn.Module):
+    """uint8 (N,H,W,3) -> (N,hidsize); three strided convolutions and a linear projection."""
+
+    def __init__(self, hidsize: int, channels: tuple[int, int, int] = (16, 32, 32)) -> None:
+        super().__init__()
+        c1, c2, c3 = channels
+        self.convs = nn.Sequential(
+            nn.Conv2d(3, c1, kernel_size=8, stride=4),
+            nn.ReLU(),
+            nn.Conv2d(c1, c2, kernel_size=4, stride=2),
+            nn.ReLU(),
+            nn.Conv2d(c2, c3, kernel_size=3, stride=2),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(4),  # any input resolution works
+            nn.Flatten(),
+        )
+        self.project = nn.Sequential(nn.Linear(c3 * 16, hidsize), nn.ReLU())
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        x = image.permute(0, 3, 1, 2).float() / 255.0
+        return self.project(self.convs(x))
+
+
+class TinyPolicy(MinePolicy):
+    def __init__(
+        self,
+        hidsize: int = 128,
+        channels: tuple[int, int, int] = (16, 32, 32),
+        temperature: float = 1.0,
+        name: str = "tiny",
+    ) -> None:
+        super().__init__(hidsize, temperature=temperature, name=name)
+        self.hidsize = hidsize
+        self.encoder = ImageEncoder(hidsize, tuple(channels))
+        self.memory = nn.GRUCell(hidsize, hidsize)
+        self.norm = nn.LayerNorm(hidsize)
+
+    def initial_state(self, batch_size: int | None = None) -> State:
+        n = 1 if batch_size is None else batch_size
+        return [torch.zeros(n, self.hidsize, device=self.device)]
+
+    def forward(self, input: dict[str, Any], state_in: State = None, **kwargs: Any) -> tuple[Latents, State]:
+        image = input["image"]
+        B, T = image.shape[:2]
+        features = self.encoder(image.reshape(B * T, *image.shape[2:])).reshape(B, T, -1)
+        first = input.get("first")
+        if first is None:
+            first = torch.zeros(B, T, dtype=torch.bool, device=image.device)
+        hidden = (self.initial_state(B) if state_in is None else state_in)[0]
+        outputs = []
+        for t in range(T):
+            # An episode start wipes the memory for that slot before the step.
+            hidden = hidden * (~first[:, t]).unsqueeze(-1).to(hidden.dtype)
+            hidden = self.memory(features[:, t], hidden)
+            outputs.append(hidden)
+        h = self.norm(torch.stack(outputs, dim=1) + features)
+        latents = {"pi_logits": self.pi_head(h), "vpred": self.value_head(h), "pi_h": h}
+        return latents, [hidden]

@@ -1,0 +1,114 @@
+"""Training entry point: ``train(cfg) -> metrics``, and the thin ``@hydra.main`` around it."""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+from hydra.utils import execution_whitelist, instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from minesweep.trainer import MineLightning
+
+log = logging.getLogger("minesweep")
+
+#: Configs are the security boundary: only these packages may be instantiated from a config.
+ALLOWED_TARGETS = ("minesweep.*", "torch.*", "lightning.*")
+
+if not OmegaConf.has_resolver("minesweep.or"):
+    # ${minesweep.or:a,b}: a if it is non-empty, else b (e.g. a run folder with no overrides).
+    OmegaConf.register_new_resolver("minesweep.or", lambda value, default: value if value else default)
+
+
+def resolve_checkpoint(ckpt_path: str | None, output_dir: Path) -> str | None:
+    """``last`` means this run folder's ``checkpoints/last.ckpt``; anything else is a path."""
+    if ckpt_path is None:
+        return None
+    if ckpt_path == "last":
+        last = output_dir / "checkpoints" / "last.ckpt"
+        if not last.is_file():
+            raise FileNotFoundError(
+                f"ckpt_path=last: no checkpoint at {last}. Resume with the same overrides as the run "
+                f"you want to continue (the run folder is derived from them), or pass ckpt_path=/path/to.ckpt"
+            )
+        return str(last)
+    if not Path(ckpt_path).is_file():
+        raise FileNotFoundError(f"ckpt_path: no checkpoint file at {ckpt_path}")
+    return ckpt_path
+
+
+def build(cfg: DictConfig) -> tuple[L.Trainer, MineLightning, L.LightningDataModule]:
+    """Instantiate data, policy, objectives, module, logger, callbacks and trainer from ``cfg``."""
+    output_dir = Path(cfg.paths.output_dir)
+    hyperparameters = OmegaConf.to_container(cfg, resolve=True)
+    with execution_whitelist(ALLOWED_TARGETS, reset=True):
+        datamodule = instantiate(cfg.data)
+        policy = instantiate(cfg.policy)
+        if not cfg.get("objective"):
+            raise ValueError("no objective selected: choose at least one, e.g. 'objective=[bc]'")
+        objectives = {name: instantiate(node) for name, node in cfg.objective.items()}
+        module = MineLightning(
+            mine_policy=policy,
+            callbacks=objectives,
+            hyperparameters=hyperparameters,
+            log_freq=cfg.log_freq,
+            **cfg.optim,
+        )
+        logger = instantiate(cfg.logger) if cfg.get("logger") else False
+        callbacks = [instantiate(node) for node in (cfg.get("callbacks") or {}).values() if node]
+        trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks, default_root_dir=str(output_dir))
+    return trainer, module, datamodule
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Train once as ``cfg`` says; return the final metrics (train/*, val/* on the final weights)."""
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    # Every run folder holds the composed config, also when train() is called without Hydra.
+    OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
+    L.seed_everything(cfg.seed, workers=True)
+    trainer, module, datamodule = build(cfg)
+    ckpt_path = resolve_checkpoint(cfg.get("ckpt_path"), output_dir)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        # Report validation on the final weights, unless the last step already validated them.
+        if trainer.global_step != getattr(module, "last_validated_step", None):
+            trainer.validate(module, datamodule=datamodule, verbose=False)
+            metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+        metrics["global_step"] = float(trainer.global_step)
+    finally:
+        finish_wandb()
+    return metrics
+
+
+def finish_wandb() -> None:
+    """Close this job's wandb run so jobs sharing a process (multirun) never share a run."""
+    import sys
+
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and wandb.run is not None:
+        wandb.finish()
+
+
+@hydra.main(config_path="../conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    metrics = train(cfg)
+    log.info("final metrics: %s", {k: round(v, 4) for k, v in sorted(metrics.items())})
+    metric = cfg.get("optimized_metric")
+    if not metric:
+        return None
+    if metric not in metrics:
+        raise KeyError(f"optimized_metric '{metric}' was not logged; logged metrics: {sorted(metrics)}")
+    value = metrics[metric]
+    if math.isnan(value):
+        raise FloatingPointError(f"optimized_metric '{metric}' is NaN")
+    return value
+
+
+if __name__ == "__main__":
+    main()

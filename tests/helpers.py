@@ -1,0 +1,24 @@
+"""Small builders shared by tests."""
+
+from __future__ import annotations
+
+import torch
+
+from minesweep.actions.space import N_BUTTON_COMBINATIONS, N_CAMERA_INDICES
+
+
+def random_batch(B: int = 2, T: int = 6, size: int = 64, seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    first = torch.zeros(B, T, dtype=torch.bool)
+    first[:, 0] = True
+    return {
+        "image": torch.randint(0, 256, (B, T, size, size, 3), generator=g, dtype=torch.uint8),
+        "agent_action": {
+            "buttons": torch.randint(0, N_BUTTON_COMBINATIONS, (B, T, 1), generator=g),
+            "camera": torch.randint(0, N_CAMERA_INDICES, (B, T, 1), generator=g),
+        },
+        "mask": torch.ones(B, T),
+        "first": first,
+        "episode": torch.arange(B),
+        "timestep": torch.arange(T).repeat(B, 1),
+    }

@@ -1,0 +1,60 @@
+import torch
+
+from minesweep.policies.tiny import TinyPolicy
+from tests.helpers import random_batch
+
+
+def test_forward_shapes_and_latents():
+    policy = TinyPolicy(hidsize=32)
+    batch = random_batch(B=2, T=5)
+    latents, state = policy(batch, None)
+    assert latents["pi_logits"]["buttons"].shape == (2, 5, 1, 8641)
+    assert latents["pi_logits"]["camera"].shape == (2, 5, 1, 121)
+    assert latents["vpred"].shape == (2, 5, 1)
+    assert state[0].shape == (2, 32)
+    # log-softmax: each distribution sums to one
+    probs = latents["pi_logits"]["camera"].exp().sum(-1)
+    torch.testing.assert_close(probs, torch.ones_like(probs))
+
+
+def test_memory_is_carried_and_reset_by_first():
+    torch.manual_seed(0)
+    policy = TinyPolicy(hidsize=32).eval()
+    batch = random_batch(B=2, T=8)
+    whole, _ = policy(batch, None)
+
+    first_half = {k: (v[:, :4] if k in ("image", "first") else v) for k, v in batch.items()}
+    second_half = {k: (v[:, 4:] if k in ("image", "first") else v) for k, v in batch.items()}
+    _, state = policy(first_half, None)
+    carried, _ = policy(second_half, state)
+    torch.testing.assert_close(carried["pi_logits"]["buttons"], whole["pi_logits"]["buttons"][:, 4:])
+
+    fresh, _ = policy(second_half, None)
+    assert not torch.allclose(fresh["pi_logits"]["buttons"], carried["pi_logits"]["buttons"])
+
+    # an episode start in the second window wipes the carried state for that slot only
+    second_half["first"] = second_half["first"].clone()
+    second_half["first"][0, 0] = True
+    reset, _ = policy(second_half, state)
+    torch.testing.assert_close(reset["pi_logits"]["buttons"][0], fresh["pi_logits"]["buttons"][0])
+    torch.testing.assert_close(reset["pi_logits"]["buttons"][1], carried["pi_logits"]["buttons"][1])
+
+
+def test_head_logprob_entropy_sample_agree():
+    torch.manual_seed(0)
+    policy = TinyPolicy(hidsize=16)
+    latents, _ = policy(random_batch(B=1, T=3), None)
+    pi = latents["pi_logits"]
+    mode = policy.pi_head.sample(pi, deterministic=True)
+    assert mode["buttons"].shape == (1, 3, 1)
+    lp = policy.pi_head.logprob(mode, pi, return_dict=True)
+    torch.testing.assert_close(lp["camera"], pi["camera"].max(-1).values.squeeze(-1))
+    total = policy.pi_head.logprob(mode, pi)
+    torch.testing.assert_close(total, lp["camera"] + lp["buttons"])
+    ent = policy.pi_head.entropy(pi, return_dict=True)
+    expected = -(pi["buttons"].exp() * pi["buttons"]).sum(-1).squeeze(-1)
+    torch.testing.assert_close(ent["buttons"], expected)
+    # sampling follows the distribution: a near-deterministic camera logit is always picked
+    peaked = {"buttons": pi["buttons"], "camera": torch.full((1, 3, 1, 121), -1e4)}
+    peaked["camera"][..., 7] = 0.0
+    assert (policy.pi_head.sample(peaked)["camera"] == 7).all()

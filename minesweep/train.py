@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import hydra
 import lightning as L
+from hydra.errors import InstantiationException
 from hydra.utils import execution_whitelist, instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -19,9 +22,14 @@ log = logging.getLogger("minesweep")
 #: Configs are the security boundary: only these packages may be instantiated from a config.
 ALLOWED_TARGETS = ("minesweep.*", "torch.*", "lightning.*")
 
-if not OmegaConf.has_resolver("minesweep.or"):
-    # ${minesweep.or:a,b}: a if it is non-empty, else b (e.g. a run folder with no overrides).
-    OmegaConf.register_new_resolver("minesweep.or", lambda value, default: value if value else default)
+
+
+def _nonempty_or(value: Any, default: Any) -> Any:
+    """${minesweep.or:a,b}: a if it is non-empty, else b (e.g. a run folder with no overrides)."""
+    return value if value else default
+
+
+OmegaConf.register_resolver("minesweep.or", _nonempty_or, replace=True)
 
 
 def resolve_checkpoint(ckpt_path: str | None, output_dir: Path) -> str | None:
@@ -41,11 +49,24 @@ def resolve_checkpoint(ckpt_path: str | None, output_dir: Path) -> str | None:
     return ckpt_path
 
 
+@contextmanager
+def explain_refused_targets() -> Iterator[None]:
+    try:
+        yield
+    except InstantiationException as error:
+        if "whitelist" not in str(error):
+            raise
+        raise InstantiationException(
+            f"{error}\nminesweep instantiates only targets under {', '.join(ALLOWED_TARGETS)} from a config; "
+            f"wrap anything else in a class of your own under minesweep."
+        ) from error
+
+
 def build(cfg: DictConfig) -> tuple[L.Trainer, MineLightning, L.LightningDataModule]:
     """Instantiate data, policy, objectives, module, logger, callbacks and trainer from ``cfg``."""
     output_dir = Path(cfg.paths.output_dir)
     hyperparameters = OmegaConf.to_container(cfg, resolve=True)
-    with execution_whitelist(ALLOWED_TARGETS, reset=True):
+    with execution_whitelist(ALLOWED_TARGETS, reset=True), explain_refused_targets():
         datamodule = instantiate(cfg.data)
         policy = instantiate(cfg.policy)
         if not cfg.get("objective"):

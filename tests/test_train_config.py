@@ -1,0 +1,74 @@
+"""Config composition of every group, and the config security boundary."""
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import InstantiationException
+from hydra.utils import get_class
+from omegaconf import OmegaConf
+
+from minesweep.train import build
+from tests.conftest import CONF_DIR
+
+
+def compose_train(overrides=(), hydra_config=False):
+    with initialize_config_dir(config_dir=str(CONF_DIR)):
+        return compose("train", overrides=list(overrides), return_hydra_config=hydra_config)
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize(
+    "group, option",
+    [(g, o) for g in ("policy", "data", "optim", "trainer", "logger") for o in options(g)],
+)
+def test_every_group_option_composes_and_names_a_real_target(group, option):
+    cfg = compose_train([f"{group}={option}"])
+    node = cfg[group]
+    if "_target_" in node:
+        assert get_class(node._target_) is not None
+
+
+def test_default_composition():
+    cfg = compose_train()
+    assert list(cfg.objective) == ["bc"]
+    assert cfg.policy._target_.endswith("TinyPolicy")
+    assert cfg.optimized_metric == "val/loss"
+
+
+def test_objective_lists_weights_and_append():
+    cfg = compose_train(["objective=[bc,kl]"])
+    assert list(cfg.objective) == ["bc", "kl"]
+    assert cfg.objective.bc.weight == 1.0 and cfg.objective.kl.weight == 0.01
+    cfg = compose_train(["objective=[bc,kl]", "objective.kl.weight=0.5"])
+    assert cfg.objective.kl.weight == 0.5
+    cfg = compose_train(["+objective=kl"])
+    assert list(cfg.objective) == ["bc", "kl"]
+    for option in options("objective"):
+        node = compose_train([f"objective=[{option}]"]).objective[option]
+        assert get_class(node._target_) is not None
+
+
+def test_launch_presets_are_on_the_search_path():
+    cfg = compose_train(["hydra/launcher=local"], hydra_config=True)
+    assert cfg.hydra.launcher._target_.endswith("LocalLauncher")
+
+
+def test_config_typo_is_a_clear_error():
+    with pytest.raises(Exception, match="lerning_rate"):
+        compose_train(["optim.lerning_rate=1e-3"])
+
+
+@pytest.mark.parametrize(
+    "key, target",
+    [("policy", "collections.OrderedDict"), ("data", "os.system"), ("logger", "subprocess.Popen")],
+)
+def test_forbidden_target_is_refused(tmp_path: Path, key, target):
+    cfg = compose_train(["logger=csv", f"paths.output_dir={tmp_path}", f"data.root={tmp_path}/store"])
+    OmegaConf.update(cfg, f"{key}._target_", target, force_add=True)
+    with pytest.raises(InstantiationException, match="whitelist") as info:
+        build(cfg)
+    assert target in str(info.value)

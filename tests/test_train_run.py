@@ -1,0 +1,113 @@
+"""Real training runs on synthetic recordings: learning, resume, multirun, wandb offline."""
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from minesweep.data.datamodule import MineDataModule
+from minesweep.train import train
+from tests.conftest import CONF_DIR, REPO
+
+pytestmark = pytest.mark.slow
+
+SMALL = [
+    "data.win_len=16",
+    "data.batch_size=4",
+    "data.num_workers=0",
+    "data.demo=null",
+    "policy.hidsize=64",
+    "trainer.accelerator=cpu",
+    "trainer.limit_val_batches=2",
+    "callbacks.progress_bar=null",
+]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("demo") / "store"
+    dm = MineDataModule(
+        root=str(root), demo={"episodes": 8, "frames": 96, "width": 160, "height": 90, "seed": 1}
+    )
+    dm.prepare_data()
+    return root
+
+
+def config(store: Path, output_dir: Path, *overrides: str):
+    with initialize_config_dir(config_dir=str(CONF_DIR)):
+        return compose(
+            "train",
+            overrides=[*SMALL, f"data.root={store}", f"paths.output_dir={output_dir}", "logger=csv", *overrides],
+        )
+
+
+def logged(output_dir: Path, key: str) -> list[tuple[int, float]]:
+    rows = []
+    for path in sorted(output_dir.glob("csv/version_*/metrics.csv")):
+        with open(path) as f:
+            for row in csv.DictReader(f):
+                if row.get(key):
+                    rows.append((int(row["step"]), float(row[key])))
+    return rows
+
+
+def test_bc_loss_falls_on_demo_data(store, tmp_path):
+    cfg = config(
+        store, tmp_path, "trainer.max_steps=60", "trainer.val_check_interval=30", "log_freq=1",
+        "optim.learning_rate=1e-3", "optim.warmup_steps=5",
+    )
+    metrics = train(cfg)
+    curve = [v for _, v in logged(tmp_path, "train/bc/loss_per_frame")]
+    assert len(curve) >= 50
+    start, end = sum(curve[:3]) / 3, sum(curve[-5:]) / 5
+    assert end < 0.7 * start, f"BC loss per frame did not fall by 30%: {start:.3f} -> {end:.3f}"
+    assert metrics["global_step"] == 60
+    assert "val/loss" in metrics and "val/bc/loss_per_frame" in metrics
+    assert (tmp_path / "config.yaml").is_file()
+
+
+def test_resume_from_last_checkpoint_continues_at_saved_step(store, tmp_path):
+    train(config(store, tmp_path, "trainer.max_steps=10", "trainer.val_check_interval=5"))
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    saved = torch.load(last, weights_only=True)  # checkpoints hold no pickled objects
+    assert saved["global_step"] == 10
+
+    metrics = train(config(store, tmp_path, "trainer.max_steps=16", "trainer.val_check_interval=3", "ckpt_path=last"))
+    assert metrics["global_step"] == 16
+    resumed_steps = [s for s, _ in logged(tmp_path, "train/loss")]
+    assert torch.load(last, weights_only=True)["global_step"] == 16
+    # the second run logged only steps after the saved one
+    second_run = sorted(tmp_path.glob("csv/version_*"))[-1]
+    steps = [int(r["step"]) for r in csv.DictReader(open(second_run / "metrics.csv")) if r.get("train/loss")]
+    assert steps and min(steps) >= 10, steps
+    assert resumed_steps
+
+
+def test_resume_without_checkpoint_says_where_it_looked(store, tmp_path):
+    with pytest.raises(FileNotFoundError, match="last.ckpt"):
+        train(config(store, tmp_path, "ckpt_path=last"))
+
+
+def test_multirun_sweep_runs_two_jobs_in_two_folders_with_wandb_offline(store, tmp_path):
+    env = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true")
+    args = [
+        sys.executable, "train.py", "-m",
+        *SMALL, f"data.root={store}", f"paths.output_root={tmp_path}",
+        "optim.learning_rate=1e-3,3e-4", "trainer.max_steps=4", "trainer.val_check_interval=2",
+    ]
+    result = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = sorted(p.parent for p in tmp_path.glob("demo/multirun/*/*/config.yaml"))
+    assert len(jobs) == 2, jobs
+    assert {j.name.split("_", 1)[1] for j in jobs} == {"optim.learning_rate=1e-3", "optim.learning_rate=3e-4"}
+    for job in jobs:
+        assert (job / "checkpoints" / "last.ckpt").is_file()
+        assert (job / ".hydra" / "config.yaml").is_file()
+        # each job has its own, finished, offline wandb run
+        runs = list((job / "wandb").glob("offline-run-*"))
+        assert len(runs) == 1, runs

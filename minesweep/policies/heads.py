@@ -87,12 +87,64 @@ class MineActionHead(nn.Module):
         return {name: head.sample(pi_logits[name], deterministic) for name, head in self.components().items()}
 
 
-class ValueHead(nn.Module):
-    """Scalar value prediction (B,T,1)."""
+class EwmaNormalizer(nn.Module):
+    """Running (EWMA) mean/variance of value targets, VPT's ``NormalizeEwma``.
 
-    def __init__(self, input_dim: int) -> None:
+    The value head predicts *normalised* values; ``denormalize`` maps them back to returns.
+    Statistics are debiased like Adam's moments (``debiasing_term`` is the total EWMA weight).
+    They are buffers, not parameters: they are statistics, so they must never reach an
+    optimiser (the reference keeps them as ``requires_grad=False`` parameters; the state-dict
+    entries are the same either way).
+    """
+
+    def __init__(self, size: int = 1, beta: float = 0.99999, epsilon: float = 1e-5) -> None:
+        super().__init__()
+        self.beta = beta
+        self.epsilon = epsilon
+        self.register_buffer("running_mean", torch.zeros(size))
+        self.register_buffer("running_mean_sq", torch.zeros(size))
+        self.register_buffer("debiasing_term", torch.tensor(0.0))
+
+    def mean_var(self) -> tuple[torch.Tensor, torch.Tensor]:
+        debias = self.debiasing_term.clamp(min=self.epsilon)
+        mean = self.running_mean / debias
+        # The floor keeps a fresh (all-zero) normaliser from dividing by zero.
+        var = (self.running_mean_sq / debias - mean**2).clamp(min=1e-2)
+        return mean, var
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        mean, var = self.mean_var()
+        return (x - mean) / torch.sqrt(var)
+
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        mean, var = self.mean_var()
+        return x * torch.sqrt(var) + mean
+
+    @torch.no_grad()
+    def update(self, x: torch.Tensor) -> None:
+        """Fold a batch of (un-normalised) targets ``(..., size)`` into the running statistics."""
+        x = x.detach().to(self.running_mean.dtype).reshape(-1, self.running_mean.shape[0])
+        w = self.beta
+        self.running_mean.mul_(w).add_(x.mean(0) * (1 - w))
+        self.running_mean_sq.mul_(w).add_((x**2).mean(0) * (1 - w))
+        self.debiasing_term.mul_(w).add_(1 - w)
+
+
+class ValueHead(nn.Module):
+    """Scalar value prediction (B,T,1).
+
+    With ``normalized=True`` (VPT) the prediction is in normalised units and an
+    :class:`EwmaNormalizer` (``self.normalizer``) holds the statistics to undo that.
+    """
+
+    def __init__(self, input_dim: int, normalized: bool = False) -> None:
         super().__init__()
         self.linear = nn.Linear(input_dim, 1)
+        self.normalizer = EwmaNormalizer(1) if normalized else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear(x)
+
+    def denormalize(self, v: torch.Tensor) -> torch.Tensor:
+        """Normalised prediction -> value in return units (identity without a normaliser)."""
+        return v if self.normalizer is None else self.normalizer.denormalize(v)

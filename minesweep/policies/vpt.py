@@ -1,0 +1,561 @@
+"""OpenAI's VPT policy (``MinecraftAgentPolicy``), re-implemented.
+
+Same architecture, same state-dict names and shapes, and (in float32) the same numbers as the
+reference ``openai/Video-Pre-Training`` code, so released foundation weights load unchanged:
+
+    image uint8 (B,T,H,W,3)
+      -> ImpalaCNN (3 down-stacks of residual conv blocks) -> dense 256      net.img_process.cnn
+      -> linear to hidsize                                                      net.img_process.linear
+      -> n x transformer block over time, with a memory of past keys/values    net.recurrent_layer
+      -> ReLU -> lastlayer -> final LayerNorm                                   net.lastlayer, net.final_ln
+      -> action head (8641 buttons x 121 camera) and value head                 pi_head, value_head
+
+The reference has several surprising details; they are reproduced on purpose and marked
+"(reference)" below. The recurrent state is a flat list of batch-first tensors,
+``[mask_0, K_0, V_0, mask_1, K_1, V_1, ...]``, so a trainer can index, reset and detach it
+without knowing the model.
+
+Fresh weights follow the reference's fan-in (row-norm) scheme with zero biases, but the
+initial values are not the reference's: load released weights for reference behaviour.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from minesweep.policies.base import Latents, MinePolicy, State
+from minesweep.policies.heads import ValueHead
+
+CNN_OUTSIZE = 256  # width of the ImpalaCNN's dense output (fixed in the reference)
+BLOCKS_PER_STACK = 2  # residual blocks per ImpalaCNN down-stack
+REL_ATTN_NBASIS = 10  # basis functions of the relative-position attention bias
+MASKED_LOGIT = -1e9  # (reference) added to masked attention logits instead of -inf
+
+
+def fan_in_init_(layer: nn.Conv2d | nn.Linear, scale: float = 1.0) -> None:
+    """Scale each output unit's weights to norm ``scale`` and zero the bias (the reference scheme)."""
+    with torch.no_grad():
+        w = layer.weight
+        w.mul_(scale / torch.linalg.vector_norm(w, dim=tuple(range(1, w.ndim)), keepdim=True))
+        if layer.bias is not None:
+            layer.bias.zero_()
+
+
+class FanInReLULayer(nn.Module):
+    """norm -> conv3x3 / linear -> ReLU, the reference ``FanInInitReLULayer``.
+
+    (reference) The norm comes *before* the layer, and the layer has no bias when there is a
+    norm. ``norm`` is ``"group"`` (GroupNorm with ``groups``), ``"layer"`` or None.
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        kind: str = "conv",
+        norm: str | None = None,
+        groups: int = 1,
+        init_scale: float = 1.0,
+        activation: bool = True,
+    ) -> None:
+        super().__init__()
+        if norm == "group":
+            self.norm = nn.GroupNorm(groups, in_dim)
+        elif norm == "layer":
+            self.norm = nn.LayerNorm(in_dim)
+        else:
+            self.norm = None
+        if kind == "conv":
+            self.layer = nn.Conv2d(in_dim, out_dim, kernel_size=3, padding=1, bias=self.norm is None)
+        else:
+            self.layer = nn.Linear(in_dim, out_dim, bias=self.norm is None)
+        self.activation = activation
+        fan_in_init_(self.layer, init_scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.norm is not None:
+            x = self.norm(x)
+        x = self.layer(x)
+        return F.relu(x) if self.activation else x
+
+
+# --------------------------------------------------------------------------- image encoder
+
+
+class ImpalaBlock(nn.Module):
+    """``x + conv1(conv0(x))``; (reference) no ReLU after the residual add."""
+
+    def __init__(self, chans: int, norm: str | None, groups: int, init_scale: float) -> None:
+        super().__init__()
+        s = math.sqrt(init_scale)
+        self.conv0 = FanInReLULayer(chans, chans, norm=norm, groups=groups, init_scale=s)
+        self.conv1 = FanInReLULayer(chans, chans, norm=norm, groups=groups, init_scale=s)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv1(self.conv0(x))
+
+
+class ImpalaDownStack(nn.Module):
+    """firstconv -> max-pool /2 -> GroupNorm (``n``) -> residual blocks."""
+
+    def __init__(
+        self,
+        in_chans: int,
+        out_chans: int,
+        norm: str | None,
+        groups: int,
+        post_pool_groups: int | None,
+        init_scale: float,
+        first_conv_norm: bool = True,
+    ) -> None:
+        super().__init__()
+        first_norm = norm if first_conv_norm else None
+        self.firstconv = FanInReLULayer(in_chans, out_chans, norm=first_norm, groups=groups)
+        self.n = nn.GroupNorm(post_pool_groups, out_chans) if post_pool_groups is not None else None
+        block_scale = init_scale / math.sqrt(BLOCKS_PER_STACK)
+        self.blocks = nn.ModuleList(
+            ImpalaBlock(out_chans, norm, groups, block_scale) for _ in range(BLOCKS_PER_STACK)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.max_pool2d(self.firstconv(x), kernel_size=3, stride=2, padding=1)
+        if self.n is not None:
+            x = self.n(x)
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+
+class ImpalaCNN(nn.Module):
+    """(N,H,W,3) float image -> (N,256) features."""
+
+    def __init__(
+        self,
+        img_shape: Sequence[int],
+        chans: Sequence[int],
+        conv_norm: str | None,
+        groups: int,
+        dense_norm: str | None,
+        post_pool_groups: int | None,
+    ) -> None:
+        super().__init__()
+        h, w, c = img_shape
+        stacks = []
+        for i, out_chans in enumerate(chans):
+            # (reference) the very first conv sees raw pixels and has no norm (so it has a bias).
+            stacks.append(
+                ImpalaDownStack(
+                    c,
+                    out_chans,
+                    norm=conv_norm,
+                    groups=groups,
+                    post_pool_groups=post_pool_groups,
+                    init_scale=math.sqrt(len(chans)),
+                    first_conv_norm=i > 0,
+                )
+            )
+            c, h, w = out_chans, (h + 1) // 2, (w + 1) // 2  # max_pool(3, stride 2, pad 1)
+        self.stacks = nn.ModuleList(stacks)
+        self.dense = FanInReLULayer(c * h * w, CNN_OUTSIZE, kind="linear", norm=dense_norm, init_scale=1.4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.permute(0, 3, 1, 2)  # HWC -> CHW
+        for stack in self.stacks:
+            x = stack(x)
+        return self.dense(x.flatten(1))  # (reference) flattened in C,H,W order
+
+
+class ImageEncoder(nn.Module):
+    """uint8 frames (B,T,H,W,3) -> (B,T,hidsize); reference ``ImgObsProcess``."""
+
+    def __init__(self, hidsize: int, cnn: ImpalaCNN, dense_norm: str | None) -> None:
+        super().__init__()
+        self.cnn = cnn
+        self.linear = FanInReLULayer(CNN_OUTSIZE, hidsize, kind="linear", norm=dense_norm)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        B, T = image.shape[:2]
+        # (reference) pixels are only scaled to [0, 1]: no mean/std normalisation.
+        x = image.reshape(B * T, *image.shape[2:]).to(self.linear.layer.weight.dtype) / 255.0
+        return self.linear(self.cnn(x)).reshape(B, T, -1)
+
+
+# --------------------------------------------------------------------------- memory transformer
+
+
+def clipped_causal_mask(
+    first: torch.Tensor, state_mask: torch.Tensor, t: int, maxlen: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which keys each query may attend to, and the memory mask to carry to the next chunk.
+
+    Keys are ``[maxlen cached frames, t new frames]``. Query ``i`` sees key ``j`` iff
+    ``0 <= maxlen + i - j < maxlen``: exactly the last ``maxlen`` frames, itself included.
+    Cached keys are additionally valid only where ``state_mask`` says so and when the chunk
+    does not start an episode.
+
+    (reference) Only ``first[:, 0]`` counts: an episode start in the middle of a chunk is
+    ignored, and the cached K/V are never zeroed, only masked.
+
+    ``first`` (B,T) bool, ``state_mask`` (B,1,maxlen) bool -> mask (B,t,maxlen+t), (B,1,maxlen).
+    """
+    device = first.device
+    not_first = ~first[:, :1, None]  # (B,1,1)
+    d = relative_distance(t, maxlen, device)
+    band = (d >= 0) & (d < maxlen)  # (t, maxlen+t)
+    past_ok = state_mask & not_first  # (B,1,maxlen)
+    key_ok = torch.cat([past_ok, torch.ones_like(past_ok[..., :1]).expand(-1, -1, t)], dim=-1)
+    mask = band & key_ok  # (B,t,maxlen+t)
+    # The new frames become valid memory; older memory survives only if no episode started.
+    new_state_mask = torch.cat(
+        [past_ok[..., t:], torch.ones(first.shape[0], 1, min(t, maxlen), dtype=torch.bool, device=device)],
+        dim=-1,
+    )
+    return mask, new_state_mask
+
+
+def relative_distance(t: int, maxlen: int, device: torch.device) -> torch.Tensor:
+    """``d[i, j] = maxlen + i - j``: how many frames key ``j`` lies before query ``i``."""
+    i = torch.arange(t, device=device)[:, None]
+    j = torch.arange(maxlen + t, device=device)[None, :]
+    return maxlen + i - j
+
+
+class CachedSelfAttention(nn.Module):
+    """Multi-head self-attention over ``[cached K/V, new frames]`` with a learned
+    relative-position bias; reference ``SelfAttentionLayer`` (``orc_block``)."""
+
+    def __init__(self, hidsize: int, heads: int, maxlen: int, init_scale: float) -> None:
+        super().__init__()
+        self.heads, self.maxlen = heads, maxlen
+        self.head_dim = hidsize // heads
+        # (reference) q and proj have biases, k and v do not.
+        self.q_layer = nn.Linear(hidsize, hidsize)
+        self.k_layer = nn.Linear(hidsize, hidsize, bias=False)
+        self.v_layer = nn.Linear(hidsize, hidsize, bias=False)
+        self.proj_layer = nn.Linear(hidsize, hidsize)
+        # Relative-position bias: per head, per query, REL_ATTN_NBASIS coefficients (from r_layer)
+        # that mix the basis rows of b_nd, one column per distance 0..maxlen-1.
+        self.r_layer = nn.Linear(hidsize, REL_ATTN_NBASIS * heads)
+        self.b_nd = nn.Parameter(torch.zeros(REL_ATTN_NBASIS, maxlen))
+        for layer in (self.q_layer, self.k_layer, self.v_layer, self.r_layer):
+            fan_in_init_(layer)
+        fan_in_init_(self.proj_layer, init_scale)
+
+    def split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        """(B,n,hid) -> (B,heads,n,head_dim); channel = head * head_dim + k."""
+        B, n, _ = x.shape
+        return x.view(B, n, self.heads, self.head_dim).transpose(1, 2)
+
+    def relative_bias(self, x: torch.Tensor) -> torch.Tensor:
+        """(B,t,hid) -> (B,heads,t,maxlen+t): ``sum_n R[h,i,n] b_nd[n,d]``, 0 outside the band."""
+        B, t, _ = x.shape
+        # (reference) r_layer's channels are head-major: [h0 n0..n9, h1 n0..n9, ...].
+        R = self.r_layer(x).view(B, t, self.heads, REL_ATTN_NBASIS).transpose(1, 2)
+        by_distance = R @ self.b_nd  # (B,heads,t,maxlen), indexed by distance d
+        d = relative_distance(t, self.maxlen, x.device)
+        band = (d >= 0) & (d < self.maxlen)
+        index = d.clamp(0, self.maxlen - 1).expand(B, self.heads, -1, -1)
+        return by_distance.gather(-1, index) * band
+
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor, K_cache: torch.Tensor, V_cache: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x (B,t,hid), mask (B,t,maxlen+t) -> x + attention, and the new K/V caches."""
+        B, t, hid = x.shape
+        K = torch.cat([K_cache, self.k_layer(x)], dim=1)  # (B,maxlen+t,hid)
+        V = torch.cat([V_cache, self.v_layer(x)], dim=1)
+        q, k, v = self.split_heads(self.q_layer(x)), self.split_heads(K), self.split_heads(V)
+
+        # (reference, use_muP_factor) the logit scale is 1/head_dim, not 1/sqrt(head_dim).
+        logits = (q @ k.transpose(-2, -1)) / self.head_dim + self.relative_bias(x)
+        logits = logits + MASKED_LOGIT * (~mask[:, None]).to(logits.dtype)
+        weights = torch.softmax(logits.float(), dim=-1).to(v.dtype)
+        attended = (weights @ v).transpose(1, 2).reshape(B, t, hid)
+        # (reference) the residual adds this layer's input, which is already layer-normed.
+        return x + self.proj_layer(attended), K[:, -self.maxlen :], V[:, -self.maxlen :]
+
+
+class MaskedAttention(nn.Module):
+    """Builds the clipped-causal mask and runs ``orc_block``; reference ``MaskedAttention``."""
+
+    def __init__(self, hidsize: int, heads: int, maxlen: int, init_scale: float) -> None:
+        super().__init__()
+        self.maxlen = maxlen
+        self.orc_block = CachedSelfAttention(hidsize, heads, maxlen, init_scale)
+
+    def forward(
+        self, x: torch.Tensor, first: torch.Tensor, state: Sequence[torch.Tensor]
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        state_mask, K_cache, V_cache = state
+        mask, state_mask = clipped_causal_mask(first, state_mask, x.shape[1], self.maxlen)
+        x, K_cache, V_cache = self.orc_block(x, mask, K_cache, V_cache)
+        return x, [state_mask, K_cache, V_cache]
+
+
+class TransformerBlock(nn.Module):
+    """``y = LN(x) + Attn(LN(x)); out = y + MLP(y)``; reference ``ResidualRecurrentBlock``.
+
+    (reference) The raw input ``x`` is dropped: the only residual is around the normalised
+    input, and the MLP (LN -> Linear no bias -> ReLU -> Linear) is applied to ``y``.
+    """
+
+    def __init__(
+        self,
+        hidsize: int,
+        heads: int,
+        maxlen: int,
+        pointwise_ratio: int,
+        pointwise_use_activation: bool,
+        init_scale: float,
+    ) -> None:
+        super().__init__()
+        self.pre_r_ln = nn.LayerNorm(hidsize)
+        self.r = MaskedAttention(hidsize, heads, maxlen, init_scale)
+        self.mlp0 = FanInReLULayer(hidsize, hidsize * pointwise_ratio, kind="linear", norm="layer")
+        self.mlp1 = FanInReLULayer(
+            hidsize * pointwise_ratio,
+            hidsize,
+            kind="linear",
+            init_scale=init_scale,
+            activation=pointwise_use_activation,
+        )
+
+    def forward(
+        self, x: torch.Tensor, first: torch.Tensor, state: Sequence[torch.Tensor]
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        y, state = self.r(self.pre_r_ln(x), first, state)
+        return y + self.mlp1(self.mlp0(y)), state
+
+
+class TransformerStack(nn.Module):
+    """Blocks in sequence, each with its own ``[mask, K, V]`` state; reference
+    ``ResidualRecurrentBlocks``."""
+
+    def __init__(self, n_layers: int, residual_init: bool, **block_kwargs: Any) -> None:
+        super().__init__()
+        scale = n_layers**-0.5 * 2**-0.5 if residual_init else 1.0
+        self.blocks = nn.ModuleList(
+            TransformerBlock(init_scale=scale, **block_kwargs) for _ in range(n_layers)
+        )
+
+    def forward(
+        self, x: torch.Tensor, first: torch.Tensor, state: Sequence[torch.Tensor]
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        state_out: list[torch.Tensor] = []
+        for i, block in enumerate(self.blocks):
+            x, block_state = block(x, first, state[3 * i : 3 * i + 3])
+            state_out += block_state
+        return x, state_out
+
+
+class VPTNet(nn.Module):
+    """Image encoder -> memory transformer -> final layers; reference ``MinecraftPolicy``."""
+
+    def __init__(
+        self,
+        hidsize: int,
+        img_encoder: ImageEncoder,
+        recurrent_layer: TransformerStack,
+        dense_norm: str | None,
+        use_pre_lstm_ln: bool,
+    ) -> None:
+        super().__init__()
+        self.img_process = img_encoder
+        self.pre_lstm_ln = nn.LayerNorm(hidsize) if use_pre_lstm_ln else None
+        self.recurrent_layer = recurrent_layer
+        self.lastlayer = FanInReLULayer(hidsize, hidsize, kind="linear", norm=dense_norm)
+        self.final_ln = nn.LayerNorm(hidsize)
+
+    def forward(
+        self, image: torch.Tensor, first: torch.Tensor, state: Sequence[torch.Tensor]
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        x = self.img_process(image)
+        if self.pre_lstm_ln is not None:
+            x = self.pre_lstm_ln(x)
+        x, state_out = self.recurrent_layer(x, first, state)
+        # (reference) an unconditional ReLU after the transformer stack.
+        x = self.final_ln(self.lastlayer(F.relu(x)))
+        return x, state_out
+
+
+# --------------------------------------------------------------------------- the policy
+
+# Reference kwargs that have no effect on this model family.
+_IGNORED_KWARGS = {"single_output", "input_shape", "active_reward_monitors"}
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(f"VPTPolicy: {message}")
+
+
+class VPTPolicy(MinePolicy):
+    """VPT's ``MinecraftAgentPolicy`` (the released 1x/2x/3x foundation-model family).
+
+    Takes the reference ``policy_kwargs`` (plus ``temperature`` from its ``pi_head_kwargs``).
+    Kwargs that select architectures the released models do not use (LSTM recurrence,
+    batch norm, ...) raise a ValueError instead of being silently swallowed.
+    """
+
+    def __init__(
+        self,
+        *,
+        hidsize: int,
+        attention_heads: int,
+        n_recurrence_layers: int,
+        attention_memory_size: int,
+        timesteps: int,
+        impala_width: int = 1,
+        impala_chans: Sequence[int] = (16, 32, 32),
+        impala_kwargs: Mapping[str, Any] | None = None,
+        init_norm_kwargs: Mapping[str, Any] | None = None,
+        pointwise_ratio: int = 4,
+        pointwise_use_activation: bool = False,
+        use_pre_lstm_ln: bool = False,
+        img_shape: Sequence[int] = (128, 128, 3),
+        temperature: float = 1.0,
+        name: str = "vpt",
+        # Reference switches; only the released models' values are supported.
+        recurrence_type: str = "transformer",
+        attention_mask_style: str = "clipped_causal",
+        use_pointwise_layer: bool = True,
+        recurrence_is_residual: bool = True,
+        only_img_input: bool = True,
+        diff_mlp_embedding: bool = False,
+        first_conv_norm: bool = False,
+        scale_input_img: bool = True,
+        img_statistics: Any = None,
+        obs_processing_width: int = CNN_OUTSIZE,
+        **ignored: Any,
+    ) -> None:
+        unknown = set(ignored) - _IGNORED_KWARGS
+        if unknown:
+            raise TypeError(f"VPTPolicy: unknown kwargs {sorted(unknown)}")
+        _require(recurrence_type == "transformer", f"{recurrence_type=} is not supported")
+        _require(attention_mask_style == "clipped_causal", f"{attention_mask_style=} is not supported")
+        _require(use_pointwise_layer, "use_pointwise_layer=False is not supported")
+        _require(only_img_input, "only_img_input=False is not supported")
+        _require(not diff_mlp_embedding, "diff_mlp_embedding=True is not supported")
+        _require(not first_conv_norm, "first_conv_norm=True is not supported")
+        _require(scale_input_img and img_statistics is None, "only scale_input_img=True, img_statistics=None")
+        _require(obs_processing_width == CNN_OUTSIZE, f"obs_processing_width must be {CNN_OUTSIZE}")
+        _require(hidsize % attention_heads == 0, f"{hidsize=} is not divisible by {attention_heads=}")
+        _require(attention_memory_size > timesteps, "attention_memory_size must exceed timesteps")
+        _require(len(img_shape) == 3 and img_shape[2] == 3, f"img_shape must be (H, W, 3), got {img_shape}")
+
+        impala_kwargs = dict({"post_pool_groups": 1} if impala_kwargs is None else impala_kwargs)
+        post_pool_groups = impala_kwargs.pop("post_pool_groups", None)
+        _require(not impala_kwargs, f"unsupported impala_kwargs {sorted(impala_kwargs)}")
+        init_norm_kwargs = dict({"group_norm_groups": 1} if init_norm_kwargs is None else init_norm_kwargs)
+        _require(not init_norm_kwargs.pop("batch_norm", False), "batch_norm=True is not supported")
+        groups = init_norm_kwargs.pop("group_norm_groups", None)
+        _require(not init_norm_kwargs, f"unsupported init_norm_kwargs {sorted(init_norm_kwargs)}")
+        # (reference) convs get GroupNorm(group_norm_groups); the dense layers then get LayerNorm.
+        conv_norm = dense_norm = None
+        if groups is not None:
+            conv_norm, dense_norm = "group", "layer"
+
+        super().__init__(hidsize, temperature=temperature, name=name)
+        self.value_head = ValueHead(hidsize, normalized=True)  # VPT predicts normalised values
+        self.hidsize, self.img_shape = hidsize, tuple(img_shape)
+        self.n_layers = n_recurrence_layers
+        # (reference) the memory holds attention_memory_size - timesteps past frames.
+        self.maxlen = attention_memory_size - timesteps
+
+        cnn = ImpalaCNN(
+            img_shape,
+            chans=[int(impala_width * c) for c in impala_chans],
+            conv_norm=conv_norm,
+            groups=groups or 1,
+            dense_norm=dense_norm,
+            post_pool_groups=post_pool_groups,
+        )
+        recurrent = TransformerStack(
+            n_recurrence_layers,
+            residual_init=recurrence_is_residual,
+            hidsize=hidsize,
+            heads=attention_heads,
+            maxlen=self.maxlen,
+            pointwise_ratio=pointwise_ratio,
+            pointwise_use_activation=pointwise_use_activation,
+        )
+        encoder = ImageEncoder(hidsize, cnn, dense_norm)
+        self.net = VPTNet(hidsize, encoder, recurrent, dense_norm, use_pre_lstm_ln)
+
+    def initial_state(self, batch_size: int | None = None) -> State:
+        """Per layer: an all-False memory mask (B,1,maxlen) and zero K, V (B,maxlen,hidsize)."""
+        B = 1 if batch_size is None else batch_size
+        p = self.net.final_ln.weight
+        state = []
+        for _ in range(self.n_layers):
+            state.append(torch.zeros(B, 1, self.maxlen, dtype=torch.bool, device=p.device))
+            state.append(torch.zeros(B, self.maxlen, self.hidsize, dtype=p.dtype, device=p.device))
+            state.append(torch.zeros(B, self.maxlen, self.hidsize, dtype=p.dtype, device=p.device))
+        return state
+
+    def forward(self, input: dict[str, Any], state_in: State = None, **kwargs: Any) -> tuple[Latents, State]:
+        image = input["image"]
+        B, T, H, W, _ = image.shape
+        _require((H, W) == self.img_shape[:2], f"image is {H}x{W}, the model expects {self.img_shape[:2]}")
+        first = input.get("first")
+        if first is None:
+            first = torch.zeros(B, T, dtype=torch.bool, device=image.device)
+        state = self.initial_state(B) if state_in is None else state_in
+        _require(len(state) == 3 * self.n_layers, f"state has {len(state)} tensors, not 3 per layer")
+
+        h, state_out = self.net(image, first.bool(), state)
+        latents = {"pi_logits": self.pi_head(h), "vpred": self.value_head(h), "pi_h": h, "vf_h": h}
+        return latents, state_out
+
+    def denormalize_value(self, vpred: torch.Tensor) -> torch.Tensor:
+        """Normalised ``vpred`` -> value in return units (the value head's EWMA statistics)."""
+        return self.value_head.denormalize(vpred)
+
+    @classmethod
+    def from_reference(
+        cls,
+        state_dict: str | Path | Mapping[str, torch.Tensor],
+        policy_kwargs: Mapping[str, Any] | None = None,
+        pi_head_kwargs: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> VPTPolicy:
+        """Build from the reference's ``policy_kwargs``/``pi_head_kwargs`` (or plain kwargs) and
+        load a reference-named state dict (a mapping or a ``torch.save``-d file) strictly."""
+        policy = cls(**{**(policy_kwargs or {}), **(pi_head_kwargs or {}), **kwargs})
+        load_vpt_weights(policy, state_dict)
+        return policy
+
+
+def load_vpt_weights(policy: nn.Module, state_dict: str | Path | Mapping[str, torch.Tensor]) -> None:
+    """Strictly load reference-named weights: every key present, none extra, every shape equal.
+
+    (The reference loader uses ``strict=False`` and would silently keep random weights.)
+    Raises ValueError naming every offending key.
+    """
+    if not isinstance(state_dict, Mapping):
+        state_dict = torch.load(state_dict, map_location="cpu", weights_only=True)
+    own = policy.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    mismatched = [
+        f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own
+        if k in state_dict and tuple(state_dict[k].shape) != tuple(own[k].shape)
+    ]
+    problems = []
+    if missing:
+        problems.append("missing keys: " + ", ".join(missing))
+    if unexpected:
+        problems.append("unexpected keys: " + ", ".join(unexpected))
+    if mismatched:
+        problems.append("shape mismatches: " + "; ".join(mismatched))
+    if problems:
+        raise ValueError("cannot load VPT weights:\n  " + "\n  ".join(problems))
+    policy.load_state_dict(state_dict, strict=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 from collections.abc import Iterator
@@ -19,17 +20,30 @@ from minesweep.trainer import MineLightning
 
 log = logging.getLogger("minesweep")
 
+#: The experiment configs (an absolute path, so the console script works from any folder).
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
 #: Configs are the security boundary: only these packages may be instantiated from a config.
 ALLOWED_TARGETS = ("minesweep.*", "torch.*", "lightning.*")
 
 
 
-def _nonempty_or(value: Any, default: Any) -> Any:
-    """${minesweep.or:a,b}: a if it is non-empty, else b (e.g. a run folder with no overrides)."""
-    return value if value else default
+def run_folder_name(override_dirname: str, max_length: int = 120) -> str:
+    """${minesweep.run_name:${hydra:job.override_dirname}}: one safe folder name per set of overrides.
+
+    Slashes in values (paths) would nest folders and long names break file systems, so slashes
+    are replaced and long names are cut and made unique with a hash of the full string.
+    """
+    if not override_dirname:
+        return "default"
+    name = override_dirname.replace("/", "|")
+    if len(name) > max_length:
+        digest = hashlib.sha1(override_dirname.encode()).hexdigest()[:10]
+        name = f"{name[: max_length - 11]}-{digest}"
+    return name
 
 
-OmegaConf.register_resolver("minesweep.or", _nonempty_or, replace=True)
+OmegaConf.register_resolver("minesweep.run_name", run_folder_name, replace=True)
 
 
 def resolve_checkpoint(ckpt_path: str | None, output_dir: Path) -> str | None:
@@ -95,7 +109,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     trainer, module, datamodule = build(cfg)
     ckpt_path = resolve_checkpoint(cfg.get("ckpt_path"), output_dir)
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        # weights_only: a checkpoint is data, never code (no arbitrary unpickling).
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        save_last_checkpoint(trainer)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         # Report validation on the final weights, unless the last step already validated them.
         if trainer.global_step != getattr(module, "last_validated_step", None):
@@ -107,6 +123,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
+def save_last_checkpoint(trainer: L.Trainer) -> None:
+    """Make ``last.ckpt`` hold the final step (Lightning updates it only after a validation)."""
+    callback = trainer.checkpoint_callback
+    if callback is None or not getattr(callback, "save_last", False) or not callback.dirpath:
+        return
+    trainer.save_checkpoint(Path(callback.dirpath) / f"{callback.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION}")
+
+
 def finish_wandb() -> None:
     """Close this job's wandb run so jobs sharing a process (multirun) never share a run."""
     import sys
@@ -116,7 +140,7 @@ def finish_wandb() -> None:
         wandb.finish()
 
 
-@hydra.main(config_path="../conf", config_name="train")
+@hydra.main(config_path=str(CONF_DIR), config_name="train")
 def main(cfg: DictConfig) -> float | None:
     metrics = train(cfg)
     log.info("final metrics: %s", {k: round(v, 4) for k, v in sorted(metrics.items())})

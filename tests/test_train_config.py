@@ -72,3 +72,14 @@ def test_forbidden_target_is_refused(tmp_path: Path, key, target):
     with pytest.raises(InstantiationException, match="whitelist") as info:
         build(cfg)
     assert target in str(info.value)
+
+
+def test_run_folder_names_are_flat_short_and_distinct():
+    from minesweep.train import run_folder_name
+
+    assert run_folder_name("") == "default"
+    assert "/" not in run_folder_name("data.root=/tmp/x/store,seed=1")
+    long_a, long_b = "x=" + "a" * 300, "x=" + "a" * 299 + "b"
+    assert len(run_folder_name(long_a)) <= 120
+    assert run_folder_name(long_a) != run_folder_name(long_b)
+    assert run_folder_name(long_a) == run_folder_name(long_a)

@@ -16,6 +16,8 @@ from hydra.errors import InstantiationException
 from hydra.utils import execution_whitelist, instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from minesweep.policies.base import MinePolicy
+from minesweep.policies.weights import load_policy_weights
 from minesweep.trainer import MineLightning
 
 log = logging.getLogger("minesweep")
@@ -63,6 +65,17 @@ def resolve_checkpoint(ckpt_path: str | None, output_dir: Path) -> str | None:
     return ckpt_path
 
 
+def build_policy(policy_cfg: DictConfig) -> MinePolicy:
+    """Instantiate the policy; ``weights`` (a state dict or a minesweep checkpoint) loads strictly."""
+    policy_cfg = OmegaConf.create(OmegaConf.to_container(policy_cfg, resolve=True))
+    weights = policy_cfg.pop("weights", None)
+    policy = instantiate(policy_cfg)
+    if weights:
+        load_policy_weights(policy, weights)
+        log.info("loaded policy weights from %s", weights)
+    return policy
+
+
 @contextmanager
 def explain_refused_targets() -> Iterator[None]:
     try:
@@ -82,7 +95,7 @@ def build(cfg: DictConfig) -> tuple[L.Trainer, MineLightning, L.LightningDataMod
     hyperparameters = OmegaConf.to_container(cfg, resolve=True)
     with execution_whitelist(ALLOWED_TARGETS, reset=True), explain_refused_targets():
         datamodule = instantiate(cfg.data)
-        policy = instantiate(cfg.policy)
+        policy = build_policy(cfg.policy)
         if not cfg.get("objective"):
             raise ValueError("no objective selected: choose at least one, e.g. 'objective=[bc]'")
         objectives = {name: instantiate(node) for name, node in cfg.objective.items()}

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.errors import InstantiationException
-from hydra.utils import get_class
+from hydra.utils import get_method
 from omegaconf import OmegaConf
 
 from minesweep.train import build
@@ -29,7 +29,7 @@ def test_every_group_option_composes_and_names_a_real_target(group, option):
     cfg = compose_train([f"{group}={option}"])
     node = cfg[group]
     if "_target_" in node:
-        assert get_class(node._target_) is not None
+        assert get_method(node._target_) is not None
 
 
 def test_default_composition():
@@ -49,7 +49,7 @@ def test_objective_lists_weights_and_append():
     assert list(cfg.objective) == ["bc", "kl"]
     for option in options("objective"):
         node = compose_train([f"objective=[{option}]"]).objective[option]
-        assert get_class(node._target_) is not None
+        assert get_method(node._target_) is not None
 
 
 def test_launch_presets_are_on_the_search_path():

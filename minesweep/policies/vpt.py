@@ -22,6 +22,7 @@ initial values are not the reference's: load released weights for reference beha
 from __future__ import annotations
 
 import math
+import pickle
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from torch.nn import functional as F
 
 from minesweep.policies.base import Latents, MinePolicy, State
 from minesweep.policies.heads import ValueHead
+from minesweep.policies.weights import load_policy_weights
 
 CNN_OUTSIZE = 256  # width of the ImpalaCNN's dense output (fixed in the reference)
 BLOCKS_PER_STACK = 2  # residual blocks per ImpalaCNN down-stack
@@ -519,6 +521,13 @@ class VPTPolicy(MinePolicy):
         return self.value_head.denormalize(vpred)
 
     @classmethod
+    def from_model_file(cls, model_file: str, **overrides: Any) -> VPTPolicy:
+        """Build the architecture a released ``.model`` file describes (weights load separately,
+        e.g. with ``policy.weights=...``); ``overrides`` replace single kwargs."""
+        policy_kwargs, pi_head_kwargs = read_model_file(model_file)
+        return cls(**{**policy_kwargs, **pi_head_kwargs, **overrides})
+
+    @classmethod
     def from_reference(
         cls,
         state_dict: str | Path | Mapping[str, torch.Tensor],
@@ -534,28 +543,37 @@ class VPTPolicy(MinePolicy):
 
 
 def load_vpt_weights(policy: nn.Module, state_dict: str | Path | Mapping[str, torch.Tensor]) -> None:
-    """Strictly load reference-named weights: every key present, none extra, every shape equal.
+    """Strictly load reference-named weights (the reference loader uses ``strict=False`` and would
+    silently keep random weights). Raises ValueError naming every offending key."""
+    load_policy_weights(policy, state_dict)
 
-    (The reference loader uses ``strict=False`` and would silently keep random weights.)
-    Raises ValueError naming every offending key.
-    """
-    if not isinstance(state_dict, Mapping):
-        state_dict = torch.load(state_dict, map_location="cpu", weights_only=True)
-    own = policy.state_dict()
-    missing = sorted(set(own) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(own))
-    mismatched = [
-        f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in own
-        if k in state_dict and tuple(state_dict[k].shape) != tuple(own[k].shape)
-    ]
-    problems = []
-    if missing:
-        problems.append("missing keys: " + ", ".join(missing))
-    if unexpected:
-        problems.append("unexpected keys: " + ", ".join(unexpected))
-    if mismatched:
-        problems.append("shape mismatches: " + "; ".join(mismatched))
-    if problems:
-        raise ValueError("cannot load VPT weights:\n  " + "\n  ".join(problems))
-    policy.load_state_dict(state_dict, strict=True)
+
+class _KwargsOnlyUnpickler(pickle.Unpickler):
+    """Unpickles plain data only: a released ``.model`` file is a pickle of nested kwargs dicts."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise pickle.UnpicklingError(
+            f"refusing to load {module}.{name}: a VPT .model file should hold only plain kwargs "
+            f"(dicts, lists, strings, numbers)"
+        )
+
+
+def read_model_file(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(policy_kwargs, pi_head_kwargs)`` from a released VPT ``.model`` file, without running code."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            params = _KwargsOnlyUnpickler(f).load()
+        model_args = params["model"]["args"]
+        policy_kwargs = dict(model_args["net"]["args"])
+        pi_head_kwargs = dict(model_args.get("pi_head_opts") or {})
+    except FileNotFoundError:
+        raise
+    except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as error:
+        raise ValueError(
+            f"{path}: not a VPT .model file (expected a pickle of "
+            f"{{'model': {{'args': {{'net': {{'args': ...}}, 'pi_head_opts': ...}}}}}}): {error}"
+        ) from error
+    if "temperature" in pi_head_kwargs:
+        pi_head_kwargs["temperature"] = float(pi_head_kwargs["temperature"])
+    return policy_kwargs, pi_head_kwargs

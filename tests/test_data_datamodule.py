@@ -1,0 +1,171 @@
+"""WindowDataset / MineDataModule: batch format, one pass over every frame per epoch, split by episode."""
+
+import logging
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+
+from minesweep.actions import CAMERA_NULL_INDEX, env_to_agent
+from minesweep.data.datamodule import MineDataModule, WindowDataset, split_episodes
+from minesweep.data.ingest import ingest
+from minesweep.data.store import EpisodeStore
+from minesweep.data.synth import write_synthetic_episode
+
+LENGTHS = [40, 50, 64, 75]  # 40 and 50 end in a padded window; 64 does not
+WIN = 32
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    raw = tmp_path_factory.mktemp("raw")
+    for i, n in enumerate(LENGTHS):
+        write_synthetic_episode(raw, f"ep{i}", n, seed=i, width=64, height=64)
+    store = tmp_path_factory.mktemp("data") / "store"
+    assert len(ingest(raw, store, resolution=(64, 64), print_summary=False).ingested) == len(LENGTHS)
+    return store
+
+
+def all_batches(loader):
+    return [batch for batch in loader]
+
+
+def test_batch_format(root):
+    dm = MineDataModule(str(root), win_len=WIN, batch_size=3, num_workers=0, val_fraction=0.25)
+    batch = next(iter(dm.train_dataloader()))
+    B = 3
+    expected = {
+        "image": (torch.uint8, (B, WIN, 64, 64, 3)),
+        "mask": (torch.float32, (B, WIN)),
+        "is_null": (torch.bool, (B, WIN)),
+        "episode": (torch.int64, (B,)),
+        "timestep": (torch.int64, (B, WIN)),
+        "first": (torch.bool, (B, WIN)),
+    }
+    for key, (dtype, shape) in expected.items():
+        assert batch[key].dtype == dtype and tuple(batch[key].shape) == shape, key
+    assert batch["agent_action"]["buttons"].dtype == torch.int64
+    assert tuple(batch["agent_action"]["buttons"].shape) == (B, WIN, 1)
+    assert batch["agent_action"]["camera"].dtype == torch.int64
+    assert tuple(batch["agent_action"]["camera"].shape) == (B, WIN, 1)
+    assert batch["env_action"]["buttons"].dtype == torch.uint8
+    assert tuple(batch["env_action"]["buttons"].shape) == (B, WIN, 20)
+    assert batch["env_action"]["camera"].dtype == torch.float32
+    assert tuple(batch["env_action"]["camera"].shape) == (B, WIN, 2)
+    assert set(batch) == {"image", "agent_action", "env_action", "mask", "is_null", "episode", "timestep", "first"}
+
+
+def test_items_match_the_store(root):
+    store = EpisodeStore(root)
+    dataset = WindowDataset(store, win_len=WIN)
+    for i in range(len(dataset)):
+        item = dataset[i]
+        record = store.episodes[int(item["episode"])]
+        start = int(item["timestep"][0])
+        n = int(item["mask"].sum())
+        assert n == min(WIN, record.length - start)
+        np.testing.assert_array_equal(item["image"][:n].numpy(), store.read_frames(record.id, start, n))
+        actions = store.read_actions(record.id)
+        np.testing.assert_array_equal(item["env_action"]["buttons"][:n].numpy(), actions["buttons"][start:start + n])
+        np.testing.assert_array_equal(item["env_action"]["camera"][:n].numpy(), actions["camera"][start:start + n])
+        np.testing.assert_array_equal(item["is_null"][:n].numpy(), actions["is_null"][start:start + n])
+        buttons, camera = env_to_agent(actions["buttons"][start:start + n], actions["camera"][start:start + n])
+        np.testing.assert_array_equal(item["agent_action"]["buttons"][:n, 0].numpy(), buttons)
+        np.testing.assert_array_equal(item["agent_action"]["camera"][:n, 0].numpy(), camera)
+
+
+def test_padding_is_masked_and_null(root):
+    dataset = WindowDataset(root, win_len=WIN)
+    padded = [dataset[i] for i in range(len(dataset)) if dataset[i]["mask"].min() == 0]
+    assert len(padded) == 3  # the last windows of the 40, 50 and 75 frame episodes
+    for item in padded:
+        pad = item["mask"] == 0
+        assert torch.all(item["mask"][~pad] == 1) and pad[-1] and not pad[0]
+        assert torch.all(item["image"][pad] == 0)
+        assert torch.all(item["agent_action"]["buttons"][pad] == 0)
+        assert torch.all(item["agent_action"]["camera"][pad] == CAMERA_NULL_INDEX)
+        assert torch.all(item["env_action"]["buttons"][pad] == 0) and torch.all(item["env_action"]["camera"][pad] == 0)
+        assert torch.all(item["is_null"][pad]) and not item["first"][pad].any()
+
+
+def test_every_frame_once_per_epoch_and_first_flags(root):
+    dm = MineDataModule(str(root), win_len=WIN, batch_size=4, num_workers=0, val_fraction=0.25)
+    seen = Counter()
+    windows = Counter()
+    for loader in (dm.train_dataloader(), dm.val_dataloader()):
+        for batch in all_batches(loader):
+            for b in range(len(batch["episode"])):
+                episode = int(batch["episode"][b])
+                windows[(episode, int(batch["timestep"][b, 0]))] += 1
+                valid = batch["mask"][b] == 1
+                for t in batch["timestep"][b][valid].tolist():
+                    seen[(episode, t)] += 1
+                np.testing.assert_array_equal(batch["first"][b].numpy(), (batch["timestep"][b] == 0).numpy())
+    assert max(windows.values()) == 1, "a window was served twice"
+    assert set(seen) == {(e, t) for e, n in enumerate(LENGTHS) for t in range(n)}
+    assert max(seen.values()) == 1
+    assert sum(1 for (_, start) in windows if start == 0) == len(LENGTHS)  # one episode start per episode
+
+
+def test_split_by_episode(root):
+    dm = MineDataModule(str(root), win_len=WIN, num_workers=0, val_fraction=0.25, seed=3)
+    dm.setup("fit")
+    train, val = set(dm.train_set.episode_indices), set(dm.val_set.episode_indices)
+    assert train and val and not train & val and train | val == set(range(len(LENGTHS)))
+    assert {e for e, _ in dm.val_set.windows} == val and {e for e, _ in dm.train_set.windows} == train
+    assert split_episodes(4, 0.25, 3) == split_episodes(4, 0.25, 3)
+    assert len(split_episodes(2, 0.01, 0)[1]) == 1  # at least one val episode
+    assert split_episodes(1, 0.5, 0) == ([0], [])
+    assert len({tuple(split_episodes(24, 0.125, s)[1]) for s in range(5)}) > 1  # the seed matters
+
+
+def test_train_shuffles_deterministically_val_does_not(root):
+    def order(loader):
+        return [(int(e), int(t)) for batch in loader for e, t in zip(batch["episode"], batch["timestep"][:, 0])]
+
+    dm = MineDataModule(str(root), win_len=WIN, batch_size=2, num_workers=0, seed=1)
+    train = dm.train_dataloader()
+    epoch1, epoch2 = order(train), order(train)
+    assert sorted(epoch1) == sorted(epoch2) and epoch1 != epoch2
+    assert order(MineDataModule(str(root), win_len=WIN, batch_size=2, num_workers=0, seed=1).train_dataloader()) \
+        == epoch1
+    val = order(dm.val_dataloader())
+    assert val == sorted(val) == order(dm.val_dataloader())
+
+
+def test_worker_processes(root):
+    dm = MineDataModule(str(root), win_len=WIN, batch_size=4, num_workers=2, val_fraction=0.25)
+    dm.store.read_frames(dm.store.episodes[0].id, 0, 2)  # an open container in the parent must not leak
+    frames = sum(int(batch["mask"].sum()) for batch in dm.train_dataloader())
+    frames += sum(int(batch["mask"].sum()) for batch in dm.val_dataloader())
+    assert frames == sum(LENGTHS)
+
+
+def test_missing_store_says_how_to_create_one(tmp_path):
+    dm = MineDataModule(str(tmp_path / "nowhere"), num_workers=0)
+    with pytest.raises(FileNotFoundError, match="nowhere") as err:
+        dm.setup("fit")
+    assert "minesweep-data ingest" in str(err.value) and "minesweep-data synth" in str(err.value)
+
+
+def test_episode_continuous_batch_not_implemented(root):
+    with pytest.raises(NotImplementedError, match="episode_continuous_batch"):
+        MineDataModule(str(root), episode_continuous_batch=True)
+
+
+def test_demo_data_generated_on_first_use(tmp_path, caplog):
+    root = tmp_path / "demo" / "store"
+    demo = {"episodes": 2, "frames": 36, "width": 64, "height": 64, "seed": 0, "resolution": 32}
+    dm = MineDataModule(str(root), win_len=16, batch_size=2, num_workers=0, demo=demo)
+    with caplog.at_level(logging.INFO, logger="minesweep"):
+        dm.prepare_data()
+    assert f"minesweep: generating demo data into {root} (first use)" in caplog.text
+    assert (tmp_path / "demo" / "demo_raw" / "synth-0000.mp4").is_file()
+    assert [e.length for e in dm.store.episodes] == [36, 36] and dm.store.resolution == (32, 32)
+    batch = next(iter(dm.train_dataloader()))
+    assert tuple(batch["image"].shape) == (2, 16, 32, 32, 3)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="minesweep"):
+        MineDataModule(str(root), num_workers=0, demo=demo).prepare_data()  # second use: nothing to do
+    assert "generating" not in caplog.text

@@ -1,0 +1,176 @@
+"""ingest(): synthetic recordings round-trip into a store; every kind of bad input is skipped and reported."""
+
+import json
+import shutil
+from fractions import Fraction
+
+import av
+import numpy as np
+import pytest
+
+from minesweep.actions.contractor import contractor_to_env, read_jsonl
+from minesweep.data.cli import main as cli_main
+from minesweep.data.ingest import ingest
+from minesweep.data.resize import resize_bilinear
+from minesweep.data.store import EpisodeStore
+from minesweep.data.synth import write_synthetic_episode
+
+SRC_W, SRC_H, RES = 96, 64, (48, 64)
+GOOD = {"good-a": 40, "good-b": 50, "sub/good-c": 70}
+
+
+def copy_episode(src, name, new):
+    shutil.copy(src / f"{name}.mp4", src / f"{new}.mp4")
+    shutil.copy(src / f"{name}.jsonl", src / f"{new}.jsonl")
+
+
+def edit_jsonl(path, edit):
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(edit(lines)) + "\n")
+
+
+def write_faststart_copy(src_mp4, dst_mp4):
+    """Re-encode with the moov atom first, so a truncated file still opens and decodes some frames."""
+    with av.open(str(src_mp4)) as c:
+        frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    with av.open(str(dst_mp4), "w", format="mp4", options={"movflags": "faststart"}) as out:
+        stream = out.add_stream("libx264", rate=20)
+        stream.width, stream.height, stream.pix_fmt = SRC_W, SRC_H, "yuv420p"
+        for i, frame in enumerate(frames):
+            vf = av.VideoFrame.from_ndarray(frame, format="rgb24")
+            vf.pts, vf.time_base = i, Fraction(1, 20)
+            out.mux(stream.encode(vf))
+        out.mux(stream.encode(None))
+
+
+@pytest.fixture(scope="module")
+def src(tmp_path_factory):
+    src = tmp_path_factory.mktemp("raw")
+    for i, (name, n) in enumerate(GOOD.items()):
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        write_synthetic_episode((src / name).parent, (src / name).name, n, seed=i, width=SRC_W, height=SRC_H)
+
+    copy_episode(src, "good-a", "truncated")  # moov at the end: cannot even be opened
+    data = (src / "truncated.mp4").read_bytes()
+    (src / "truncated.mp4").write_bytes(data[: len(data) // 2])
+
+    write_faststart_copy(src / "good-b.mp4", src / "cut-short.mp4")  # opens, decodes part, then stops
+    shutil.copy(src / "good-b.jsonl", src / "cut-short.jsonl")
+    data = (src / "cut-short.mp4").read_bytes()
+    (src / "cut-short.mp4").write_bytes(data[: int(len(data) * 0.6)])
+
+    copy_episode(src, "good-a", "bad-line")
+    edit_jsonl(src / "bad-line.jsonl", lambda lines: lines[:4] + ["{not json"] + lines[5:])
+
+    copy_episode(src, "good-a", "missing-key")
+
+    def drop_dx(lines):
+        step = json.loads(lines[3])
+        del step["mouse"]["dx"]
+        return lines[:3] + [json.dumps(step)] + lines[4:]
+
+    edit_jsonl(src / "missing-key.jsonl", drop_dx)
+
+    copy_episode(src, "good-a", "mismatch")
+    edit_jsonl(src / "mismatch.jsonl", lambda lines: lines[:-5])
+
+    with av.open(str(src / "no-frames.mp4"), "w", format="mp4") as empty:  # a header, no frames
+        stream = empty.add_stream("libx264", rate=20)
+        stream.width, stream.height, stream.pix_fmt = SRC_W, SRC_H, "yuv420p"
+        empty.start_encoding()
+    shutil.copy(src / "good-a.jsonl", src / "no-frames.jsonl")
+
+    copy_episode(src, "good-a", "no-steps")
+    (src / "no-steps.jsonl").write_text("")
+
+    shutil.copy(src / "good-a.mp4", src / "orphan-video.mp4")
+    shutil.copy(src / "good-a.jsonl", src / "orphan-actions.jsonl")
+    return src
+
+
+@pytest.fixture(scope="module")
+def ingested(src, tmp_path_factory):
+    dst = tmp_path_factory.mktemp("ingested") / "store"
+    return dst, ingest(src, dst, resolution=RES)
+
+
+def test_good_episodes_round_trip(src, ingested):
+    dst, report = ingested
+    assert sorted(report.ingested) == ["good-a", "good-b", "sub__good-c"]
+    store = EpisodeStore(dst)
+    assert store.resolution == RES and store.fps == 20
+    for name, n in GOOD.items():
+        episode_id = name.replace("/", "__")
+        record = store.episode(episode_id)
+        assert record.length == n and record.source == f"{name}.mp4"
+        jsonl = src / f"{name}.jsonl"
+        expected = contractor_to_env(read_jsonl(jsonl), source=str(jsonl))
+        actions = store.read_actions(episode_id)
+        for key in ("buttons", "camera", "is_null", "esc"):
+            np.testing.assert_array_equal(actions[key], getattr(expected, key))
+        frames = store.read_frames(episode_id, 0, n)
+        with av.open(str(src / f"{name}.mp4")) as c:
+            source = resize_bilinear(np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)]), RES)
+        assert np.abs(frames.astype(int) - source).mean() < 4  # only the store's re-encoding differs
+
+
+def test_every_problem_is_reported_with_its_file(src, ingested):
+    dst, report = ingested
+    skipped = {s["episode"]: s for s in report.skipped}
+    assert sorted(skipped) == sorted(["truncated", "cut-short", "bad-line", "missing-key", "mismatch", "no-frames",
+                                      "no-steps", "orphan-video", "orphan-actions"])
+
+    def check(episode, file, *words, frame="any"):
+        entry = skipped[episode]
+        assert entry["file"] == str(src / file), entry
+        for word in words:
+            assert word in entry["reason"], entry
+        if frame != "any":
+            assert entry["frame"] == frame, entry
+
+    check("truncated", "truncated.mp4", "decoded", frame=0)
+    check("bad-line", "bad-line.jsonl", "bad-line.jsonl", "line 5", frame=None)
+    check("missing-key", "missing-key.jsonl", "step 3", "mouse.dx", frame=None)
+    check("mismatch", "mismatch.mp4", "40 frames", "35 steps", frame=35)
+    check("no-frames", "no-frames.mp4", "no video stream", frame=0)
+    check("no-steps", "no-steps.jsonl", "no steps")
+    check("orphan-video", "orphan-video.mp4", "no matching .jsonl")
+    check("orphan-actions", "orphan-actions.jsonl", "no matching .mp4")
+    cut = skipped["cut-short"]
+    assert cut["file"] == str(src / "cut-short.mp4") and 0 < cut["frame"] < GOOD["good-b"], cut
+
+    on_disk = json.loads((dst / "ingest_report.json").read_text())
+    assert on_disk["ingested"] == report.ingested and on_disk["skipped"] == report.skipped
+    # nothing of a skipped episode is left in the store
+    assert sorted(p.stem for p in (dst / "videos").iterdir()) == ["good-a", "good-b", "sub__good-c"]
+
+
+def test_summary_table_lists_skipped(src, tmp_path, capsys):
+    ingest(src, tmp_path / "store", resolution=RES)
+    out = capsys.readouterr().out
+    assert "ingested 3 episode(s)" in out and "skipped 9" in out
+    assert "missing-key" in out and "orphan-video" in out
+
+
+def test_cli_exit_codes(src, tmp_path):
+    assert cli_main(["ingest", str(src), str(tmp_path / "a"), "--resolution", "48x64"]) == 0
+    assert len(EpisodeStore(tmp_path / "a").episodes) == 3
+    only_bad = tmp_path / "only-bad"
+    only_bad.mkdir()
+    for suffix in (".mp4", ".jsonl"):
+        shutil.copy(src / f"mismatch{suffix}", only_bad / f"mismatch{suffix}")
+    assert cli_main(["ingest", str(only_bad), str(tmp_path / "b")]) == 1
+    assert cli_main(["ingest", str(tmp_path / "does-not-exist"), str(tmp_path / "c")]) == 1
+
+
+def test_cli_synth_then_ingest(tmp_path):
+    raw = tmp_path / "raw"
+    assert cli_main(["synth", str(raw), "--episodes", "2", "--frames", "12", "--width", "64", "--height", "64"]) == 0
+    assert sorted(p.name for p in raw.iterdir()) == ["synth-0000.jsonl", "synth-0000.mp4", "synth-0001.jsonl",
+                                                      "synth-0001.mp4"]
+    assert cli_main(["ingest", str(raw), str(tmp_path / "store"), "--resolution", "32",
+                     "--legacy-vpt-camera"]) == 0
+    store = EpisodeStore(tmp_path / "store")
+    assert store.resolution == (32, 32)
+    camera = store.read_actions("synth-0000")["camera"]
+    np.testing.assert_array_equal(camera, np.trunc(camera))  # legacy mode: whole degrees

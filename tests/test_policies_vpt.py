@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra.utils import execution_whitelist, instantiate
+from hydra.utils import execution_whitelist
 from omegaconf import OmegaConf
 
 from minesweep.policies.vpt import VPTPolicy, clipped_causal_mask, load_vpt_weights
-from minesweep.train import ALLOWED_TARGETS
+from minesweep.train import ALLOWED_TARGETS, build_policy
 from tests.conftest import CONF_DIR
 
 FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "vpt" / "vpt_policy"
@@ -162,7 +162,7 @@ def test_foundation_configs_have_the_released_state_dict(size):
     for key, value in released["policy_kwargs"].items():
         assert OmegaConf.to_object(conf)[key] == value, key
     with torch.device("meta"), execution_whitelist(ALLOWED_TARGETS, reset=True):
-        model = instantiate(conf)  # on the meta device: shapes only, nothing is allocated
+        model = build_policy(conf)  # on the meta device: shapes only, nothing is allocated
     shapes = {k: (list(v.shape), str(v.dtype).removeprefix("torch.")) for k, v in model.state_dict().items()}
     assert shapes == {name: (shape, dtype) for name, shape, dtype in released["state_dict"]}
     assert sum(v.numel() for v in model.state_dict().values()) == released["n_elements_total"]
@@ -172,7 +172,7 @@ def test_foundation_configs_have_the_released_state_dict(size):
 @needs_fixtures
 def test_tiny_config_is_the_fixture_architecture(cfg):
     with execution_whitelist(ALLOWED_TARGETS, reset=True):
-        model = instantiate(OmegaConf.load(CONF_DIR / "policy" / "vpt_tiny.yaml"))
+        model = build_policy(OmegaConf.load(CONF_DIR / "policy" / "vpt_tiny.yaml"))
     assert model.name == "vpt_tiny" and model.is_stateful
     load_vpt_weights(model, FIXTURES / "state_dict.pt")  # strict: same names and shapes
 

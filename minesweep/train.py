@@ -108,7 +108,13 @@ def build(cfg: DictConfig) -> tuple[L.Trainer, MineLightning, L.LightningDataMod
         )
         logger = instantiate(cfg.logger) if cfg.get("logger") else False
         callbacks = [instantiate(node) for node in (cfg.get("callbacks") or {}).values() if node]
-        trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks, default_root_dir=str(output_dir))
+        extra = {}
+        if getattr(datamodule, "episode_continuous_batch", False):
+            # The continuous sampler splits episodes across ranks itself; Lightning must not wrap it.
+            extra["use_distributed_sampler"] = False
+        trainer = instantiate(
+            cfg.trainer, logger=logger, callbacks=callbacks, default_root_dir=str(output_dir), **extra
+        )
     return trainer, module, datamodule
 
 

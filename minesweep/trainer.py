@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import lightning as L
 import torch
 
 from minesweep.objectives.base import ObjectiveCallback, missing_latent
 from minesweep.policies.base import MinePolicy
+
+
+class SlotMemory(NamedTuple):
+    """The policy state of each batch slot after a batch, and which window each slot held."""
+
+    state: list[torch.Tensor]  # batch-first tensors, as the policy returned them
+    episode: torch.Tensor  # (B,) episode index per slot (-1: padding)
+    window_index: torch.Tensor  # (B,) window index in that episode
 
 
 def warmup_schedule(warmup_steps: int, total_steps: int | None, lr_schedule: str, min_lr_ratio: float):
@@ -49,6 +57,7 @@ class MineLightning(L.LightningModule):
         lr_schedule: str = "constant",
         min_lr_ratio: float = 0.0,
         betas: Sequence[float] = (0.9, 0.999),
+        episode_continuous_batch: bool | None = None,
     ) -> None:
         super().__init__()
         self.mine_policy = mine_policy
@@ -70,16 +79,84 @@ class MineLightning(L.LightningModule):
         self.min_lr_ratio = min_lr_ratio
         self.betas = tuple(betas)
         warmup_schedule(warmup_steps, None, lr_schedule, min_lr_ratio)  # validate early
+        self.episode_continuous_batch = episode_continuous_batch
         self._checked_latents = False
+        # Carried policy state, one memory per stage ('train', 'val/0', 'val/1', ...): validation
+        # must never see (or overwrite) the training slots' memory.
+        self._memory: dict[str, SlotMemory] = {}
         self.last_validated_step: int | None = None
+
+    # -- memory carried across consecutive windows of an episode -----------------------------------
+    def setup(self, stage: str) -> None:
+        if self.episode_continuous_batch is None:
+            # As in MineStudio: the data module's episode_continuous_batch switches memory carrying on.
+            datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+            self.episode_continuous_batch = bool(getattr(datamodule, "episode_continuous_batch", False))
+
+    @property
+    def carries_memory(self) -> bool:
+        return bool(self.episode_continuous_batch) and getattr(self.mine_policy, "is_stateful", False)
+
+    def state_in(self, batch: dict[str, Any], memory_key: str) -> Any:
+        """Per slot: the previous batch's state_out where this window continues that slot's episode
+        (same episode, next window), else the initial state. ``None`` when nothing is carried."""
+        if not self.carries_memory:
+            return None
+        if "window_index" not in batch:
+            raise KeyError("episode-continuous training needs batch['window_index'] (with batch['episode'])")
+        B = batch["image"].shape[0]
+        initial = self.mine_policy.initial_state(B)
+        memory = self._memory.get(memory_key)
+        if memory is None or initial is None:
+            return initial
+        n = min(B, memory.episode.shape[0])
+        episode, window = batch["episode"][:n], batch["window_index"][:n]
+        carry = torch.zeros(B, dtype=torch.bool, device=self.device)
+        carry[:n] = (episode >= 0) & (episode == memory.episode[:n]) & (window == memory.window_index[:n] + 1)
+        state = []
+        for init, old in zip(initial, memory.state):
+            if old.shape[0] != B:  # the batch size changed (e.g. a smaller last batch): keep what fits
+                resized = init.clone()
+                resized[:n] = old[:n]
+                old = resized
+            state.append(torch.where(carry.view(B, *[1] * (init.dim() - 1)), old.to(init.dtype), init))
+        return state
+
+    def remember(self, batch: dict[str, Any], state_out: Any, memory_key: str) -> None:
+        if self.carries_memory and state_out is not None:
+            # Detached: gradients stop at the window boundary (truncated BPTT).
+            self._memory[memory_key] = SlotMemory(
+                [s.detach() for s in state_out], batch["episode"].detach().clone(), batch["window_index"].detach().clone()
+            )
+
+    def on_validation_epoch_start(self) -> None:
+        # Every validation walks the held-out episodes from their start.
+        for key in [k for k in self._memory if k.startswith("val")]:
+            del self._memory[key]
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        memory = self._memory.get("train")
+        if memory is not None:
+            checkpoint["minesweep_train_memory"] = {
+                "state": list(memory.state), "episode": memory.episode, "window_index": memory.window_index
+            }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get("minesweep_train_memory")
+        if saved is not None:
+            self._memory["train"] = SlotMemory(list(saved["state"]), saved["episode"], saved["window_index"])
 
     def on_fit_start(self) -> None:
         for logger in self.loggers:
             logger.log_hyperparams(self.hyperparameters)
 
     # -- the step shared by training and validation -------------------------------------------
-    def _objective_step(self, batch: dict[str, Any], batch_idx: int, step_name: str) -> torch.Tensor:
-        latents, _ = self.mine_policy(batch, state_in=None)
+    def _objective_step(
+        self, batch: dict[str, Any], batch_idx: int, step_name: str, memory_key: str | None = None
+    ) -> torch.Tensor:
+        memory_key = memory_key or step_name
+        latents, state_out = self.mine_policy(batch, state_in=self.state_in(batch, memory_key))
+        self.remember(batch, state_out, memory_key)
         if not self._checked_latents:
             for objective in self.objectives.values():
                 if hasattr(objective, "check_latents"):
@@ -116,8 +193,8 @@ class MineLightning(L.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         return self._objective_step(batch, batch_idx, "train")
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        return self._objective_step(batch, batch_idx, "val")
+    def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
+        return self._objective_step(batch, batch_idx, "val", memory_key=f"val/{dataloader_idx}")
 
     def on_validation_epoch_end(self) -> None:
         self.last_validated_step = self.global_step

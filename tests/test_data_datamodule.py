@@ -53,7 +53,9 @@ def test_batch_format(root):
     assert tuple(batch["env_action"]["buttons"].shape) == (B, WIN, 20)
     assert batch["env_action"]["camera"].dtype == torch.float32
     assert tuple(batch["env_action"]["camera"].shape) == (B, WIN, 2)
-    assert set(batch) == {"image", "agent_action", "env_action", "mask", "is_null", "episode", "timestep", "first"}
+    assert set(batch) == {
+        "image", "agent_action", "env_action", "mask", "is_null", "episode", "window_index", "timestep", "first"
+    }
 
 
 def test_items_match_the_store(root):
@@ -113,7 +115,7 @@ def test_split_by_episode(root):
     dm.setup("fit")
     train, val = set(dm.train_set.episode_indices), set(dm.val_set.episode_indices)
     assert train and val and not train & val and train | val == set(range(len(LENGTHS)))
-    assert {e for e, _ in dm.val_set.windows} == val and {e for e, _ in dm.train_set.windows} == train
+    assert {e for e, _, _ in dm.val_set.windows} == val and {e for e, _, _ in dm.train_set.windows} == train
     assert split_episodes(4, 0.25, 3) == split_episodes(4, 0.25, 3)
     assert len(split_episodes(2, 0.01, 0)[1]) == 1  # at least one val episode
     assert split_episodes(1, 0.5, 0) == ([0], [])
@@ -147,11 +149,6 @@ def test_missing_store_says_how_to_create_one(tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere") as err:
         dm.setup("fit")
     assert "minesweep-data ingest" in str(err.value) and "minesweep-data synth" in str(err.value)
-
-
-def test_episode_continuous_batch_not_implemented(root):
-    with pytest.raises(NotImplementedError, match="episode_continuous_batch"):
-        MineDataModule(str(root), episode_continuous_batch=True)
 
 
 def test_demo_data_generated_on_first_use(tmp_path, caplog):

@@ -11,8 +11,11 @@ One item (and, stacked by ``default_collate``, one batch with a leading B)::
     env_action    {"buttons": uint8 (T, 20), "camera": float32 (T, 2)}
     mask          float32 (T,)   1 for real frames, 0 for padding
     is_null       bool    (T,)   null env action (padding counts as null)
-    episode       int64   ()     index of the episode in the manifest
-    timestep      int64   (T,)   frame index in the episode (padding continues the count)
+    episode       int64   ()     index of the episode in the manifest (-1: padding window)
+    window_index  int64   ()     index of the window in its episode: (episode, window_index) is the
+                                 continuity key the trainer uses to carry memory between batches
+    timestep      int64   (T,)   frame index in the episode (padding continues the count; frame_skip
+                                 k keeps every k-th frame)
     first         bool    (T,)   True exactly at timestep 0: the episode-start flag
 """
 
@@ -29,6 +32,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from minesweep.actions import CAMERA_NULL_INDEX, NULL_BUTTONS_INDEX, env_to_agent
+from minesweep.data.sampler import PAD, EpisodeContinuousBatchSampler
 from minesweep.data.store import MANIFEST, EpisodeStore
 
 __all__ = ["WindowDataset", "MineDataModule", "split_episodes"]
@@ -44,38 +48,53 @@ class WindowDataset(Dataset):
     """Fixed-length windows over some episodes of a store. Videos are opened lazily in the reading process."""
 
     def __init__(self, store: EpisodeStore | str | Path, episodes: Sequence[int] | None = None,
-                 win_len: int = 32) -> None:
+                 win_len: int = 32, frame_skip: int = 1) -> None:
         if win_len <= 0:
             raise ValueError(f"win_len must be positive, got {win_len}")
+        if frame_skip <= 0:
+            raise ValueError(f"frame_skip must be positive, got {frame_skip}")
         self.store = store if isinstance(store, EpisodeStore) else EpisodeStore(store)
-        self.win_len = int(win_len)
+        self.win_len, self.frame_skip = int(win_len), int(frame_skip)
         self.episode_indices = list(range(len(self.store.episodes)) if episodes is None else episodes)
-        # (episode index in the manifest, start frame) for every window
-        self.windows: list[tuple[int, int]] = [
-            (e, start)
+        # (episode index in the manifest, start frame, window index in the episode) for every window;
+        # a window spans win_len * frame_skip frames and keeps every frame_skip-th one.
+        span = self.win_len * self.frame_skip
+        self.windows: list[tuple[int, int, int]] = [
+            (e, start, i)
             for e in self.episode_indices
-            for start in range(0, self.store.episodes[e].length, self.win_len)
+            for i, start in enumerate(range(0, self.store.episodes[e].length, span))
         ]
+
+    def episode_windows(self) -> list[list[int]]:
+        """Dataset indices of each episode's windows, in temporal order (for the continuous sampler)."""
+        by_episode: dict[int, list[int]] = {}
+        for index, (episode, _, _) in enumerate(self.windows):
+            by_episode.setdefault(episode, []).append(index)
+        return list(by_episode.values())
 
     def __len__(self) -> int:
         return len(self.windows)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        episode, start = self.windows[index]
+        if index == PAD:
+            return self._padding()
+        episode, start, window_index = self.windows[index]
         record = self.store.episodes[episode]
-        T = self.win_len
-        n = min(T, record.length - start)  # real frames in this window; the rest is padding
+        T, k = self.win_len, self.frame_skip
+        frames = np.arange(start, start + T * k, k)
+        n = int((frames < record.length).sum())  # real frames in this window; the rest is padding
         h, w = self.store.resolution
 
         image = np.zeros((T, h, w, 3), np.uint8)
-        image[:n] = self.store.read_frames(record.id, start, n)
+        image[:n] = self.store.read_frames(record.id, start, (n - 1) * k + 1)[::k]
         actions = self.store.read_actions(record.id)
+        real = frames[:n]
         env_buttons = np.zeros((T, 20), np.uint8)
         env_camera = np.zeros((T, 2), np.float32)
         is_null = np.ones(T, bool)
-        env_buttons[:n] = actions["buttons"][start:start + n]
-        env_camera[:n] = actions["camera"][start:start + n]
-        is_null[:n] = actions["is_null"][start:start + n]
+        env_buttons[:n] = actions["buttons"][real]
+        env_camera[:n] = actions["camera"][real]
+        is_null[:n] = actions["is_null"][real]
 
         agent_buttons = np.full(T, NULL_BUTTONS_INDEX, np.int64)
         agent_camera = np.full(T, CAMERA_NULL_INDEX, np.int64)
@@ -83,7 +102,6 @@ class WindowDataset(Dataset):
 
         mask = np.zeros(T, np.float32)
         mask[:n] = 1.0
-        timestep = np.arange(start, start + T, dtype=np.int64)
         return {
             "image": torch.from_numpy(image),
             "agent_action": {"buttons": torch.from_numpy(agent_buttons[:, None]),
@@ -92,8 +110,26 @@ class WindowDataset(Dataset):
             "mask": torch.from_numpy(mask),
             "is_null": torch.from_numpy(is_null),
             "episode": torch.tensor(episode, dtype=torch.int64),
-            "timestep": torch.from_numpy(timestep),
-            "first": torch.from_numpy(timestep == 0),
+            "window_index": torch.tensor(window_index, dtype=torch.int64),
+            "timestep": torch.from_numpy(frames.astype(np.int64)),
+            "first": torch.from_numpy(frames == 0),
+        }
+
+    def _padding(self) -> dict[str, Any]:
+        """A fully masked window for a continuous-batch slot that has run out of episodes."""
+        T = self.win_len
+        h, w = self.store.resolution
+        return {
+            "image": torch.zeros(T, h, w, 3, dtype=torch.uint8),
+            "agent_action": {"buttons": torch.full((T, 1), NULL_BUTTONS_INDEX, dtype=torch.int64),
+                             "camera": torch.full((T, 1), CAMERA_NULL_INDEX, dtype=torch.int64)},
+            "env_action": {"buttons": torch.zeros(T, 20, dtype=torch.uint8), "camera": torch.zeros(T, 2)},
+            "mask": torch.zeros(T),
+            "is_null": torch.ones(T, dtype=torch.bool),
+            "episode": torch.tensor(PAD, dtype=torch.int64),
+            "window_index": torch.tensor(PAD, dtype=torch.int64),
+            "timestep": torch.full((T,), PAD, dtype=torch.int64),
+            "first": torch.zeros(T, dtype=torch.bool),
         }
 
 
@@ -116,15 +152,16 @@ class MineDataModule(L.LightningDataModule):
 
     def __init__(self, root: str, win_len: int = 32, batch_size: int = 8, num_workers: int = 2,
                  val_fraction: float = 0.125, episode_continuous_batch: bool = False, seed: int = 0,
-                 demo: dict | None = None) -> None:
+                 demo: dict | None = None, frame_skip: int = 1) -> None:
         super().__init__()
-        if episode_continuous_batch:
-            raise NotImplementedError(
-                "episode_continuous_batch=True (each batch row continuing its episode from the previous batch, "
-                "for recurrent state carried across windows) is not implemented yet; use "
-                "episode_continuous_batch=false")
         self.root = Path(root)
         self.win_len, self.batch_size, self.num_workers = int(win_len), int(batch_size), int(num_workers)
+        self.frame_skip = int(frame_skip)
+        # Each batch slot follows one episode window after window; a memory policy's state is then
+        # carried across batches by MineLightning (see minesweep/data/sampler.py).
+        self.episode_continuous_batch = bool(episode_continuous_batch)
+        self._train_sampler: EpisodeContinuousBatchSampler | None = None
+        self._resume_state: dict[str, Any] | None = None
         self.val_fraction, self.seed = float(val_fraction), int(seed)
         self.demo = dict(demo) if isinstance(demo, Mapping) else demo
         self._store: EpisodeStore | None = None
@@ -171,11 +208,23 @@ class MineDataModule(L.LightningDataModule):
         if self.demo and not (self.root / MANIFEST).is_file():
             self.prepare_data()  # used outside a Trainer: prepare lazily
         train, val = split_episodes(len(self.store.episodes), self.val_fraction, self.seed)
-        self.train_set = WindowDataset(self.store, train, self.win_len)
-        self.val_set = WindowDataset(self.store, val, self.win_len)
+        self.train_set = WindowDataset(self.store, train, self.win_len, self.frame_skip)
+        self.val_set = WindowDataset(self.store, val, self.win_len, self.frame_skip)
 
     # -- loaders --------------------------------------------------------------------------------------------
     def _loader(self, dataset: WindowDataset, shuffle: bool) -> DataLoader:
+        if self.episode_continuous_batch:
+            sampler = EpisodeContinuousBatchSampler(
+                dataset.episode_windows(), self.batch_size, shuffle=shuffle, seed=self.seed
+            )
+            if shuffle:  # the training sampler: the one a checkpoint resumes
+                if self._resume_state is not None:
+                    sampler.load_state_dict(self._resume_state)
+                    self._resume_state = None
+                self._train_sampler = sampler
+            # DataLoader keeps batch order with any number of workers, so slots stay continuous.
+            return DataLoader(dataset, batch_sampler=sampler, num_workers=self.num_workers,
+                              persistent_workers=self.num_workers > 0)
         generator = torch.Generator().manual_seed(self.seed) if shuffle else None
         return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, generator=generator,
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
@@ -188,3 +237,14 @@ class MineDataModule(L.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         self.setup("validate")
         return self._loader(self.val_set, shuffle=False)
+
+    # -- resume: the continuous sampler continues at the exact next batch ----------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        if self._train_sampler is None or self.trainer is None:
+            return {}
+        # Batches *trained on* in this epoch, not the sampler's own position: workers prefetch ahead.
+        done = self.trainer.fit_loop.epoch_loop.batch_progress.current.completed
+        return {"train_sampler": self._train_sampler.state_dict(batches_done=int(done))}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._resume_state = state_dict.get("train_sampler")

@@ -1,0 +1,107 @@
+"""Properties of the episode-continuous batch sampler, over many random small cases."""
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from minesweep.data.sampler import PAD, EpisodeContinuousBatchSampler
+
+
+def make_windows(lengths):
+    """Dataset indices of each episode's windows, contiguous like WindowDataset's."""
+    windows, next_index = [], 0
+    for n in lengths:
+        windows.append(list(range(next_index, next_index + n)))
+        next_index += n
+    return windows
+
+
+def run_epoch(windows, batch_size, world_size, epoch=0, seed=0):
+    per_rank = []
+    for rank in range(world_size):
+        sampler = EpisodeContinuousBatchSampler(windows, batch_size, seed=seed, rank=rank, world_size=world_size)
+        sampler.set_epoch(epoch)
+        batches = list(sampler)
+        assert len(batches) == len(sampler)
+        assert all(len(b) == batch_size for b in batches)
+        per_rank.append(batches)
+    return per_rank
+
+
+CASES = [
+    (np.random.default_rng(case).integers(1, 9, size=np.random.default_rng(case + 1000).integers(1, 12)).tolist(),
+     int(np.random.default_rng(case).integers(1, 5)), int(np.random.default_rng(case + 7).integers(1, 5)))
+    for case in range(150)
+]
+
+
+@pytest.mark.parametrize("lengths, batch_size, world_size", CASES)
+def test_every_window_once_in_order_equal_batches(lengths, batch_size, world_size):
+    windows = make_windows(lengths)
+    episode_of = {w: e for e, ws in enumerate(windows) for w in ws}
+    per_rank = run_epoch(windows, batch_size, world_size)
+
+    assert len({len(batches) for batches in per_rank}) == 1, "ranks yield different batch counts (DDP hangs)"
+    served = [w for batches in per_rank for batch in batches for w in batch if w != PAD]
+    assert sorted(served) == sorted(w for ws in windows for w in ws), "a window was dropped or served twice"
+
+    episodes_per_rank = []
+    for batches in per_rank:
+        rank_episodes = set()
+        for slot in range(batch_size):
+            stream = [batch[slot] for batch in batches]
+            real = [w for w in stream if w != PAD]
+            # padding only at the end of a slot: no borrowing, no gaps
+            assert stream[: len(real)] == real
+            # each episode is served whole, consecutively, in temporal order
+            position = 0
+            while position < len(real):
+                episode = episode_of[real[position]]
+                assert real[position : position + len(windows[episode])] == windows[episode]
+                rank_episodes.add(episode)
+                position += len(windows[episode])
+        episodes_per_rank.append(rank_episodes)
+    for a in range(world_size):
+        for b in range(a + 1, world_size):
+            assert not episodes_per_rank[a] & episodes_per_rank[b], "an episode was split across ranks"
+
+
+def test_ranks_are_balanced_by_length():
+    lengths = [10, 9, 8, 7, 6, 5, 4, 3, 2, 1]
+    per_rank = run_epoch(make_windows(lengths), batch_size=1, world_size=2)
+    loads = [sum(w != PAD for batch in batches for w in batch) for batches in per_rank]
+    assert abs(loads[0] - loads[1]) <= 1
+
+
+def test_shuffle_depends_on_epoch_and_seed_only():
+    windows = make_windows([3] * 12)
+    assert run_epoch(windows, 3, 1, epoch=0) == run_epoch(windows, 3, 1, epoch=0)
+    assert run_epoch(windows, 3, 1, epoch=0) != run_epoch(windows, 3, 1, epoch=1)
+    assert run_epoch(windows, 3, 1, seed=0) != run_epoch(windows, 3, 1, seed=5)
+
+
+def test_resume_continues_at_the_exact_next_batch():
+    windows = make_windows([5, 3, 7, 2, 6])
+    sampler = EpisodeContinuousBatchSampler(windows, 2, seed=3, rank=0, world_size=1)
+    sampler.set_epoch(4)
+    full = list(sampler)
+    resumed = EpisodeContinuousBatchSampler(windows, 2, seed=3, rank=0, world_size=1)
+    resumed.load_state_dict(sampler.state_dict(batches_done=5))
+    resumed.set_epoch(4)  # Lightning sets the (same) epoch again before iterating
+    assert list(resumed) == full[5:]
+    assert list(resumed) == full, "the skip applies to the resumed epoch only"
+
+
+class Echo(Dataset):
+    def __getitem__(self, index):
+        return torch.tensor(index)
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_batch_order_is_preserved_with_workers(num_workers):
+    windows = make_windows([4, 1, 6, 3, 2, 5])
+    sampler = EpisodeContinuousBatchSampler(windows, 3, seed=1, rank=0, world_size=1)
+    expected = list(sampler)
+    loader = DataLoader(Echo(), batch_sampler=sampler, num_workers=num_workers)
+    assert [batch.tolist() for batch in loader] == expected

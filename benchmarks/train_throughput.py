@@ -82,7 +82,7 @@ def main() -> None:
             cfg = compose(
                 "train",
                 overrides=[
-                    "logger=null",
+                    "~logger",
                     f"paths.output_dir={tmp}",
                     f"trainer.max_steps={args.warmup + args.steps}",
                     "trainer.limit_val_batches=0",

@@ -115,3 +115,14 @@ def test_multirun_sweep_runs_two_jobs_in_two_folders_with_wandb_offline(store, t
         # each job has its own, finished, offline wandb run
         runs = list((job / "wandb").glob("offline-run-*"))
         assert len(runs) == 1, runs
+
+
+def test_throughput_benchmark_runs_and_prints_its_figures(store, tmp_path):
+    args = [
+        sys.executable, "benchmarks/train_throughput.py", "--runs", "1", "--warmup", "1", "--steps", "2",
+        *[o for o in SMALL if not o.startswith("callbacks.")], f"data.root={store}",
+    ]
+    result = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for figure in ("machine:", "torch", "median training throughput:", "frames/s", "peak RSS:"):
+        assert figure in result.stdout, result.stdout

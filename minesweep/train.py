@@ -18,6 +18,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from minesweep.policies.base import MinePolicy
 from minesweep.policies.weights import load_policy_weights
+from minesweep.sweeps.hooks import trainer_extras
+from minesweep.sweeps.jobs import record_job, save_final_metrics
 from minesweep.trainer import MineLightning
 
 log = logging.getLogger("minesweep")
@@ -93,6 +95,9 @@ def build(cfg: DictConfig) -> tuple[L.Trainer, MineLightning, L.LightningDataMod
     """Instantiate data, policy, objectives, module, logger, callbacks and trainer from ``cfg``."""
     output_dir = Path(cfg.paths.output_dir)
     hyperparameters = OmegaConf.to_container(cfg, resolve=True)
+    # Sweep hook (minesweep.sweeps.hooks): Optuna pruning, checkpoint on submitit's preemption signal,
+    # SLURM without Lightning's auto-requeue, ddp_spawn in a local multirun. Inert in a plain run.
+    sweep_callbacks, sweep_trainer_kwargs = trainer_extras(cfg)
     with execution_whitelist(ALLOWED_TARGETS, reset=True), explain_refused_targets():
         datamodule = instantiate(cfg.data)
         policy = build_policy(cfg.policy)
@@ -108,7 +113,8 @@ def build(cfg: DictConfig) -> tuple[L.Trainer, MineLightning, L.LightningDataMod
         )
         logger = instantiate(cfg.logger) if cfg.get("logger") else False
         callbacks = [instantiate(node) for node in (cfg.get("callbacks") or {}).values() if node]
-        extra = {}
+        callbacks += sweep_callbacks  # sweep hook
+        extra = dict(sweep_trainer_kwargs)  # sweep hook
         if getattr(datamodule, "episode_continuous_batch", False):
             # The continuous sampler splits episodes across ranks itself; Lightning must not wrap it.
             extra["use_distributed_sampler"] = False
@@ -160,9 +166,11 @@ def finish_wandb() -> None:
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="train")
+@record_job  # sweep hook: job.json / error.log in the job folder, the Optuna trial's outcome
 def main(cfg: DictConfig) -> float | None:
     metrics = train(cfg)
     log.info("final metrics: %s", {k: round(v, 4) for k, v in sorted(metrics.items())})
+    save_final_metrics(cfg.paths.output_dir, metrics)  # sweep hook: metrics.json for job.json and the sweep report
     metric = cfg.get("optimized_metric")
     if not metric:
         return None

@@ -1,0 +1,61 @@
+"""The DDP strategy that fits where a job runs.
+
+- On SLURM, ranks are the job's tasks, started by ``srun`` (``tasks_per_node == trainer.devices``);
+  Lightning's SLURM environment sees them and plain ``ddp`` starts no processes of its own.
+- On one machine, plain ``ddp`` starts ranks by re-running the command line (``sys.argv``). In a
+  Hydra multirun that re-runs the whole sweep in every rank (and under Optuna, every rank asks for a
+  trial of its own and trains different parameters). A multirun job with several devices therefore
+  uses ``ddp_spawn``: ranks are forked from the job itself.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from omegaconf import DictConfig
+
+log = logging.getLogger(__name__)
+
+#: strategies that start ranks by re-running the command line
+SCRIPT_LAUNCHED = ("ddp", "auto")
+
+
+def in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def devices_count(devices, accelerator: str = "auto") -> int:
+    """How many devices ``trainer.devices`` asks for (``auto``/-1: every visible GPU, else 1)."""
+    if isinstance(devices, str) and devices.strip() in ("auto", "-1") or devices == -1:
+        if accelerator in ("auto", "gpu", "cuda"):
+            import torch
+
+            return max(torch.cuda.device_count(), 1)
+        return 1
+    if isinstance(devices, int):
+        return devices
+    if isinstance(devices, str):
+        items = [d for d in devices.split(",") if d.strip()]
+        return len(items) if "," in devices else int(devices)
+    try:
+        return len(devices)
+    except TypeError:
+        return 1
+
+
+def strategy_override(trainer_cfg: DictConfig) -> str | None:
+    """``ddp_spawn`` when plain ``ddp`` would re-run a local multirun; None to keep the configured strategy."""
+    from minesweep.sweeps.preemption import under_slurm
+
+    strategy = trainer_cfg.get("strategy", "auto")
+    if not isinstance(strategy, str) or strategy not in SCRIPT_LAUNCHED:
+        return None
+    if devices_count(trainer_cfg.get("devices", 1), str(trainer_cfg.get("accelerator", "auto"))) * int(trainer_cfg.get("num_nodes", 1) or 1) <= 1:
+        return None
+    if under_slurm() or not in_multirun():
+        return None
+    log.info("multirun on one machine: trainer.strategy=%s -> ddp_spawn (ddp would re-run the sweep in each rank)", strategy)
+    return "ddp_spawn"

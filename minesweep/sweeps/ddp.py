@@ -16,8 +16,13 @@ from omegaconf import DictConfig
 
 log = logging.getLogger(__name__)
 
-#: strategies that start ranks by re-running the command line
-SCRIPT_LAUNCHED = ("ddp", "auto")
+#: strategies that start ranks by re-running the command line, and their spawning counterparts
+SPAWNING = {
+    "auto": "ddp_spawn",
+    "ddp": "ddp_spawn",
+    "ddp_find_unused_parameters_true": "ddp_spawn_find_unused_parameters_true",
+    "ddp_find_unused_parameters_false": "ddp_spawn_find_unused_parameters_false",
+}
 
 
 def in_multirun() -> bool:
@@ -47,15 +52,15 @@ def devices_count(devices, accelerator: str = "auto") -> int:
 
 
 def strategy_override(trainer_cfg: DictConfig) -> str | None:
-    """``ddp_spawn`` when plain ``ddp`` would re-run a local multirun; None to keep the configured strategy."""
+    """``ddp_spawn[...]`` when ``ddp[...]`` would re-run a local multirun; None to keep the configured strategy."""
     from minesweep.sweeps.preemption import under_slurm
 
     strategy = trainer_cfg.get("strategy", "auto")
-    if not isinstance(strategy, str) or strategy not in SCRIPT_LAUNCHED:
+    if not isinstance(strategy, str) or strategy not in SPAWNING:
         return None
     if devices_count(trainer_cfg.get("devices", 1), str(trainer_cfg.get("accelerator", "auto"))) * int(trainer_cfg.get("num_nodes", 1) or 1) <= 1:
         return None
     if under_slurm() or not in_multirun():
         return None
-    log.info("multirun on one machine: trainer.strategy=%s -> ddp_spawn (ddp would re-run the sweep in each rank)", strategy)
-    return "ddp_spawn"
+    log.info("multirun on one machine: trainer.strategy=%s -> %s (ddp would re-run the sweep in each rank)", strategy, SPAWNING[strategy])
+    return SPAWNING[strategy]

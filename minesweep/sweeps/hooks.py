@@ -5,10 +5,14 @@ Everything here is inert in a plain local run: no Optuna trial, no submitit, no 
 
 from __future__ import annotations
 
+import logging
+import os
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
 
 
 def _launcher_signal_delay_s() -> float | None:
@@ -45,6 +49,10 @@ def trainer_extras(cfg: DictConfig) -> tuple[list[Any], dict[str, Any]]:
     plugins = cluster_plugins()
     if plugins and not cfg.trainer.get("plugins"):
         kwargs["plugins"] = plugins
+        log.info(
+            "SLURM job %s, task %s of %s: SLURMEnvironment(auto_requeue=False), submitit requeues",
+            os.environ.get("SLURM_JOB_ID"), os.environ.get("SLURM_PROCID"), os.environ.get("SLURM_NTASKS"),
+        )
     strategy = strategy_override(cfg.trainer)
     if strategy is not None:
         kwargs["strategy"] = strategy

@@ -40,7 +40,7 @@ class ResumingSubmititLauncher(BaseSubmititLauncher):
     _EXECUTOR = "abstract"
 
     # -- in the job ---------------------------------------------------------------------------
-    def __call__(
+    def __call__(  # type: ignore[override]
         self,
         sweep_overrides: list[str],
         job_dir_key: str,
@@ -57,13 +57,15 @@ class ResumingSubmititLauncher(BaseSubmititLauncher):
         overrides = list(sweep_overrides)
         sweep_config = self._sweep_config(overrides, job_num)
         if requeued or restart_count() > 0:
+            # Hydra's job logging is not set up yet: say it through submitit's logger (the job's log).
+            say = submitit.core.logger.get_logger().info
             last = self.job_dir(sweep_config, job_dir_key) / "checkpoints" / "last.ckpt"
             if last.is_file():
-                log.info("restarted job %s resumes from %s", job_num, last)
+                say(f"restarted job {job_num} resumes from {last}")
                 overrides = [o for o in overrides if not o.startswith("ckpt_path=")] + [RESUME_OVERRIDE]
                 sweep_config = self._sweep_config(overrides, job_num)
             else:
-                log.info("restarted job %s has no checkpoint yet (%s): starting over", job_num, last)
+                say(f"restarted job {job_num} has no checkpoint yet ({last}): starting over")
         with open_dict(sweep_config.hydra.job) as job:
             job.id = submitit.JobEnvironment().job_id  # type: ignore[attr-defined]
         return run_job(
@@ -125,15 +127,14 @@ class ResumingSubmititLauncher(BaseSubmititLauncher):
             os.chmod(sweep_dir, mode=int(str(self.config.hydra.sweep.mode), 8))
 
         job_params: list[Any] = []
-        for idx, overrides in enumerate(job_overrides):
-            idx = initial_job_idx + idx
+        for idx, overrides in enumerate(job_overrides, initial_job_idx):
             log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
             job_params.append((list(overrides), "hydra.sweep.dir", idx, f"job_id_for_{idx}", Singleton.get_state()))
 
         jobs = executor.map_array(self, *zip(*job_params))
         return [
-            self._result(job, list(overrides), initial_job_idx + i)
-            for i, (job, overrides) in enumerate(zip(jobs, job_overrides))
+            self._result(job, list(overrides), idx)
+            for idx, (job, overrides) in enumerate(zip(jobs, job_overrides), initial_job_idx)
         ]
 
     def _result(self, job: Any, overrides: list[str], job_num: int) -> JobReturn:

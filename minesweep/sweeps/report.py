@@ -191,7 +191,7 @@ def table(jobs: list[Job], metric: str, sweep_dir: Path, extra_metrics: list[str
         ckpt = job.checkpoint
         if ckpt:
             try:
-                ckpt = str(Path(ckpt).relative_to(sweep_dir.absolute()))
+                ckpt = str(Path(ckpt).resolve().relative_to(sweep_dir.resolve()))
             except ValueError:
                 pass
         rows.append([
@@ -205,7 +205,23 @@ def table(jobs: list[Job], metric: str, sweep_dir: Path, extra_metrics: list[str
     lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip()]
     lines.append("  ".join("-" * w for w in widths))
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    failures = [job for job in jobs if job.state == "failed"]
+    if failures:
+        lines.append("")
+        lines += [f"failed job {_fmt(job.num)}: {failure_summary(job)}" for job in failures]
     return "\n".join(lines)
+
+
+def failure_summary(job: Job) -> str:
+    """The exception line of the job's error.log (or the launcher's reason), and where to read more."""
+    path = Path(job.error) if job.error and Path(job.error).is_file() else None
+    if path is None and job.folder is not None and (job.folder / "error.log").is_file():
+        path = job.folder / "error.log"
+    if path is None:
+        return job.error or "no error.log (the trial failed in the sweeper, see its log)"
+    lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    exception = next((line for line in reversed(lines) if not line.startswith((" ", "\t", "---"))), lines[0] if lines else "")
+    return f"{exception[:200]} ({path})"
 
 
 # -- the figure --------------------------------------------------------------------------------

@@ -113,7 +113,7 @@ start_mariadb() {
     # --no-defaults: ignore /etc/mysql (its socket and data dir belong to a system service).
     nohup mariadbd --no-defaults --user=mysql --datadir="$data" --socket="$sock" \
         --pid-file="$RUN_DIR/mysql/mariadbd.pid" --port="$DB_PORT" --bind-address=127.0.0.1 \
-        --log-error="$RUN_DIR/mysql/mariadb.log" --innodb-buffer-pool-size=64M --innodb-log-file-size=16M \
+        --log-error="$RUN_DIR/mysql/mariadb.log" --innodb-buffer-pool-size=128M --innodb-log-file-size=64M --innodb-lock-wait-timeout=900 \
         --skip-name-resolve >/dev/null 2>&1 &
     ln -sf "$RUN_DIR/mysql/mariadbd.pid" "$PIDS/mariadbd.pid"
     wait_for 60 mariadbd mariadb-admin --no-defaults --socket="$sock" ping || die "mariadbd did not start: $RUN_DIR/mysql/mariadb.log"
@@ -161,6 +161,7 @@ ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 JobAcctGatherType=jobacct_gather/none
 MpiDefault=none
+MailProg=/bin/true
 SwitchType=switch/none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
@@ -264,7 +265,11 @@ stop() {
             wait_for 30 "jobs to end" bash -c '[[ -z $(squeue -h -o %A) ]]' || true
         fi
     fi
-    for daemon in slurmd slurmctld slurmdbd mariadbd munged; do stop_pidfile "$daemon"; done
+    # Each daemon takes ~2 s to exit: stop the SLURM ones together, then what they used.
+    for daemon in slurmd slurmctld slurmdbd; do stop_pidfile "$daemon" & done
+    wait
+    for daemon in mariadbd munged; do stop_pidfile "$daemon" & done
+    wait
     for name in slurm.conf slurmdbd.conf; do
         [[ -L /etc/slurm/$name && $(readlink "/etc/slurm/$name") == "$ETC/$name" ]] && rm -f "/etc/slurm/$name"
     done

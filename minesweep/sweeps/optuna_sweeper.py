@@ -22,10 +22,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
 from typing import Any
 
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.plugins import Plugins
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.plugins.sweeper import Sweeper
@@ -157,7 +155,7 @@ class OptunaSweeper(Sweeper):
                 log.error(f"{failed} of {launched} trials failed (max_failure_rate={self.max_failure_rate}): stopping")
                 for ret in returns:
                     if ret.status == JobStatus.FAILED:
-                        ret.return_value  # raises the job's error, with its traceback
+                        _ = ret.return_value  # raises the job's error, with its traceback
                 raise RuntimeError(f"{failed} of {launched} trials failed")
 
         log.info(f"Ran {launched} trials: {counts}; the study now has {len(study.trials)} trials")

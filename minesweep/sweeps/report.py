@@ -16,6 +16,7 @@ import argparse
 import logging
 import math
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -303,7 +304,9 @@ def figure(jobs: list[Job], metric: str, studies: list[Any], path: Path, maximiz
         try:
             import optuna
 
-            importances = optuna.importance.get_param_importances(study)
+            with warnings.catch_warnings():  # "too few trials" is visible in the figure
+                warnings.simplefilter("ignore")
+                importances = optuna.importance.get_param_importances(study)
             names = list(importances)[::-1]
             ax.barh(names, [importances[n] for n in names], color="tab:green")
             ax.tick_params(axis="y", labelsize=8)

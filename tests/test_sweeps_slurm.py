@@ -184,18 +184,19 @@ def test_two_task_ddp_job_trains_under_srun(cluster, store, tmp_path):
 
 
 def test_timed_out_job_checkpoints_is_requeued_and_resumes(cluster, store, tmp_path):
-    """A 1-minute limit, USR2 10 s before it (SLURM sends it within 30 s of that): the job saves
+    """A 1-minute limit, USR2 15 s before it: slurmctld checks limits every 30 s, so the signal comes
+    15-45 s after the start, while training runs (it starts ~8 s in). The job saves
     last.ckpt, submitit requeues it, and the requeued run resumes from that checkpoint.
 
-    Training lasts 45 s of wall time (trainer.max_time, restored from the checkpoint), longer than
+    Training lasts 48 s of wall time (trainer.max_time, restored from the checkpoint), longer than
     the first run can reach. Once requeued, the test gives the job 5 minutes, so that the second run
     finishes instead of being signalled again (every run of a job gets the same time limit).
     """
     sweep_dir = tmp_path / "sweep"
     args = command(
         store, sweep_dir,
-        "hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=10", "hydra.launcher.max_num_timeout=3",
-        "trainer.max_steps=1000000", '+trainer.max_time="00:00:00:45"', "trainer.val_check_interval=25",
+        "hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=15", "hydra.launcher.max_num_timeout=3",
+        "trainer.max_steps=1000000", '+trainer.max_time="00:00:00:48"', "trainer.val_check_interval=25",
     )
     started = time.time()
     sweep = subprocess.Popen(args, cwd=REPO, env=dict(os.environ, WANDB_MODE="offline"),

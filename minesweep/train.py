@@ -12,6 +12,7 @@ from typing import Any
 
 import hydra
 import lightning as L
+import torch
 from hydra.errors import InstantiationException
 from hydra.utils import execution_whitelist, instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -136,24 +137,29 @@ def train(cfg: DictConfig) -> dict[str, float]:
     try:
         # weights_only: a checkpoint is data, never code (no arbitrary unpickling).
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-        save_last_checkpoint(trainer)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        step = final_step(trainer)
         # Report validation on the final weights, unless the last step already validated them.
-        if trainer.global_step != getattr(module, "last_validated_step", None):
+        if step != getattr(module, "last_validated_step", None):
             trainer.validate(module, datamodule=datamodule, verbose=False)
             metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
-        metrics["global_step"] = float(trainer.global_step)
+        metrics["global_step"] = float(step)
     finally:
         finish_wandb()
     return metrics
 
 
-def save_last_checkpoint(trainer: L.Trainer) -> None:
-    """Make ``last.ckpt`` hold the final step (Lightning updates it only after a validation)."""
+def final_step(trainer: L.Trainer) -> int:
+    """The last optimizer step. Under ``ddp_spawn`` the training ran in child processes and this
+    process's trainer still says 0, so read the step from ``last.ckpt`` (written at train end)."""
+    if trainer.global_step:
+        return trainer.global_step
     callback = trainer.checkpoint_callback
-    if callback is None or not getattr(callback, "save_last", False) or not callback.dirpath:
-        return
-    trainer.save_checkpoint(Path(callback.dirpath) / f"{callback.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION}")
+    if callback is not None and callback.dirpath:
+        last = Path(callback.dirpath) / f"{callback.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION}"
+        if last.is_file():
+            return int(torch.load(last, map_location="cpu", weights_only=True, mmap=True)["global_step"])
+    return 0
 
 
 def finish_wandb() -> None:

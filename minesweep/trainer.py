@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -145,6 +146,15 @@ class MineLightning(L.LightningModule):
         saved = checkpoint.get("minesweep_train_memory")
         if saved is not None:
             self._memory["train"] = SlotMemory(list(saved["state"]), saved["episode"], saved["window_index"])
+
+    def on_train_end(self) -> None:
+        # Lightning refreshes last.ckpt only after a validation; make it hold the final step, so a
+        # resumed (or requeued) run continues from where this one stopped. Runs in every rank,
+        # including ddp_spawn's child processes (saving is collective; rank 0 writes).
+        callback = self.trainer.checkpoint_callback
+        if callback is not None and getattr(callback, "save_last", False) and callback.dirpath:
+            name = f"{callback.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION}"
+            self.trainer.save_checkpoint(os.path.join(callback.dirpath, name))
 
     def on_fit_start(self) -> None:
         for logger in self.loggers:

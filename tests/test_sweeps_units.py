@@ -252,3 +252,5 @@ def test_local_multirun_with_two_devices_spawns_ranks_and_runs_the_sweep_once(st
     (job,) = [p for p in sweep.iterdir() if p.is_dir()]
     assert json.loads((job / "job.json").read_text())["state"] == "completed"
     assert (job / "checkpoints" / "best-step000004.ckpt").is_file(), "the spawned ranks trained 4 steps"
+    assert torch.load(job / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4
+    assert json.loads((job / "metrics.json").read_text())["global_step"] == 4

@@ -85,7 +85,8 @@ class FanInReLULayer(nn.Module):
         if self.norm is not None:
             x = self.norm(x)
         x = self.layer(x)
-        return F.relu(x) if self.activation else x
+        # In place: the layer output is not needed for backward (ReLU keeps its own output).
+        return F.relu(x, inplace=True) if self.activation else x
 
 
 # --------------------------------------------------------------------------- image encoder

@@ -22,3 +22,16 @@ def random_batch(B: int = 2, T: int = 6, size: int = 64, seed: int = 0) -> dict:
         "episode": torch.arange(B),
         "timestep": torch.arange(T).repeat(B, 1),
     }
+
+
+#: Overrides that make a real training run small enough for a test on 2 CPU cores.
+SMALL_RUN = [
+    "data.win_len=16",
+    "data.batch_size=4",
+    "data.num_workers=0",
+    "data.demo=null",
+    "policy.hidsize=64",
+    "trainer.accelerator=cpu",
+    "trainer.limit_val_batches=2",
+    "callbacks.progress_bar=null",
+]

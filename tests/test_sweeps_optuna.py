@@ -16,21 +16,12 @@ from pathlib import Path
 import pytest
 
 from minesweep.data.datamodule import MineDataModule
+from tests.helpers import SMALL_RUN
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
 
-SMALL = [
-    "data.win_len=16",
-    "data.batch_size=4",
-    "data.num_workers=0",
-    "data.demo=null",
-    "policy.hidsize=64",
-    "trainer.accelerator=cpu",
-    "trainer.limit_val_batches=2",
-    "callbacks.progress_bar=null",
-    "logger=csv",
-]
+SMALL = [*SMALL_RUN, "logger=csv"]
 MAX_STEPS, VAL_EVERY = 10, 5
 PRUNED_LR, NAN_LR = 3.0, 1e4
 

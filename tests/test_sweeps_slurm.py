@@ -19,21 +19,12 @@ import pytest
 from omegaconf import OmegaConf
 
 from minesweep.data.datamodule import MineDataModule
+from tests.helpers import SMALL_RUN
 from tests.conftest import REPO
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
-SMALL = [
-    "data.win_len=16",
-    "data.batch_size=4",
-    "data.num_workers=0",
-    "data.demo=null",
-    "policy.hidsize=64",
-    "trainer.accelerator=cpu",
-    "trainer.limit_val_batches=2",
-    "callbacks.progress_bar=null",
-    "logger=csv",
-]
+SMALL = [*SMALL_RUN, "logger=csv"]
 # The slurm preset asks for GPUs and big nodes; the local cluster has 2 CPUs and no GPU.
 CPU_SLURM = [
     "hydra/launcher=slurm",

@@ -18,19 +18,10 @@ from minesweep.sweeps import overrides as ov
 from minesweep.sweeps.ddp import strategy_override
 from minesweep.sweeps.search_space import objective_weights
 from minesweep.sweeps.storage import find_storage, journal_path, open_storage
+from tests.helpers import SMALL_RUN
 from tests.conftest import CONF_DIR, REPO
 
-SMALL = [
-    "data.win_len=16",
-    "data.batch_size=4",
-    "data.num_workers=0",
-    "data.demo=null",
-    "policy.hidsize=64",
-    "trainer.accelerator=cpu",
-    "trainer.limit_val_batches=2",
-    "callbacks.progress_bar=null",
-    "logger=csv",
-]
+SMALL = [*SMALL_RUN, "logger=csv"]
 
 
 def compose_hydra(*overrides: str):

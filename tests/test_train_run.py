@@ -13,20 +13,12 @@ from omegaconf import OmegaConf
 
 from minesweep.data.datamodule import MineDataModule
 from minesweep.train import train
+from tests.helpers import SMALL_RUN
 from tests.conftest import CONF_DIR, REPO
 
 pytestmark = pytest.mark.slow
 
-SMALL = [
-    "data.win_len=16",
-    "data.batch_size=4",
-    "data.num_workers=0",
-    "data.demo=null",
-    "policy.hidsize=64",
-    "trainer.accelerator=cpu",
-    "trainer.limit_val_batches=2",
-    "callbacks.progress_bar=null",
-]
+SMALL = SMALL_RUN
 
 
 @pytest.fixture(scope="module")

@@ -72,7 +72,8 @@ def build_policy(policy_cfg: DictConfig) -> MinePolicy:
     """Instantiate the policy; ``weights`` (a state dict or a minesweep checkpoint) loads strictly."""
     policy_cfg = OmegaConf.create(OmegaConf.to_container(policy_cfg, resolve=True))
     weights = policy_cfg.pop("weights", None)
-    policy = instantiate(policy_cfg)
+    with execution_whitelist(ALLOWED_TARGETS, reset=True):  # also when called outside build()
+        policy = instantiate(policy_cfg)
     if weights:
         load_policy_weights(policy, weights)
         log.info("loaded policy weights from %s", weights)

@@ -29,10 +29,10 @@ from torch.utils.data import Sampler
 PAD = -1
 
 
-def assign_longest_first(lengths: Sequence[int], order: Sequence[int], bins: int) -> list[list[int]]:
-    """Greedy balancing: items (taken longest first, ties in ``order``) go to the lightest bin."""
-    rank_in_order = {item: i for i, item in enumerate(order)}
-    items = sorted(order, key=lambda item: (-lengths[item], rank_in_order[item]))
+def fill_slots(items: Sequence[int], lengths: Sequence[int], bins: int) -> list[list[int]]:
+    """Items in the given order, each to the bin that is lightest so far (ties: lowest bin).
+
+    For slots this is "the slot that becomes free first takes the next episode"."""
     heap = [(0, b) for b in range(bins)]
     assigned: list[list[int]] = [[] for _ in range(bins)]
     for item in items:
@@ -42,15 +42,10 @@ def assign_longest_first(lengths: Sequence[int], order: Sequence[int], bins: int
     return assigned
 
 
-def fill_slots(episodes: Sequence[int], lengths: Sequence[int], slots: int) -> list[list[int]]:
-    """Episodes in order, each to the slot that becomes free first (ties: lowest slot)."""
-    heap = [(0, s) for s in range(slots)]
-    assigned: list[list[int]] = [[] for _ in range(slots)]
-    for episode in episodes:
-        free_at, s = heapq.heappop(heap)
-        assigned[s].append(episode)
-        heapq.heappush(heap, (free_at + lengths[episode], s))
-    return assigned
+def assign_longest_first(lengths: Sequence[int], order: Sequence[int], bins: int) -> list[list[int]]:
+    """Greedy balancing: items taken longest first (ties in ``order``), each to the lightest bin."""
+    position = {item: i for i, item in enumerate(order)}
+    return fill_slots(sorted(order, key=lambda item: (-lengths[item], position[item])), lengths, bins)
 
 
 class EpisodeContinuousBatchSampler(Sampler[list[int]]):
@@ -108,10 +103,11 @@ class EpisodeContinuousBatchSampler(Sampler[list[int]]):
             order = np.random.default_rng((self.seed, epoch)).permutation(n).tolist()
         lengths = [len(w) for w in self.episode_windows]
         per_rank = assign_longest_first(lengths, order, self.world_size)
+        position = {episode: i for i, episode in enumerate(order)}  # (order.index would be quadratic)
         plan = []
         for episodes in per_rank:
             # keep the shuffled order within a rank: slots meet episodes in random order
-            episodes = sorted(episodes, key=order.index)
+            episodes = sorted(episodes, key=position.__getitem__)
             plan.append(fill_slots(episodes, lengths, self.batch_size))
         return plan
 

@@ -17,6 +17,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import execution_whitelist, instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from minesweep.host_memory import retain_freed_memory
 from minesweep.policies.base import MinePolicy
 from minesweep.policies.weights import load_policy_weights
 from minesweep.sweeps.hooks import trainer_extras
@@ -100,6 +101,8 @@ def build(cfg: DictConfig) -> tuple[L.Trainer, MineLightning, L.LightningDataMod
     # Sweep hook (minesweep.sweeps.hooks): Optuna pruning, checkpoint on submitit's preemption signal,
     # SLURM without Lightning's auto-requeue, ddp_spawn in a local multirun. Inert in a plain run.
     sweep_callbacks, sweep_trainer_kwargs = trainer_extras(cfg)
+    if cfg.get("retain_host_memory", True):
+        retain_freed_memory()  # a process setting: later CPU steps reuse pages instead of faulting them in
     with execution_whitelist(ALLOWED_TARGETS, reset=True), explain_refused_targets():
         datamodule = instantiate(cfg.data)
         policy = build_policy(cfg.policy)

@@ -94,3 +94,18 @@ def test_warmup_then_constant_or_cosine():
 def test_no_objective_is_refused():
     with pytest.raises(ValueError, match="at least one objective"):
         MineLightning(TinyPolicy(hidsize=16), {})
+
+
+@pytest.mark.parametrize("fused_optimizer, expected", [(None, True), (False, False)])
+def test_adamw_uses_the_fused_kernel_unless_told_not_to(fused_optimizer, expected):
+    policy = TinyPolicy(hidsize=16)
+    module = MineLightning(policy, [BehaviorCloneCallback()], fused_optimizer=fused_optimizer)
+    optimizer = module.configure_optimizers()["optimizer"]
+    assert bool(optimizer.param_groups[0]["fused"]) is expected
+    # Both give the same update (the fused kernel is an implementation detail).
+    batch = random_batch()
+    loss = module._objective_step(batch, 0, "train")
+    loss.backward()
+    before = [p.detach().clone() for p in policy.parameters()]
+    optimizer.step()
+    assert any(not torch.equal(b, p) for b, p in zip(before, policy.parameters()))

@@ -34,7 +34,8 @@ class BehaviorCloneCallback(ObjectiveCallback):
         agent_action = batch["agent_action"]
         pi_logits = latents["pi_logits"]
         log_prob = mine_policy.pi_head.logprob(agent_action, pi_logits, return_dict=True)
-        entropy = mine_policy.pi_head.entropy(pi_logits, return_dict=True)
+        with torch.no_grad():  # logged only: keeping it out of the graph saves its activations
+            entropy = mine_policy.pi_head.entropy(pi_logits, return_dict=True)
 
         camera_mask = (agent_action["camera"] != CAMERA_NULL_INDEX).float().squeeze(-1)
         mask = batch.get("mask")

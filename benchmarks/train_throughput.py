@@ -1,10 +1,12 @@
 """Training throughput (frames/s) and peak memory of a policy config on the demo data.
 
-    python benchmarks/train_throughput.py policy=tiny [--runs 3 --warmup 5 --steps 30] [hydra overrides]
+    python benchmarks/train_throughput.py policy=tiny [--runs 3 --warmup 5 --steps 30] [--flops] [hydra overrides]
 
 Each run trains ``warmup + steps`` optimizer steps and times the last ``steps`` (data loading
 included, validation and checkpointing off). Prints the machine, the command, every run, and
-the median.
+the median. ``--flops`` also counts the policy's FLOPs per frame (forward + backward, torch's
+FlopCounterMode), measures this CPU's convolution ceiling (a 3x3 conv layer of the VPT-1x
+shape, forward + backward, in the run's dtype) and prints the fraction of it reached.
 """
 
 from __future__ import annotations
@@ -64,11 +66,52 @@ def peak_rss_mib() -> tuple[float, float]:
     return own, children
 
 
+def flops_per_frame(cfg) -> float:
+    """Forward + backward FLOPs of one training frame of ``cfg.policy`` under the BC objective."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from minesweep.objectives.bc import BehaviorCloneCallback
+    from minesweep.train import build_policy
+    from tests.helpers import random_batch
+
+    policy = build_policy(cfg.policy)
+    h, w = getattr(policy, "img_shape", (128, 128, 3))[:2]
+    B, T = 1, 4
+    batch = random_batch(B, T, size=h, seed=0) if h == w else None
+    if batch is None:
+        raise ValueError(f"--flops needs a square image shape, the policy has {h}x{w}")
+    counter = FlopCounterMode(display=False)
+    with counter:
+        latents, _ = policy(batch, policy.initial_state(B))
+        BehaviorCloneCallback()(batch, 0, "train", latents, policy)["loss"].backward()
+    return counter.get_total_flops() / (B * T)
+
+
+def conv_ceiling_gflops(dtype: torch.dtype, repeats: int = 5) -> float:
+    """GFLOP/s of a 3x3, 128->128 channel conv on 32 frames of 32x32 (VPT-1x's third stack), fwd + bwd."""
+    conv = torch.nn.Conv2d(128, 128, 3, padding=1, bias=False)
+    x = torch.randn(32, 128, 32, 32).contiguous(memory_format=torch.channels_last).requires_grad_()
+    flop = 3 * 2 * 32 * 128 * 128 * 9 * 32 * 32  # forward, grad input, grad weight
+
+    def once() -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            conv(x).sum().backward()
+
+    once()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        once()
+        times.append(time.perf_counter() - start)
+    return flop / statistics.median(times) / 1e9
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--flops", action="store_true", help="print FLOP/frame and the fraction of the conv ceiling")
     args, overrides = parser.parse_known_args()
 
     print(f"command: {' '.join([sys.executable, *sys.argv])}")
@@ -108,6 +151,16 @@ def main() -> None:
     print(f"overrides: {' '.join(overrides) or '(none)'}")
     print(f"median training throughput: {statistics.median(rates):.1f} frames/s over {args.runs} runs")
     print(f"peak RSS: {own:.0f} MiB (this process), {children:.0f} MiB (largest data-loader worker)")
+    if args.flops:
+        gflop = flops_per_frame(cfg) / 1e9
+        dtype = torch.bfloat16 if "bf16" in str(cfg.trainer.precision) else torch.float32
+        ceiling = conv_ceiling_gflops(dtype)
+        achieved = gflop * statistics.median(rates)
+        print(
+            f"FLOPs: {gflop:.2f} GFLOP/frame (forward + backward) -> {achieved:.0f} GFLOP/s; "
+            f"measured {dtype} conv ceiling {ceiling:.0f} GFLOP/s: {100 * achieved / ceiling:.0f}% of it "
+            f"({ceiling / achieved:.2f}x from the ceiling)"
+        )
 
 
 if __name__ == "__main__":

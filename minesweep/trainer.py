@@ -213,11 +213,34 @@ class MineLightning(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         self.last_validated_step = self.global_step
 
+    def configure_gradient_clipping(
+        self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        # Lightning refuses to clip for a fused optimizer under any mixed precision, for fp16's loss scaling;
+        # bf16 has no scaling (configure_optimizers never fuses under a scaler), so plain clipping is right.
+        if gradient_clip_val and optimizer.defaults.get("fused") and getattr(self.trainer.precision_plugin, "scaler", None) is None:
+            params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+            if gradient_clip_algorithm == "value":
+                torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
+            else:
+                torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
     def configure_optimizers(self) -> dict[str, Any]:
         params = [p for p in self.mine_policy.parameters() if p.requires_grad]
+        # fp16 mixed precision scales the loss; a fused AdamW unscales inside its step, after clipping would have
+        # seen the scaled gradients, so that combination keeps the per-tensor loop.
+        scaler = getattr(self._trainer.precision_plugin, "scaler", None) if self._trainer is not None else None
         fused = self.fused_optimizer
         if fused is None:
-            fused = all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in params)
+            fused = scaler is None and all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in params)
+        elif fused and scaler is not None and self._trainer.gradient_clip_val:
+            raise ValueError(
+                "optim.fused_optimizer=true cannot clip gradients under 16-mixed precision (the fused step unscales "
+                "them itself); set optim.fused_optimizer=null, or trainer.gradient_clip_val=null"
+            )
         optimizer = torch.optim.AdamW(
             params,
             lr=self.learning_rate,

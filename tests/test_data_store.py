@@ -1,13 +1,17 @@
 """EpisodeStore / StoreWriter: round trip, keyframe layout, seek-based window reads, errors."""
 
+import io
 import json
+import os
 import pickle
+import subprocess
+import sys
 
 import av
 import numpy as np
 import pytest
 
-from minesweep.data.store import EpisodeLengthError, EpisodeStore, StoreWriter
+from minesweep.data.store import EpisodeLengthError, EpisodeStore, StoreWriter, encode_episode
 
 H, W, FPS, T = 64, 96, 20, 90
 
@@ -36,8 +40,8 @@ def make_actions(n: int, seed: int = 0) -> dict:
     }
 
 
-def decode_all(path) -> np.ndarray:
-    with av.open(str(path)) as c:
+def decode_all(data: bytes) -> np.ndarray:
+    with av.open(io.BytesIO(data)) as c:
         return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
 
 
@@ -53,20 +57,28 @@ def store_root(tmp_path_factory):
     return root
 
 
-def test_manifest(store_root):
+def test_manifest_index_and_journal(store_root):
     manifest = json.loads((store_root / "manifest.json").read_text())
-    assert manifest["format_version"] == 1
+    assert manifest["format_version"] == 2 and manifest["codec"] == "h264" and manifest["action_space_version"]
     assert manifest["fps"] == FPS and manifest["resolution"] == [H, W] and manifest["chunk_size"] == 32
-    assert [(e["id"], e["length"]) for e in manifest["episodes"]] == [("ep-a", T), ("ep-b", 40), ("ep-c", 33)]
-    e = manifest["episodes"][0]
-    assert e["video"] == "videos/ep-a.mp4" and e["actions"] == "actions/ep-a.npz" and e["source"] == "a.mp4"
+    assert manifest["num_episodes"] == 3 and manifest["num_frames"] == T + 40 + 33
+    assert [s["file"] for s in manifest["shards"]] == ["shards/shard-00000.bin"]
+    assert manifest["shards"][0]["size"] == (store_root / "shards/shard-00000.bin").stat().st_size
+    journal = [json.loads(line) for line in (store_root / "episodes.jsonl").read_text().splitlines()]
+    assert [(e["id"], e["length"], e["source"]) for e in journal] == [("ep-a", T, "a.mp4"), ("ep-b", 40, "b.mp4"),
+                                                                      ("ep-c", 33, "")]
+    assert all(len(e["sha256"]) == 64 for e in journal)
+    # episodes are back to back in the shard: video bytes, then actions
+    ends = [(e["video_offset"], e["actions_offset"] + e["actions_size"]) for e in journal]
+    assert ends[0][0] == 0 and all(ends[i][1] == ends[i + 1][0] for i in range(2))
     store = EpisodeStore(store_root)
     assert store.fps == FPS and store.resolution == (H, W) and len(store.episodes) == 3
-    assert not list(store_root.rglob(".*partial*")), "temporary files left behind"
+    assert isinstance(store.index, np.memmap), "readers must memory-map the index, not load it"
+    assert store.lengths.tolist() == [T, 40, 33] and store.episodes[1].id == "ep-b"
 
 
 def test_keyframe_every_32_frames_and_pts_are_frame_indices(store_root):
-    with av.open(str(store_root / "videos/ep-a.mp4")) as c:
+    with av.open(io.BytesIO(EpisodeStore(store_root).read_video_bytes("ep-a"))) as c:
         stream = c.streams.video[0]
         packets = sorted((p.pts, p.is_keyframe) for p in c.demux(stream) if p.size)
         assert len(packets) == T
@@ -92,7 +104,7 @@ def test_round_trip_frames_and_actions(store_root):
 
 @pytest.mark.parametrize("start,length", [(0, 32), (32, 32), (40, 32), (33, 57), (70, 5), (89, 1), (5, 0)])
 def test_window_equals_sequential_decode(store_root, start, length):
-    sequential = decode_all(store_root / "videos/ep-a.mp4")
+    sequential = decode_all(EpisodeStore(store_root).read_video_bytes("ep-a"))
     store = EpisodeStore(store_root)
     store.read_frames("ep-b", 3, 10)  # the same store hops between episodes and positions
     np.testing.assert_array_equal(store.read_frames("ep-a", start, length), sequential[start:start + length])
@@ -124,8 +136,10 @@ def test_errors_name_what_is_wrong(store_root, tmp_path):
         store.read_actions("nope")
     with pytest.raises(IndexError, match="ep-c"):
         store.read_frames("ep-c", 30, 5)
-    with pytest.raises(FileExistsError, match="manifest.json"):
-        StoreWriter(store_root)
+    with pytest.raises(ValueError, match="resolution.*write to another folder"):
+        StoreWriter(store_root, resolution=(H * 2, W))
+    with pytest.raises(IndexError, match="out of range"):
+        store.read_frames(7, 0, 1)
 
 
 def test_failed_episode_leaves_nothing_behind(tmp_path):
@@ -142,6 +156,88 @@ def test_failed_episode_leaves_nothing_behind(tmp_path):
         with pytest.raises(ValueError, match="frame 0"):
             writer.add_episode("wrong-size", np.zeros((3, H + 2, W, 3), np.uint8), make_actions(3))
         writer.add_episode("good", make_frames(3), make_actions(3))
-    assert [e.id for e in EpisodeStore(tmp_path).episodes] == ["good"]
-    assert sorted(p.name for p in (tmp_path / "videos").iterdir()) == ["good.mp4"]
-    assert sorted(p.name for p in (tmp_path / "actions").iterdir()) == ["good.npz"]
+    store = EpisodeStore(tmp_path)
+    assert [e.id for e in store.episodes] == ["good"]
+    record = store.episodes[0]
+    assert (tmp_path / "shards/shard-00000.bin").stat().st_size == record.actions_offset + record.actions_size
+
+
+@pytest.mark.parametrize("codec", ["h264", "raw"])
+def test_both_codecs_read_the_same_windows(tmp_path, codec):
+    frames = make_frames(70, seed=3)
+    with StoreWriter(tmp_path, resolution=(H, W), codec=codec) as writer:
+        writer.add_episode("e", frames, make_actions(70))
+    store = EpisodeStore(tmp_path)
+    window = store.read_frames("e", 33, 20)
+    if codec == "raw":
+        np.testing.assert_array_equal(window, frames[33:53])  # lossless, one pread
+    else:
+        assert np.abs(window.astype(int) - frames[33:53]).mean() < 3
+
+
+def test_shards_roll_over_and_every_episode_reads_back(tmp_path):
+    sizes = [40, 35, 50, 33, 41]
+    with StoreWriter(tmp_path, resolution=(H, W), codec="raw", shard_size=3 * 40 * H * W * 3) as writer:
+        for i, n in enumerate(sizes):
+            writer.add_episode(f"e{i}", make_frames(n, seed=i), make_actions(n, seed=i))
+    store = EpisodeStore(tmp_path)
+    shards = [e.shard for e in store.episodes]
+    assert shards == sorted(shards) and shards[-1] >= 1, shards
+    assert len(list((tmp_path / "shards").iterdir())) == shards[-1] + 1
+    for i, n in enumerate(sizes):
+        np.testing.assert_array_equal(store.read_frames(f"e{i}", 0, n), make_frames(n, seed=i))
+        np.testing.assert_array_equal(store.read_actions(i)["camera"], make_actions(n, seed=i)["camera"])
+
+
+def test_resume_after_a_kill_keeps_verified_episodes_and_matches_an_uninterrupted_run(tmp_path):
+    def write(root, ids):
+        with StoreWriter(root, resolution=(H, W), codec="raw", shard_size=100_000_000) as writer:
+            for i in ids:
+                if f"e{i}" not in writer:
+                    writer.add_episode(f"e{i}", make_frames(20 + i, seed=i), make_actions(20 + i, seed=i))
+        return writer
+
+    write(tmp_path / "whole", range(4))
+    # A "killed" run: e0, e1 complete; e2 half written to the shard, its journal line cut mid-way.
+    killed = tmp_path / "killed"
+    writer = StoreWriter(killed, resolution=(H, W), codec="raw", shard_size=100_000_000)
+    for i in range(3):
+        writer.add_episode(f"e{i}", make_frames(20 + i, seed=i), make_actions(20 + i, seed=i))
+    writer._shard_file.close()
+    writer._journal.close()
+    shard = killed / "shards/shard-00000.bin"
+    record = writer.episodes[2]
+    os.truncate(shard, record.video_offset + record.video_size // 2)
+    journal = (killed / "episodes.jsonl").read_text().splitlines()
+    (killed / "episodes.jsonl").write_text("\n".join(journal[:2]) + "\n" + journal[2][:30])
+    assert not (killed / "manifest.json").exists()
+    with pytest.raises(FileNotFoundError, match="did not finish: run it again to resume"):
+        EpisodeStore(killed)
+
+    resumed = write(killed, range(4))
+    assert resumed.resumed == 2
+    for name in ("manifest.json", "episodes.jsonl", "index.npy", "shards/shard-00000.bin"):
+        assert (killed / name).read_bytes() == (tmp_path / "whole" / name).read_bytes(), name
+
+
+def test_corrupt_bytes_in_the_last_shard_are_not_trusted_on_resume(tmp_path):
+    with StoreWriter(tmp_path, resolution=(H, W), codec="raw") as writer:
+        for i in range(3):
+            writer.add_episode(f"e{i}", make_frames(10, seed=i), make_actions(10, seed=i))
+    second = writer.episodes[1]
+    with open(tmp_path / "shards/shard-00000.bin", "r+b") as f:
+        f.seek(second.video_offset + 5)
+        f.write(b"\xff\x00\xff")
+    writer = StoreWriter(tmp_path, resolution=(H, W), codec="raw")
+    assert [e.id for e in writer.episodes] == ["e0"] and "e1" not in writer
+    writer.close()
+
+
+def test_encoding_is_reproducible_across_processes():
+    # Resume compares bytes, so the same frames must encode to the same H.264 in any process.
+    code = ("import sys, hashlib; sys.path.insert(0, {root!r}); from tests.test_data_store import *; "
+            "e = encode_episode('x', make_frames(40), make_actions(40), (H, W)); print(e.sha256)")
+    root = str(__import__("pathlib").Path(__file__).resolve().parents[1])
+    digests = {subprocess.run([sys.executable, "-c", code.format(root=root)], capture_output=True, text=True,
+                              check=True).stdout.strip() for _ in range(2)}
+    assert len(digests) == 1 and encode_episode("x", make_frames(40), make_actions(40), (H, W)).sha256 in digests

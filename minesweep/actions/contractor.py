@@ -26,6 +26,7 @@ __all__ = [
     "KEYBOARD_BUTTON_MAPPING",
     "contractor_to_env",
     "read_jsonl",
+    "read_jsonl_prefix",
 ]
 
 #: Camera degrees per mouse count (the reference's CAMERA_SCALER; exactly the double 0.15).
@@ -62,7 +63,14 @@ _KEY_TO_COL: dict[str, int] = {
 
 
 class ContractorFormatError(ValueError):
-    """A contractor recording is malformed (missing key, bad JSON line, bad value)."""
+    """A contractor recording is malformed (missing key, bad JSON line, bad value).
+
+    ``step``: how many steps before the bad one are fine (the episode's valid prefix), when known.
+    """
+
+    def __init__(self, message: str, step: int | None = None) -> None:
+        super().__init__(message)
+        self.step = step
 
 
 @dataclass
@@ -87,7 +95,7 @@ def _get(step: Mapping, dotted: str, source: str, index: int) -> Any:
     for part in dotted.split("."):
         value = node.get(part, _MISSING) if isinstance(node, Mapping) else _MISSING
         if value is _MISSING:
-            raise ContractorFormatError(f"{source}: step {index}: missing key {dotted!r}")
+            raise ContractorFormatError(f"{source}: step {index}: missing key {dotted!r}", step=index)
         node = value
     return node
 
@@ -96,8 +104,7 @@ def _get_list(step: Mapping, dotted: str, source: str, index: int) -> list:
     value = _get(step, dotted, source, index)
     if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
         raise ContractorFormatError(
-            f"{source}: step {index}: {dotted!r} must be a list, got {type(value).__name__}"
-        )
+            f"{source}: step {index}: {dotted!r} must be a list, got {type(value).__name__}", step=index)
     return list(value)
 
 
@@ -105,8 +112,7 @@ def _get_number(step: Mapping, dotted: str, source: str, index: int) -> float:
     value = _get(step, dotted, source, index)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ContractorFormatError(
-            f"{source}: step {index}: {dotted!r} must be a number, got {value!r}"
-        )
+            f"{source}: step {index}: {dotted!r} must be a number, got {value!r}", step=index)
     return float(value)
 
 
@@ -149,8 +155,7 @@ def contractor_to_env(
     for i, step in enumerate(steps):
         if not isinstance(step, Mapping):
             raise ContractorFormatError(
-                f"{source}: step {i}: expected a JSON object, got {type(step).__name__}"
-            )
+                f"{source}: step {i}: expected a JSON object, got {type(step).__name__}", step=i)
         # The reference reads newButtons only at step 0 and while stuck; so do we.
         if i == 0:
             attack_is_stuck = _get_list(step, "mouse.newButtons", source, i) == [_ATTACK_BUTTON]
@@ -191,8 +196,7 @@ def contractor_to_env(
         hotbar = _get(step, "hotbar", source, i)
         if isinstance(hotbar, bool) or not isinstance(hotbar, int) or not 0 <= hotbar <= 8:
             raise ContractorFormatError(
-                f"{source}: step {i}: 'hotbar' must be an integer slot in 0..8, got {hotbar!r}"
-            )
+                f"{source}: step {i}: 'hotbar' must be an integer slot in 0..8, got {hotbar!r}", step=i)
         if hotbar != last_hotbar:
             buttons[i, _COL[f"hotbar.{hotbar + 1}"]] = 1
         last_hotbar = hotbar
@@ -207,6 +211,14 @@ def contractor_to_env(
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
     """Read a contractor ``.jsonl`` file: one JSON object per line; blank lines are skipped."""
+    steps, error = read_jsonl_prefix(path)
+    if error is not None:
+        raise error
+    return steps
+
+
+def read_jsonl_prefix(path: str | os.PathLike) -> tuple[list[dict], ContractorFormatError | None]:
+    """The steps of a ``.jsonl`` up to its first bad line, and the error for that line (None if all are good)."""
     steps: list[dict] = []
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, start=1):
@@ -215,12 +227,10 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as err:
-                raise ContractorFormatError(
-                    f"{os.fspath(path)}: line {lineno}: invalid JSON ({err.msg} at column {err.colno})"
-                ) from err
+                message = f"{os.fspath(path)}: line {lineno}: invalid JSON ({err.msg} at column {err.colno})"
+                return steps, ContractorFormatError(message, step=len(steps))
             if not isinstance(obj, dict):
-                raise ContractorFormatError(
-                    f"{os.fspath(path)}: line {lineno}: expected a JSON object, got {type(obj).__name__}"
-                )
+                message = f"{os.fspath(path)}: line {lineno}: expected a JSON object, got {type(obj).__name__}"
+                return steps, ContractorFormatError(message, step=len(steps))
             steps.append(obj)
-    return steps
+    return steps, None

@@ -1,30 +1,40 @@
-"""Contractor recordings (``NAME.mp4`` + ``NAME.jsonl``) -> a training store.
+"""Contractor recordings (``NAME.mp4`` + ``NAME.jsonl``) -> a training store, in parallel and resumable.
 
-Bad input never stops the run: every episode with a problem (unpaired file, unreadable jsonl, missing key,
-undecodable or truncated video, frame/action count mismatch, empty episode) is skipped and recorded with its file,
-the reason and, where it applies, the frame index. Every good episode is ingested. The report is written to
-``<dst>/ingest_report.json`` and printed as a table.
+Each recording is decoded, its GUI cursor drawn where ``isGuiOpen`` (as the VPT data loader does), resized with
+OpenCV-exact bilinear and encoded in a worker process; the parent appends finished episodes to the store in
+the sorted order of the recordings, so a store's bytes do not depend on the number of workers or on a restart.
+Re-running skips episodes already in the store (verified by the writer), so a killed ingest loses at most the
+episodes that were in flight.
+
+Bad input never stops the run: an unpaired file, a name that is not UTF-8, an unreadable or bad ``.jsonl`` line, a
+missing key, an undecodable or truncated video, a frame/action count mismatch, an empty episode. Each is reported
+once with its file, the reason and, where it applies, the frame index. ``on_error="skip"`` drops such an episode;
+``on_error="prefix"`` keeps its valid prefix (the frames and steps before the first problem). The report goes to
+``<dst>/ingest_report.json`` and is printed as a table.
 """
 
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
-from minesweep.actions.contractor import ContractorFormatError, contractor_to_env, read_jsonl
+from minesweep.actions.contractor import ContractorFormatError, contractor_to_env, read_jsonl_prefix
 from minesweep.data.resize import resize_bilinear
-from minesweep.data.store import EpisodeLengthError, StoreWriter
+from minesweep.data.store import DEFAULT_SHARD_SIZE, EncodedEpisode, EpisodeLengthError, StoreWriter, encode_episode
 
-__all__ = ["IngestReport", "ingest"]
+__all__ = ["IngestReport", "ingest", "print_report"]
 
 REPORT = "ingest_report.json"
+ON_ERROR = ("skip", "prefix")
 _RESIZE_BATCH = 32  # frames resized per vectorised call
 _DECODE_ERRORS = (av.error.FFmpegError, OSError, ValueError, EOFError, RuntimeError)
 
@@ -33,11 +43,15 @@ _DECODE_ERRORS = (av.error.FFmpegError, OSError, ValueError, EOFError, RuntimeEr
 class IngestReport:
     src: str
     dst: str
-    ingested: list[str] = field(default_factory=list)
-    skipped: list[dict] = field(default_factory=list)  # {episode, file, reason, frame (int or None)}
+    ingested: list[str] = field(default_factory=list)  # newly added by this run
+    already: int = 0  # episodes found in the store from an earlier run, kept
+    # {episode, file, reason, frame (int or None), kept (frames kept with on_error="prefix", else 0)}
+    skipped: list[dict] = field(default_factory=list)
+    frames: int = 0  # frames added by this run
+    seconds: float = 0.0
 
-    def skip(self, episode: str, file: Path | str, reason: str, frame: int | None = None) -> None:
-        self.skipped.append({"episode": episode, "file": str(file), "reason": reason, "frame": frame})
+    def skip(self, episode: str, file: Path | str, reason: str, frame: int | None = None, kept: int = 0) -> None:
+        self.skipped.append({"episode": episode, "file": str(file), "reason": reason, "frame": frame, "kept": kept})
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)
@@ -51,90 +65,260 @@ class _DecodeError(Exception):
         self.frame = frame
 
 
-def _episode_id(src: Path, mp4: Path) -> str:
+@dataclass(frozen=True)
+class _Job:
+    episode: str
+    mp4: Path
+    jsonl: Path
+    source: str
+
+
+@dataclass(frozen=True)
+class _Settings:
+    resolution: tuple[int, int]
+    legacy_vpt_camera: bool
+    on_error: str
+    codec: str
+    fps: int
+    chunk_size: int
+    gui_cursor: bool
+
+
+def _episode_id(src: Path, path: Path) -> str:
     """Unique, flat id: the path relative to ``src`` without suffix, folders joined by '__'."""
-    return "__".join(mp4.relative_to(src).with_suffix("").parts)
+    return "__".join(path.relative_to(src).with_suffix("").parts)
 
 
-def _resized_frames(mp4: Path, resolution: tuple[int, int]) -> Iterator[np.ndarray]:
-    """Decode ``mp4`` and yield resized RGB frame batches ``(n, h, w, 3)``. Decoding errors become _DecodeError."""
+def _is_utf8(path: Path) -> bool:
+    try:
+        str(path).encode("utf-8")
+        return True
+    except UnicodeEncodeError:  # undecodable bytes in the name became surrogates
+        return False
+
+
+def _pairs(src: Path, report: IngestReport) -> list[_Job]:
+    files = sorted(p for p in src.rglob("*") if p.suffix in (".mp4", ".jsonl") and p.is_file())
+    good: list[Path] = []
+    for path in files:
+        if _is_utf8(path):
+            good.append(path)
+        else:
+            shown = os.fsencode(path).decode("utf-8", "backslashreplace")
+            report.skip(shown, shown, "file name is not valid UTF-8: rename it")
+    videos = {p.with_suffix(""): p for p in good if p.suffix == ".mp4"}
+    actions = {p.with_suffix(""): p for p in good if p.suffix == ".jsonl"}
+    for stem in sorted(videos.keys() - actions.keys()):
+        report.skip(_episode_id(src, videos[stem]), videos[stem], "no matching .jsonl")
+    for stem in sorted(actions.keys() - videos.keys()):
+        report.skip(_episode_id(src, actions[stem]), actions[stem], "no matching .mp4")
+    return [_Job(_episode_id(src, videos[s]), videos[s], actions[s], os.fspath(videos[s].relative_to(src)))
+            for s in sorted(videos.keys() & actions.keys())]
+
+
+def _decoded_frames(mp4: Path, resolution: tuple[int, int], cursor: Any | None) -> Iterator[np.ndarray]:
+    """Decode ``mp4`` and yield resized RGB frame batches ``(n, h, w, 3)``; ``cursor(batch, first_index)`` draws
+    the GUI cursor on original-size frames first. Decoding errors become :class:`_DecodeError`."""
     count = 0
     batch: list[np.ndarray] = []
     reformatter = VideoReformatter()  # reused: keeps its swscale context between frames
+
+    def flush() -> np.ndarray:
+        frames = np.stack(batch)
+        if cursor is not None:
+            cursor(frames, count - len(batch))
+        batch.clear()
+        return resize_bilinear(frames, resolution)
+
     try:
         with av.open(str(mp4)) as container:
             if not container.streams.video:
                 raise ValueError("no video stream")
             stream = container.streams.video[0]
-            stream.thread_type = "AUTO"  # source videos are large: let ffmpeg use frame threads
+            # One decoding thread: ingest runs one worker process per core, and frame threads would make the
+            # workers fight over the cores.
+            stream.codec_context.thread_count = 1
             for frame in container.decode(stream):
                 batch.append(reformatter.reformat(frame, format="rgb24").to_ndarray())
                 count += 1
                 if len(batch) == _RESIZE_BATCH:
-                    yield resize_bilinear(np.stack(batch), resolution)
-                    batch.clear()
+                    yield flush()
     except _DECODE_ERRORS as err:
+        if batch:
+            yield flush()  # the frames before the error are good (a valid prefix)
         raise _DecodeError(count, err) from err
     if batch:
-        yield resize_bilinear(np.stack(batch), resolution)
+        yield flush()
 
 
-def _pairs(src: Path, report: IngestReport) -> list[tuple[Path, Path]]:
-    videos = {p.with_suffix(""): p for p in sorted(src.rglob("*.mp4"))}
-    actions = {p.with_suffix(""): p for p in sorted(src.rglob("*.jsonl"))}
-    for stem in sorted(videos.keys() - actions.keys()):
-        report.skip(_episode_id(src, videos[stem]), videos[stem], "no matching .jsonl")
-    for stem in sorted(actions.keys() - videos.keys()):
-        report.skip(_episode_id(src, actions[stem]), actions[stem], "no matching .mp4")
-    return [(videos[s], actions[s]) for s in sorted(videos.keys() & actions.keys())]
+def _cursor_drawer(steps: list[dict], source: str) -> Any | None:
+    """A function that draws the GUI cursor onto a batch of original-size frames, or None when no step has a GUI
+    open. Built from the steps' ``isGuiOpen`` and ``mouse.x/y``."""
+    from minesweep.data.cursor import cursor_inputs, draw_cursor
+
+    x, y, gui_open = cursor_inputs(steps, source=source)
+    if not gui_open.any():
+        return None
+
+    def draw(frames: np.ndarray, first: int) -> None:
+        n = max(0, min(len(frames), len(gui_open) - first))  # frames beyond the steps are cut later anyway
+        if n:
+            draw_cursor(frames[:n], x[first:first + n], y[first:first + n], gui_open[first:first + n])
+
+    return draw
 
 
-def _ingest_one(writer: StoreWriter, src: Path, mp4: Path, jsonl: Path, legacy_vpt_camera: bool,
-                report: IngestReport) -> None:
-    episode = _episode_id(src, mp4)
+def _encode(job: _Job, settings: _Settings) -> tuple[EncodedEpisode | None, list[dict]]:
+    """Worker: one recording -> its encoded episode (or None) and the problems found (each a report entry)."""
+    problems: list[dict] = []
+    prefix = settings.on_error == "prefix"
+
+    def problem(file: Path, reason: str, frame: int | None = None) -> None:
+        problems.append({"episode": job.episode, "file": str(file), "reason": reason, "frame": frame, "kept": 0})
+
     try:
-        steps = read_jsonl(jsonl)
-        env_actions = contractor_to_env(steps, legacy_vpt_camera=legacy_vpt_camera, source=str(jsonl))
-    except (ContractorFormatError, OSError, UnicodeDecodeError) as err:
-        report.skip(episode, jsonl, str(err))
-        return
+        steps, error = read_jsonl_prefix(job.jsonl)
+    except (OSError, UnicodeDecodeError) as err:
+        problem(job.jsonl, f"cannot read: {err}")
+        return None, problems
+    if error is not None:
+        problem(job.jsonl, str(error), frame=error.step)
+        if not prefix:
+            return None, problems
+    try:
+        env_actions = contractor_to_env(steps, legacy_vpt_camera=settings.legacy_vpt_camera, source=str(job.jsonl))
+        cursor = _cursor_drawer(steps, str(job.jsonl)) if settings.gui_cursor else None
+    except ContractorFormatError as err:
+        problem(job.jsonl, str(err), frame=err.step)
+        if not prefix or not err.step:
+            return None, problems
+        steps = steps[:err.step]
+        env_actions = contractor_to_env(steps, legacy_vpt_camera=settings.legacy_vpt_camera, source=str(job.jsonl))
+        cursor = _cursor_drawer(steps, str(job.jsonl)) if settings.gui_cursor else None
     if len(env_actions) == 0:
-        report.skip(episode, jsonl, "no steps in the .jsonl")
-        return
+        if not problems:
+            problem(job.jsonl, "no steps in the .jsonl")
+        return None, problems
+
+    decode_error: list[_DecodeError] = []
+
+    def frames() -> Iterator[np.ndarray]:
+        try:
+            yield from _decoded_frames(job.mp4, settings.resolution, cursor)
+        except _DecodeError as err:
+            decode_error.append(err)
+            if not prefix:
+                raise
+
     try:
-        writer.add_episode(episode, _resized_frames(mp4, writer.resolution), env_actions,
-                           source=os.fspath(mp4.relative_to(src)))
+        encoded = encode_episode(job.episode, frames(), env_actions, settings.resolution, settings.codec,
+                                 settings.fps, settings.chunk_size, source=job.source, allow_prefix=prefix)
     except _DecodeError as err:
-        report.skip(episode, mp4, str(err), frame=err.frame)
-        return
+        problem(job.mp4, str(err), frame=err.frame)
+        return None, problems
     except EpisodeLengthError as err:
-        if err.frames == 0:
-            report.skip(episode, mp4, "video has no frames", frame=0)
+        if decode_error:
+            problem(job.mp4, str(decode_error[0]), frame=decode_error[0].frame)
+        elif err.frames == 0:
+            problem(job.mp4, "video has no frames", frame=0)
         else:
-            report.skip(episode, mp4, f"video has {err.frames} frames but {jsonl.name} has {err.actions} steps "
-                        "(truncated video or mismatched recording)", frame=min(err.frames, err.actions))
-        return
-    report.ingested.append(episode)
+            problem(job.mp4, f"video has {err.frames} frames but {job.jsonl.name} has {err.actions} steps "
+                    "(truncated video or mismatched recording)", frame=min(err.frames, err.actions))
+        return None, problems
+    if decode_error:
+        problem(job.mp4, str(decode_error[0]), frame=decode_error[0].frame)
+    elif encoded.length < len(env_actions):
+        problem(job.mp4, f"video has {encoded.length} frames but {job.jsonl.name} has {len(env_actions)} steps "
+                "(truncated video or mismatched recording)", frame=encoded.length)
+    elif encoded.frames_seen > encoded.length:
+        problem(job.mp4, f"video has more frames than {job.jsonl.name} has steps ({len(env_actions)})",
+                frame=encoded.length)
+    for p in problems:
+        p["kept"] = encoded.length
+    return encoded, problems
+
+
+def _encode_star(args: tuple[_Job, _Settings]) -> tuple[EncodedEpisode | None, list[dict]]:
+    return _encode(*args)
 
 
 def ingest(src_dir: str | Path, dst_dir: str | Path, resolution: tuple[int, int] = (128, 128),
-           legacy_vpt_camera: bool = False, fps: int = 20, print_summary: bool = True) -> IngestReport:
-    """Convert every ``*.mp4`` + ``*.jsonl`` pair under ``src_dir`` (recursively) into a store at ``dst_dir``.
+           legacy_vpt_camera: bool = False, fps: int = 20, workers: int = 1, codec: str = "h264",
+           shard_size: int = DEFAULT_SHARD_SIZE, on_error: str = "skip", gui_cursor: bool = True,
+           progress: bool = True, print_summary: bool = True) -> IngestReport:
+    """Convert every ``*.mp4`` + ``*.jsonl`` pair under ``src_dir`` (recursively) into a store at ``dst_dir``,
+    or add the missing ones to the store there.
 
-    Frames are resized to ``resolution = (h, w)`` with OpenCV-exact bilinear; actions go through
-    :func:`minesweep.actions.contractor.contractor_to_env` (null steps are kept and flagged).
+    ``workers`` processes decode and encode (one per core is right); frames are resized to ``resolution = (h, w)``
+    with OpenCV-exact bilinear; actions go through :func:`minesweep.actions.contractor.contractor_to_env` (null
+    steps are kept and flagged, never dropped). ``on_error`` is ``"skip"`` or ``"prefix"`` (see the module).
     """
+    if on_error not in ON_ERROR:
+        raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
     src, dst = Path(src_dir), Path(dst_dir)
     if not src.is_dir():
         raise FileNotFoundError(f"source folder {src} does not exist")
+    started = time.perf_counter()
     report = IngestReport(src=str(src), dst=str(dst))
-    with StoreWriter(dst, resolution=resolution, fps=fps) as writer:
-        for mp4, jsonl in _pairs(src, report):
-            _ingest_one(writer, src, mp4, jsonl, legacy_vpt_camera, report)
+    settings = _Settings(tuple(resolution), legacy_vpt_camera, on_error, codec, fps, 32, gui_cursor)
+    jobs = _pairs(src, report)
+    with StoreWriter(dst, resolution=resolution, fps=fps, codec=codec, shard_size=shard_size) as writer:
+        todo = [job for job in jobs if job.episode not in writer]
+        report.already = len(jobs) - len(todo)
+        with _Progress(len(jobs), report.already, enabled=progress) as bar:
+            for encoded, problems in _run(todo, settings, workers):
+                report.skipped.extend(problems)
+                if encoded is not None:
+                    writer.append(encoded)
+                    report.ingested.append(encoded.id)
+                    report.frames += encoded.length
+                bar.advance(encoded.length if encoded is not None else 0)
+    report.seconds = time.perf_counter() - started
     (dst / REPORT).write_text(report.to_json())
     if print_summary:
         print_report(report)
     return report
+
+
+def _run(jobs: list[_Job], settings: _Settings, workers: int) -> Iterator[tuple[EncodedEpisode | None, list[dict]]]:
+    """Results in the order of ``jobs`` (so the store layout is deterministic), computed by ``workers`` processes."""
+    if workers <= 1 or len(jobs) <= 1:
+        for job in jobs:
+            yield _encode(job, settings)
+        return
+    # spawn: a clean interpreter per worker (no inherited ffmpeg or torch threads from the parent).
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        yield from pool.imap(_encode_star, [(job, settings) for job in jobs], chunksize=1)
+
+
+class _Progress:
+    """Episodes done / total with episodes/s and frames/s (rich), or nothing when disabled."""
+
+    def __init__(self, total: int, done: int, enabled: bool) -> None:
+        self.enabled, self.total, self.done, self.frames = enabled, total, done, 0
+        self.start = time.perf_counter()
+
+    def __enter__(self) -> _Progress:
+        if self.enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.bar = Progress(TextColumn("ingest"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                                TextColumn("{task.fields[rate]}"))
+            self.bar.start()
+            self.task = self.bar.add_task("ingest", total=self.total, completed=self.done, rate="")
+        return self
+
+    def advance(self, frames: int) -> None:
+        self.frames += frames
+        if self.enabled:
+            seconds = max(time.perf_counter() - self.start, 1e-9)
+            self.bar.advance(self.task)
+            episodes = self.bar.tasks[0].completed - self.done
+            self.bar.update(self.task, rate=f"{episodes / seconds:.2f} episodes/s, {self.frames / seconds:.0f} frames/s")
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.enabled:
+            self.bar.stop()
 
 
 def print_report(report: IngestReport) -> None:
@@ -143,12 +327,15 @@ def print_report(report: IngestReport) -> None:
     from rich.table import Table
 
     console = Console()
-    console.print(f"ingested {len(report.ingested)} episode(s) from {report.src} into {report.dst}; "
-                  f"skipped {len(report.skipped)}")
+    rate = report.frames / report.seconds if report.seconds else 0.0
+    console.print(f"ingested {len(report.ingested)} episode(s), {report.frames} frames ({rate:.0f} frames/s) from "
+                  f"{report.src} into {report.dst}; {report.already} already there; "
+                  f"{len(report.skipped)} problem(s)")
     if report.skipped:
-        table = Table(title="skipped", show_lines=False)
-        for column in ("episode", "file", "frame", "reason"):
+        table = Table(title="problems (kept > 0: the valid prefix was ingested)", show_lines=False)
+        for column in ("episode", "file", "frame", "kept", "reason"):
             table.add_column(column, overflow="fold")
         for s in report.skipped:
-            table.add_row(s["episode"], s["file"], "" if s["frame"] is None else str(s["frame"]), s["reason"])
+            table.add_row(s["episode"], s["file"], "" if s["frame"] is None else str(s["frame"]), str(s["kept"]),
+                          s["reason"])
         console.print(table)

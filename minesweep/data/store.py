@@ -1,33 +1,55 @@
-"""The training store: one folder of fixed-resolution H.264 episodes plus their env actions.
+"""The training store: episodes packed into a few large shard files, with an index for one-seek window reads.
 
-Layout::
+Layout of a store folder::
 
-    manifest.json        {"format_version", "fps", "resolution": [h, w], "chunk_size", "episodes": [...]}
-    videos/<id>.mp4      H.264 yuv420p, a keyframe (IDR) exactly every ``chunk_size`` frames, pts = frame index
-    actions/<id>.npz     buttons (T, 20) uint8, camera (T, 2) float32, is_null (T,) bool, esc (T,) bool
+    manifest.json     dataset facts: format/action-space version, fps, resolution, codec, chunk size, counts, and
+                      every shard's size and sha256. Written last: a folder without it is an unfinished ingest.
+    index.npy         one row per episode (id, length, shard, byte ranges): what readers load, memory-mapped,
+                      so a worker holds only the pages it touches, never the whole dataset's metadata.
+    episodes.jsonl    the same rows plus each episode's sha256 and source file, one JSON line per episode,
+                      appended as ingest goes: the journal a killed ingest resumes from.
+    shards/shard-NNNNN.bin
+                      episodes back to back: the video bytes, then the actions (an uncompressed .npz).
 
-Because every ``chunk_size``-th frame is a keyframe, a window ``[start, start + length)`` is read by seeking to the
-keyframe at or before ``start`` and decoding forward: at most ``chunk_size - 1`` frames are decoded and thrown away.
+Video codecs (one per store):
+
+* ``h264``: each episode is an mp4 (H.264 yuv420p) with a keyframe exactly every ``chunk_size`` frames and pts =
+  frame index, so a window ``[start, start + n)`` is one seek to the keyframe at or before ``start`` and at most
+  ``chunk_size - 1`` frames decoded and thrown away. ~1.4 KB/frame at 128x128.
+* ``raw``: uint8 frames ``(T, H, W, 3)``; a window is one ``pread``. 48 KB/frame at 128x128: tests, small data.
+
+A store is appended to episode by episode (:class:`StoreWriter`); shards roll over at ``shard_size`` bytes, so a
+dataset of millions of episodes is a few thousand files, not millions.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 from collections import OrderedDict
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterator
 
 import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
-__all__ = ["EpisodeRecord", "EpisodeStore", "StoreWriter", "H264Writer", "EpisodeLengthError", "FORMAT_VERSION"]
+__all__ = [
+    "ACTION_SPACE_VERSION", "CODECS", "EncodedEpisode", "EpisodeLengthError", "EpisodeRecord", "EpisodeStore",
+    "FORMAT_VERSION", "H264Writer", "StoreWriter", "encode_episode",
+]
 
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
+FORMAT_VERSION = 2
+#: Bump when the meaning of stored actions changes (button order, camera units).
+ACTION_SPACE_VERSION = "vpt-20buttons-camera-degrees-1"
+CODECS = ("h264", "raw")
+MANIFEST, INDEX, JOURNAL, SHARDS = "manifest.json", "index.npy", "episodes.jsonl", "shards"
+DEFAULT_SHARD_SIZE = 256 << 20
 ACTION_KEYS = {"buttons": (np.uint8, (20,)), "camera": (np.float32, (2,)), "is_null": (np.bool_, ()),
                "esc": (np.bool_, ())}
 
@@ -44,30 +66,45 @@ class EpisodeLengthError(ValueError):
 class EpisodeRecord:
     id: str
     length: int
-    video: str  # relative to the store root
-    actions: str  # relative to the store root
+    shard: int
+    video_offset: int
+    video_size: int
+    actions_offset: int
+    actions_size: int
+    sha256: str = ""  # of the video bytes followed by the actions bytes
     source: str = ""
+
+
+def _shard_name(shard: int) -> str:
+    return f"{SHARDS}/shard-{shard:05d}.bin"
+
+
+# --------------------------------------------------------------------------- encoding
 
 
 class H264Writer:
     """Streams RGB uint8 frames into an H.264 (yuv420p) mp4, frame ``i`` at pts ``i`` with time base ``1/fps``.
 
+    ``target``: a path or a seekable binary file object (e.g. ``io.BytesIO``).
     ``gop``: if given, a keyframe exactly every ``gop`` frames (no scene-cut keyframes in between).
     """
 
-    def __init__(self, path: str | Path, width: int, height: int, fps: int = 20, gop: int | None = None,
-                 crf: int = 18, preset: str = "veryfast") -> None:
+    def __init__(self, target: str | Path | io.BytesIO, width: int, height: int, fps: int = 20,
+                 gop: int | None = None, crf: int = 18, preset: str = "veryfast") -> None:
+        name = target if isinstance(target, (str, Path)) else "<memory>"
         if width % 2 or height % 2:
-            raise ValueError(f"{path}: H.264 yuv420p needs even width and height, got {width}x{height}")
-        self.path, self.width, self.height = Path(path), width, height
+            raise ValueError(f"{name}: H.264 yuv420p needs even width and height, got {width}x{height}")
+        self.name, self.width, self.height = str(name), width, height
         self.count = 0
-        self._container = av.open(str(self.path), mode="w", format="mp4")
+        self._container = av.open(str(target) if isinstance(target, (str, Path)) else target, mode="w", format="mp4")
         # mbtree=0: with MB-tree on, libx264 (as bundled with PyAV) encodes small frames (64x64) differently from
         # run to run depending on heap contents; without it the output is reproducible, at a small size cost.
         x264_params = ["mbtree=0"]
         if gop is not None:
             x264_params.append(f"keyint={gop}:min-keyint={gop}:scenecut=0")
-        options = {"crf": str(crf), "preset": preset, "x264-params": ":".join(x264_params)}
+        # threads=1: frame-threaded x264 output depends on timing; one thread per encoder keeps a store's bytes
+        # (and so its checksums) identical from run to run. Ingest parallelises over episodes instead.
+        options = {"crf": str(crf), "preset": preset, "x264-params": ":".join(x264_params), "threads": "1"}
         self._stream = self._container.add_stream("libx264", rate=fps, options=options)
         self._stream.width, self._stream.height, self._stream.pix_fmt = width, height, "yuv420p"
         # Frames carry pts in 1/fps; the mp4 muxer picks its own stream time base once the header is written.
@@ -78,7 +115,7 @@ class H264Writer:
 
     def write(self, frame: np.ndarray) -> None:
         if frame.shape != (self.height, self.width, 3) or frame.dtype != np.uint8:
-            raise ValueError(f"{self.path}: frame {self.count} is {frame.dtype}{list(frame.shape)}, "
+            raise ValueError(f"{self.name}: frame {self.count} is {frame.dtype}{list(frame.shape)}, "
                              f"expected uint8[{self.height}, {self.width}, 3]")
         video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
         video_frame.pts = self.count
@@ -102,20 +139,104 @@ class H264Writer:
 
 
 def _env_action_arrays(env_actions: Any, episode_id: str) -> dict[str, np.ndarray]:
-    """EnvActions (attributes) or a mapping -> validated arrays with the store dtypes."""
+    """EnvActions (attributes) or a mapping -> validated arrays with the store dtypes (extra keys are kept)."""
     arrays = {}
     for key, (dtype, tail) in ACTION_KEYS.items():
-        value = env_actions[key] if isinstance(env_actions, Mapping) else getattr(env_actions, key, None)
+        value = env_actions[key] if isinstance(env_actions, Mapping) and key in env_actions else (
+            None if isinstance(env_actions, Mapping) else getattr(env_actions, key, None))
         if value is None:
             raise KeyError(f"episode {episode_id!r}: env actions have no {key!r}")
         value = np.asarray(value).astype(dtype, copy=False)
         if value.ndim != 1 + len(tail) or value.shape[1:] != tail:
             raise ValueError(f"episode {episode_id!r}: actions {key!r} has shape {value.shape}, expected (T, *{tail})")
         arrays[key] = value
+    if isinstance(env_actions, Mapping):  # other per-step arrays (e.g. a segmentation modality) travel along
+        arrays.update({k: np.asarray(v) for k, v in env_actions.items() if k not in arrays})
     lengths = {k: len(v) for k, v in arrays.items()}
     if len(set(lengths.values())) != 1:
         raise ValueError(f"episode {episode_id!r}: action arrays have different lengths {lengths}")
     return arrays
+
+
+def _frames_of(frames: Iterable[np.ndarray] | np.ndarray) -> Iterator[np.ndarray]:
+    """Single frames from an array ``(T, H, W, 3)`` or an iterable of frames or of frame batches."""
+    for item in frames:
+        item = np.asarray(item)
+        yield from (item if item.ndim == 4 else (item,))
+
+
+@dataclass(frozen=True)
+class EncodedEpisode:
+    """One episode's bytes, ready to append to a shard (built in ingest workers, appended by the writer)."""
+
+    id: str
+    length: int
+    video: bytes
+    actions: bytes
+    source: str = ""
+    frames_seen: int = 0  # frames the source offered (> length: it had more frames than actions)
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.video + self.actions).hexdigest()
+
+
+def validate_episode_id(episode_id: str) -> None:
+    if not episode_id or any(c in episode_id for c in "/\\\0\n") or episode_id.startswith("."):
+        raise ValueError(f"invalid episode id {episode_id!r}: no path separators or newlines, not starting with '.'")
+
+
+def encode_episode(episode_id: str, frames: Iterable[np.ndarray] | np.ndarray, env_actions: Any,
+                   resolution: tuple[int, int], codec: str = "h264", fps: int = 20, chunk_size: int = 32,
+                   crf: int = 18, preset: str = "veryfast", source: str = "",
+                   allow_prefix: bool = False) -> EncodedEpisode:
+    """Encode frames and actions of one episode in memory. Raises :class:`EpisodeLengthError` when the frame and
+    action counts differ (or are zero), ``ValueError`` for a frame of the wrong shape or dtype.
+
+    ``allow_prefix``: where the counts differ, keep the first ``min(frames, actions)`` of both instead (frames past
+    the last action are not read, beyond one to notice that there are more).
+    """
+    validate_episode_id(episode_id)
+    if codec not in CODECS:
+        raise ValueError(f"unknown codec {codec!r}; choose one of {CODECS}")
+    actions = _env_action_arrays(env_actions, episode_id)
+    n_actions = len(actions["buttons"])
+    h, w = resolution
+    seen = 0
+
+    def limited() -> Iterator[np.ndarray]:
+        nonlocal seen
+        for frame in _frames_of(frames):
+            seen += 1
+            if allow_prefix and seen > n_actions:
+                return
+            yield frame
+
+    if codec == "h264":
+        buffer = io.BytesIO()
+        with H264Writer(buffer, w, h, fps, gop=chunk_size, crf=crf, preset=preset) as video:
+            for frame in limited():
+                video.write(frame)
+        count, video_bytes = video.count, buffer.getvalue()
+    else:
+        parts = []
+        for count, frame in enumerate(limited()):
+            if frame.shape != (h, w, 3) or frame.dtype != np.uint8:
+                raise ValueError(f"episode {episode_id!r}: frame {count} is {frame.dtype}{list(frame.shape)}, "
+                                 f"expected uint8[{h}, {w}, 3]")
+            parts.append(np.ascontiguousarray(frame).tobytes())
+        count, video_bytes = len(parts), b"".join(parts)
+    if allow_prefix and 0 < count < n_actions:
+        actions = {k: v[:count] for k, v in actions.items()}
+        n_actions = count
+    if count != n_actions or n_actions == 0:
+        raise EpisodeLengthError(episode_id, count, n_actions)
+    npz = io.BytesIO()
+    np.savez(npz, **actions)
+    return EncodedEpisode(episode_id, n_actions, video_bytes, npz.getvalue(), str(source), frames_seen=seen)
+
+
+# --------------------------------------------------------------------------- writing
 
 
 def _write_json_atomic(path: Path, data: Any) -> None:
@@ -124,69 +245,188 @@ def _write_json_atomic(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _index_array(records: Sequence[EpisodeRecord]) -> np.ndarray:
+    id_width = max((len(r.id) for r in records), default=1)
+    dtype = np.dtype([("id", f"U{id_width}"), ("length", "<i8"), ("shard", "<i4"), ("video_offset", "<i8"),
+                      ("video_size", "<i8"), ("actions_offset", "<i8"), ("actions_size", "<i8")])
+    return np.array([(r.id, r.length, r.shard, r.video_offset, r.video_size, r.actions_offset, r.actions_size)
+                     for r in records], dtype=dtype)
+
+
 class StoreWriter:
-    """Builds a store folder episode by episode; ``close()`` writes the manifest (atomically)."""
+    """Appends episodes to a store folder, resuming one that a killed run left behind; ``close()`` writes the
+    index and the manifest (atomically).
+
+    Every appended episode is journalled in ``episodes.jsonl`` after its bytes are on disk. Opening an existing
+    folder keeps every journalled episode whose bytes verify (sizes everywhere; sha256 in the last shard, the
+    only one a killed run can have left half-written), truncates what follows, and appends from there: an
+    interrupted ingest loses at most the episodes in flight, and the result is byte-identical to an
+    uninterrupted run over the same inputs in the same order.
+    """
 
     def __init__(self, root: str | Path, resolution: tuple[int, int] = (128, 128), fps: int = 20,
-                 chunk_size: int = 32, crf: int = 18, preset: str = "veryfast") -> None:
+                 chunk_size: int = 32, codec: str = "h264", shard_size: int = DEFAULT_SHARD_SIZE,
+                 crf: int = 18, preset: str = "veryfast") -> None:
+        if codec not in CODECS:
+            raise ValueError(f"unknown codec {codec!r}; choose one of {CODECS}")
         self.root = Path(root)
-        if (self.root / MANIFEST).exists():
-            raise FileExistsError(f"{self.root / MANIFEST} already exists: refusing to overwrite a store; "
-                                  "delete the folder or write to another one")
         self.resolution = (int(resolution[0]), int(resolution[1]))
-        self.fps, self.chunk_size, self.crf, self.preset = int(fps), int(chunk_size), crf, preset
-        (self.root / "videos").mkdir(parents=True, exist_ok=True)
-        (self.root / "actions").mkdir(parents=True, exist_ok=True)
-        self.episodes: list[EpisodeRecord] = []
+        self.fps, self.chunk_size, self.codec = int(fps), int(chunk_size), codec
+        self.shard_size, self.crf, self.preset = int(shard_size), crf, preset
+        self._check_compatible()
+        (self.root / SHARDS).mkdir(parents=True, exist_ok=True)
+        self.episodes: list[EpisodeRecord] = self._recover()
+        self._ids = {e.id for e in self.episodes}
+        self.resumed = len(self.episodes)
+        self._journal = open(self.root / JOURNAL, "a", encoding="utf-8")
+        self._shard_file = None
         self._closed = False
+
+    # -- resume ----------------------------------------------------------------------------------------------
+    def _settings(self) -> dict[str, Any]:
+        return {"format_version": FORMAT_VERSION, "action_space_version": ACTION_SPACE_VERSION, "fps": self.fps,
+                "resolution": list(self.resolution), "chunk_size": self.chunk_size, "codec": self.codec}
+
+    def _check_compatible(self) -> None:
+        """Appending to an existing store is only allowed with the same settings (else its episodes would mix)."""
+        settings_path = self.root / ".settings.json"
+        if settings_path.exists():
+            existing = json.loads(settings_path.read_text())
+            changed = {k: (existing.get(k), v) for k, v in self._settings().items() if existing.get(k) != v}
+            if changed:
+                detail = ", ".join(f"{k}: store has {a!r}, asked for {b!r}" for k, (a, b) in changed.items())
+                raise ValueError(f"{self.root} was written with other settings ({detail}); write to another folder")
+        elif (self.root / MANIFEST).exists():
+            raise ValueError(f"{self.root / MANIFEST}: not a format-{FORMAT_VERSION} store; write to another folder")
+        else:
+            self.root.mkdir(parents=True, exist_ok=True)
+            _write_json_atomic(settings_path, self._settings())
+
+    def _recover(self) -> list[EpisodeRecord]:
+        journal = self.root / JOURNAL
+        if not journal.exists():
+            return []
+        names = {f.name for f in fields(EpisodeRecord)}
+        records: list[EpisodeRecord] = []
+        with open(journal, "rb") as f:
+            for line in f:
+                try:
+                    data = json.loads(line)
+                    records.append(EpisodeRecord(**{k: v for k, v in data.items() if k in names}))
+                except (ValueError, TypeError):
+                    break  # a line cut by the kill: nothing after it is trusted
+        last_shard = max((r.shard for r in records), default=0)
+        kept: list[EpisodeRecord] = []
+        handles: dict[int, Any] = {}
+        try:
+            for record in records:
+                path = self.root / _shard_name(record.shard)
+                end = record.actions_offset + record.actions_size
+                if not path.exists() or path.stat().st_size < end:
+                    break
+                if record.shard == last_shard:
+                    f = handles.setdefault(record.shard, open(path, "rb"))
+                    f.seek(record.video_offset)
+                    if hashlib.sha256(f.read(end - record.video_offset)).hexdigest() != record.sha256:
+                        break
+                kept.append(record)
+        finally:
+            for f in handles.values():
+                f.close()
+        # Cut everything after the last good episode: partial bytes, later shards, unverified journal lines.
+        end_shard = kept[-1].shard if kept else 0
+        for path in sorted((self.root / SHARDS).glob("shard-*.bin")):
+            if int(path.stem.split("-")[1]) > end_shard:
+                path.unlink()
+        shard_path = self.root / _shard_name(end_shard)
+        if shard_path.exists():
+            with open(shard_path, "r+b") as f:
+                f.truncate(kept[-1].actions_offset + kept[-1].actions_size if kept else 0)
+        tmp = journal.with_name(f".{JOURNAL}.tmp")
+        tmp.write_text("".join(json.dumps(asdict(r)) + "\n" for r in kept), encoding="utf-8")
+        os.replace(tmp, journal)
+        (self.root / MANIFEST).unlink(missing_ok=True)  # the store is being changed: readers must not trust it
+        return kept
+
+    # -- appending -------------------------------------------------------------------------------------------
+    def __contains__(self, episode_id: str) -> bool:
+        return episode_id in self._ids
 
     def add_episode(self, episode_id: str, frames: Iterable[np.ndarray] | np.ndarray, env_actions: Any,
                     source: str = "") -> EpisodeRecord:
         """Encode ``frames`` (an array ``(T, H, W, 3)`` or an iterable of frames or of frame batches) with the
-        actions. Nothing of the episode is kept if anything fails (bad frame, iterator error, length mismatch)."""
-        if not episode_id or any(c in episode_id for c in "/\\\0") or episode_id.startswith("."):
-            raise ValueError(f"invalid episode id {episode_id!r}: no path separators, not starting with '.'")
-        if any(e.id == episode_id for e in self.episodes):
+        actions and append them. Nothing of the episode is kept if anything fails (bad frame, iterator error,
+        length mismatch)."""
+        if episode_id in self._ids:
             raise ValueError(f"episode {episode_id!r} was already added to {self.root}")
-        actions = _env_action_arrays(env_actions, episode_id)
-        n_actions = len(actions["buttons"])
+        encoded = encode_episode(episode_id, frames, env_actions, self.resolution, self.codec, self.fps,
+                                 self.chunk_size, self.crf, self.preset, source)
+        return self.append(encoded)
 
-        video_rel, actions_rel = f"videos/{episode_id}.mp4", f"actions/{episode_id}.npz"
-        video_tmp = self.root / f"videos/.{episode_id}.partial.mp4"
-        actions_tmp = self.root / f"actions/.{episode_id}.partial.npz"
-        h, w = self.resolution
-        try:
-            with H264Writer(video_tmp, w, h, self.fps, gop=self.chunk_size, crf=self.crf,
-                            preset=self.preset) as video:
-                for item in frames:
-                    item = np.asarray(item)
-                    for frame in item if item.ndim == 4 else (item,):
-                        video.write(frame)
-            if video.count != n_actions or n_actions == 0:
-                raise EpisodeLengthError(episode_id, video.count, n_actions)
-            np.savez(actions_tmp, **actions)
-            os.replace(video_tmp, self.root / video_rel)
-            os.replace(actions_tmp, self.root / actions_rel)
-        except BaseException:
-            video_tmp.unlink(missing_ok=True)
-            actions_tmp.unlink(missing_ok=True)
-            raise
-        record = EpisodeRecord(episode_id, n_actions, video_rel, actions_rel, str(source))
+    def append(self, episode: EncodedEpisode) -> EpisodeRecord:
+        """Append an episode encoded elsewhere (:func:`encode_episode`, e.g. in an ingest worker process)."""
+        if self._closed:
+            raise RuntimeError(f"store writer for {self.root} is closed")
+        validate_episode_id(episode.id)
+        if episode.id in self._ids:
+            raise ValueError(f"episode {episode.id!r} was already added to {self.root}")
+        shard, offset = self._shard_for(len(episode.video) + len(episode.actions))
+        self._shard_file.write(episode.video)
+        self._shard_file.write(episode.actions)
+        self._shard_file.flush()
+        os.fsync(self._shard_file.fileno())
+        record = EpisodeRecord(episode.id, episode.length, shard, offset, len(episode.video),
+                               offset + len(episode.video), len(episode.actions), episode.sha256, episode.source)
+        self._journal.write(json.dumps(asdict(record)) + "\n")
+        self._journal.flush()
+        os.fsync(self._journal.fileno())
         self.episodes.append(record)
+        self._ids.add(episode.id)
         return record
 
+    def _shard_for(self, size: int) -> tuple[int, int]:
+        """The shard to append ``size`` bytes to, and the offset there: a new shard once the current is full."""
+        if self._shard_file is None:
+            shard = self.episodes[-1].shard if self.episodes else 0
+            self._shard_file = open(self.root / _shard_name(shard), "ab")
+            self._shard_index = shard
+        offset = self._shard_file.tell()
+        if offset > 0 and offset + size > self.shard_size:
+            self._shard_file.close()
+            self._shard_index += 1
+            self._shard_file = open(self.root / _shard_name(self._shard_index), "ab")
+            offset = 0
+        return self._shard_index, offset
+
     def close(self) -> Path:
-        """Write ``manifest.json``; the store is readable from then on."""
+        """Write ``index.npy`` and ``manifest.json``; the store is readable from then on."""
         path = self.root / MANIFEST
-        if not self._closed:
-            _write_json_atomic(path, {
-                "format_version": FORMAT_VERSION,
-                "fps": self.fps,
-                "resolution": list(self.resolution),
-                "chunk_size": self.chunk_size,
-                "episodes": [asdict(e) for e in self.episodes],
-            })
-            self._closed = True
+        if self._closed:
+            return path
+        if self._shard_file is not None:
+            self._shard_file.close()
+        self._journal.close()
+        index = _index_array(self.episodes)
+        tmp = self.root / f".{INDEX}.tmp.npy"
+        np.save(tmp, index)
+        os.replace(tmp, self.root / INDEX)
+        shards = sorted({e.shard for e in self.episodes})
+        _write_json_atomic(path, {
+            **self._settings(),
+            "num_episodes": len(self.episodes),
+            "num_frames": int(sum(e.length for e in self.episodes)),
+            "shards": [{"file": _shard_name(s), "size": (self.root / _shard_name(s)).stat().st_size,
+                        "sha256": _file_sha256(self.root / _shard_name(s))} for s in shards],
+        })
+        self._closed = True
         return path
 
     def __enter__(self) -> StoreWriter:
@@ -196,14 +436,47 @@ class StoreWriter:
         self.close()
 
 
-_INHERITED: list = []  # open videos inherited through fork(), kept alive on purpose (see EpisodeStore._video)
+# --------------------------------------------------------------------------- reading
+
+_INHERITED: list = []  # open videos inherited through fork(), kept alive on purpose (see EpisodeStore._own_handles)
+
+
+class _ByteRange(io.RawIOBase):
+    """A read-only file object over bytes ``[offset, offset + size)`` of an open file descriptor (``pread``: no
+    shared file position, so any number of these can read one shard at once)."""
+
+    def __init__(self, fd: int, offset: int, size: int) -> None:
+        super().__init__()
+        self.fd, self.offset, self.size, self.pos = fd, offset, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        n = max(0, min(len(buffer), self.size - self.pos))
+        if n == 0:
+            return 0
+        got = os.preadv(self.fd, [memoryview(buffer)[:n]], self.offset + self.pos)
+        self.pos += got
+        return got
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.size}[whence]
+        self.pos = max(0, base + offset)
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
 
 
 class _OpenVideo:
-    """An open input container and its video stream (one per episode per process)."""
+    """An open mp4 container of one episode and its video stream (one per episode per process)."""
 
-    def __init__(self, path: Path) -> None:
-        self.container = av.open(str(path))
+    def __init__(self, source: _ByteRange) -> None:
+        self.container = av.open(source, mode="r")
         self.stream = self.container.streams.video[0]
         # Single-threaded decode and colour conversion: frames are small, loader workers already run in parallel,
         # and ffmpeg thread pools do not survive fork() (freeing one in a forked child deadlocks).
@@ -218,58 +491,116 @@ class _OpenVideo:
         self.container.close()
 
 
-class EpisodeStore:
-    """Read side of a store folder. Cheap to create and to pickle: videos are opened lazily, per process."""
+class _Episodes(Sequence):
+    """``store.episodes``: records built on access from the memory-mapped index (no per-episode objects held)."""
 
-    max_open = 16  # open containers kept per process (LRU)
+    def __init__(self, index: np.ndarray) -> None:
+        self._index = index
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def __getitem__(self, i: int) -> EpisodeRecord:  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        row = self._index[i]
+        return EpisodeRecord(str(row["id"]), int(row["length"]), int(row["shard"]), int(row["video_offset"]),
+                             int(row["video_size"]), int(row["actions_offset"]), int(row["actions_size"]))
+
+
+class EpisodeStore:
+    """Read side of a store folder. Cheap to create and to pickle: shards are opened lazily, per process, so it is
+    safe in fork- and spawn-started DataLoader workers. Episodes are addressed by position or by id."""
+
+    max_open = 16  # open mp4 containers kept per process (LRU)
+    max_cached_actions = 256  # episodes whose action arrays are kept per process (LRU)
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
         path = self.root / MANIFEST
         if not path.is_file():
-            raise FileNotFoundError(f"no store at {self.root}: {path} does not exist")
+            hint = (" (an ingest into it did not finish: run it again to resume)" if (self.root / JOURNAL).exists()
+                    else "")
+            raise FileNotFoundError(f"no store at {self.root}: {path} does not exist{hint}")
         manifest = json.loads(path.read_text())
         if manifest.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{path}: format_version {manifest.get('format_version')!r}, expected {FORMAT_VERSION}")
+            raise ValueError(f"{path}: format_version {manifest.get('format_version')!r}, expected {FORMAT_VERSION} "
+                             "(re-ingest the recordings with this version of minesweep)")
+        self.manifest = manifest
         self.fps: int = int(manifest["fps"])
         self.resolution: tuple[int, int] = tuple(manifest["resolution"])
         self.chunk_size: int = int(manifest["chunk_size"])
-        self.episodes: list[EpisodeRecord] = [EpisodeRecord(**e) for e in manifest["episodes"]]
-        self._by_id = {e.id: e for e in self.episodes}
-        self._videos: OrderedDict[str, _OpenVideo] = OrderedDict()
-        self._actions: dict[str, dict[str, np.ndarray]] = {}
+        self.codec: str = manifest["codec"]
+        self.index = np.load(self.root / INDEX, mmap_mode="r")
+        if len(self.index) != manifest["num_episodes"]:
+            raise ValueError(f"{self.root / INDEX} has {len(self.index)} episodes, the manifest says "
+                             f"{manifest['num_episodes']}")
+        self.episodes = _Episodes(self.index)
+        self._by_id: dict[str, int] | None = None  # built on first lookup by id
         self._pid = os.getpid()
+        self._fds: dict[int, int] = {}
+        self._videos: OrderedDict[int, _OpenVideo] = OrderedDict()
+        self._actions: OrderedDict[int, dict[str, np.ndarray]] = OrderedDict()
         self.decoded_frames = 0  # frames decoded by the last read_frames (seek cost included)
 
     def __len__(self) -> int:
-        return len(self.episodes)
+        return len(self.index)
 
-    def episode(self, episode_id: str) -> EpisodeRecord:
+    @property
+    def lengths(self) -> np.ndarray:
+        """Frames per episode, ``(N,)`` int64."""
+        return np.asarray(self.index["length"])
+
+    def position(self, episode: int | str) -> int:
+        """The position of an episode given by position or id."""
+        if isinstance(episode, (int, np.integer)):
+            if not 0 <= episode < len(self.index):
+                raise IndexError(f"episode {episode} out of range: store {self.root} has {len(self.index)} episodes")
+            return int(episode)
+        if self._by_id is None:
+            self._by_id = {str(e): i for i, e in enumerate(self.index["id"])}
         try:
-            return self._by_id[episode_id]
+            return self._by_id[episode]
         except KeyError:
-            raise KeyError(f"unknown episode {episode_id!r} in store {self.root}") from None
+            raise KeyError(f"unknown episode {episode!r} in store {self.root}") from None
 
-    # -- pickling / processes: never share an open container (or its file offset) across processes ------------
+    def episode(self, episode: int | str) -> EpisodeRecord:
+        return self.episodes[self.position(episode)]
+
+    # -- processes: never share an open container or descriptor across processes --------------------------------
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        state["_videos"], state["_actions"] = OrderedDict(), {}
+        state.update(_videos=OrderedDict(), _actions=OrderedDict(), _fds={}, _by_id=None, index=None, episodes=None)
         return state
 
-    def _own_handles(self) -> None:
-        if self._pid != os.getpid():  # forked after opening: this process opens its own videos
-            # Never free the parent's: their ffmpeg objects may reference threads that do not exist in this process.
-            _INHERITED.append(self._videos)
-            self._videos, self._actions, self._pid = OrderedDict(), {}, os.getpid()
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.index = np.load(self.root / INDEX, mmap_mode="r")
+        self.episodes = _Episodes(self.index)
 
-    def _video(self, record: EpisodeRecord) -> _OpenVideo:
-        self._own_handles()
-        video = self._videos.pop(record.id, None)
+    def _own_handles(self) -> None:
+        if self._pid != os.getpid():  # forked after opening: this process opens its own
+            # Never free the parent's containers: their ffmpeg objects may reference threads that do not exist here.
+            _INHERITED.append(self._videos)
+            self._videos, self._actions, self._fds, self._pid = OrderedDict(), OrderedDict(), {}, os.getpid()
+
+    def _fd(self, shard: int) -> int:
+        fd = self._fds.get(shard)
+        if fd is None:
+            fd = self._fds[shard] = os.open(self.root / _shard_name(shard), os.O_RDONLY)
+        return fd
+
+    def _video(self, position: int, record: EpisodeRecord) -> _OpenVideo:
+        video = self._videos.pop(position, None)
         if video is None:
-            video = _OpenVideo(self.root / record.video)
+            try:
+                video = _OpenVideo(_ByteRange(self._fd(record.shard), record.video_offset, record.video_size))
+            except av.error.FFmpegError as err:
+                raise RuntimeError(f"episode {record.id!r}: its video in {self.root / _shard_name(record.shard)} "
+                                   f"cannot be opened: {err}") from err
             while len(self._videos) >= self.max_open:
                 self._videos.popitem(last=False)[1].close()
-        self._videos[record.id] = video
+        self._videos[position] = video
         return video
 
     def close(self) -> None:
@@ -277,38 +608,63 @@ class EpisodeStore:
         for video in self._videos.values():
             video.close()
         self._videos.clear()
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
 
     # -- reading ---------------------------------------------------------------------------------------------
-    def read_actions(self, episode_id: str) -> dict[str, np.ndarray]:
+    def read_actions(self, episode: int | str) -> dict[str, np.ndarray]:
         """The env actions of an episode: buttons (T, 20) uint8, camera (T, 2) float32, is_null, esc (T,) bool."""
-        record = self.episode(episode_id)
-        if episode_id not in self._actions:
-            with np.load(self.root / record.actions) as npz:
-                self._actions[episode_id] = {k: npz[k] for k in npz.files}
-        return self._actions[episode_id]
+        self._own_handles()
+        position = self.position(episode)
+        actions = self._actions.pop(position, None)
+        if actions is None:
+            record = self.episodes[position]
+            data = os.pread(self._fd(record.shard), record.actions_size, record.actions_offset)
+            with np.load(io.BytesIO(data)) as npz:
+                actions = {k: npz[k] for k in npz.files}
+            while len(self._actions) >= self.max_cached_actions:
+                self._actions.popitem(last=False)
+        self._actions[position] = actions
+        return actions
 
-    def read_frames(self, episode_id: str, start: int, length: int) -> np.ndarray:
-        """Frames ``[start, start + length)`` of an episode as uint8 ``(length, H, W, 3)``.
+    def read_video_bytes(self, episode: int | str) -> bytes:
+        """The stored video of an episode as is: an mp4 (``h264``) or raw frames (``raw``), e.g. to export it."""
+        self._own_handles()
+        record = self.episode(episode)
+        return os.pread(self._fd(record.shard), record.video_size, record.video_offset)
 
-        Seeks to the keyframe at or before ``start`` and decodes forward from there.
-        """
-        record = self.episode(episode_id)
+    def read_frames(self, episode: int | str, start: int, length: int) -> np.ndarray:
+        """Frames ``[start, start + length)`` of an episode as uint8 ``(length, H, W, 3)``."""
+        self._own_handles()
+        position = self.position(episode)
+        record = self.episodes[position]
         if start < 0 or length < 0 or start + length > record.length:
-            raise IndexError(f"episode {episode_id!r}: frames [{start}, {start + length}) out of range "
+            raise IndexError(f"episode {record.id!r}: frames [{start}, {start + length}) out of range "
                              f"[0, {record.length})")
         h, w = self.resolution
         out = np.empty((length, h, w, 3), np.uint8)
+        self.decoded_frames = 0
         if length == 0:
             return out
-        video = self._video(record)
-        self.decoded_frames = 0
+        if self.codec == "raw":
+            frame_bytes = h * w * 3
+            got = os.preadv(self._fd(record.shard), [memoryview(out).cast("B")],
+                            record.video_offset + start * frame_bytes)
+            if got != length * frame_bytes:
+                raise RuntimeError(f"episode {record.id!r}: shard {self.root / _shard_name(record.shard)} is shorter "
+                                   "than the index says")
+            self.decoded_frames = length
+            return out
+        video = self._video(position, record)
         keyframe = start - start % self.chunk_size
         got = self._decode_into(video, keyframe, start, out)
         if got < 0:  # the seek landed after `start` (unexpected file layout): decode from the beginning instead
             got = self._decode_into(video, 0, start, out)
         if got != length:
-            raise RuntimeError(f"episode {episode_id!r} ({self.root / record.video}): decoded only {max(got, 0)} of "
-                               f"frames [{start}, {start + length}); the video is shorter than the manifest says")
+            raise RuntimeError(f"episode {record.id!r} ({self.root / _shard_name(record.shard)}): decoded only "
+                               f"{max(got, 0)} of frames [{start}, {start + length}); the video is shorter than the "
+                               "index says")
         return out
 
     def _decode_into(self, video: _OpenVideo, keyframe: int, start: int, out: np.ndarray) -> int:

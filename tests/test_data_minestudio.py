@@ -50,6 +50,18 @@ def _encode_chunk(frames: np.ndarray, tmp: Path) -> bytes:
     return data
 
 
+def _encode_chunk_in_memory(frames: np.ndarray) -> bytes:
+    """As MineStudio's converter does it: an mp4 written into a BytesIO, "h264" stream with default options."""
+    out = io.BytesIO()
+    with av.open(out, mode="w", format="mp4") as container:
+        stream = container.add_stream("h264", rate=20)
+        stream.width, stream.height = W, H
+        for f in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
+        container.mux(stream.encode())
+    return out.getvalue()
+
+
 def _decode(data: bytes) -> np.ndarray:
     with av.open(io.BytesIO(data)) as c:
         return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
@@ -82,13 +94,14 @@ class Fixture:
         return self.parts.setdefault((modality, part), {"infos": [], "kv": {}})
 
     def add(self, name: str, n: int, seed: int, video_part: str = "part-1", action_part: str = "part-1",
-            num_frames: int | None = None, video: bool = True, action: bool = True) -> dict:
+            num_frames: int | None = None, video: bool = True, action: bool = True, in_memory: bool = False) -> dict:
         """Add an episode of ``n`` frames, chunked by 32 (the last chunk holds the rest). Returns the raw chunks so
         a test can break them before ``write()``."""
         frames, acts = _frames(seed, n), _actions(seed + 1000, n)
         decoded, chunks = [], {"video": {}, "action": {}}
         for start in range(0, n, CHUNK):
-            data = _encode_chunk(frames[start:start + CHUNK], self.tmp)
+            chunk = frames[start:start + CHUNK]
+            data = _encode_chunk_in_memory(chunk) if in_memory else _encode_chunk(chunk, self.tmp)
             decoded.append(_decode(data))
             chunks["video"][start] = data
             chunks["action"][start] = pickle.dumps({k: v[start:start + CHUNK] for k, v in acts.items()})
@@ -155,7 +168,7 @@ class _SpyWriter(ms.StoreWriter):
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> Fixture:
     """Built once per module: importing only reads it."""
     fx = Fixture(tmp_path_factory.mktemp("minestudio") / "src")
-    fx.add("ep-full", 64, seed=1)                                  # two whole chunks
+    fx.add("ep-full", 64, seed=1, in_memory=True)                  # two whole chunks, encoded as MineStudio does
     fx.add("ep-tail", 70, seed=2, action_part="part-2")            # 32 + 32 + 6: the tail MineStudio would drop
     fx.add("ep-short", 5, seed=3, video_part="part-2")             # a single, short chunk
     fx.add("ep-extra", 40, seed=4, num_frames=32)                  # metadata counts whole chunks only (MineStudio)

@@ -2,8 +2,9 @@
 
     minesweep-data synth OUT --episodes 24 --frames 256 [--seed 0 --width 640 --height 360]
     minesweep-data ingest SRC DST [--resolution 128 | 128x96] [--legacy-vpt-camera]
+    minesweep-data import-minestudio SRC DST [--resolution 128 | 128x96]
 
-``ingest`` exits 0 when at least one episode was ingested (skipped ones are printed), 1 when none was.
+``ingest`` and ``import-minestudio`` exit 0 when at least one episode was ingested (skipped ones are printed), 1 when none was.
 """
 
 from __future__ import annotations
@@ -44,6 +45,12 @@ def _parser() -> argparse.ArgumentParser:
     ingest.add_argument("--resolution", type=_resolution, default=(128, 128), help="N or HxW (default 128)")
     ingest.add_argument("--legacy-vpt-camera", action="store_true",
                         help="truncate camera degrees to integers, as the original VPT data loader does")
+
+    minestudio = commands.add_parser("import-minestudio",
+                                     help="import a MineStudio dataset (image/ + action/ LMDB parts) into a store")
+    minestudio.add_argument("src", help="the dataset folder (holding image/ or video/, and action/)")
+    minestudio.add_argument("dst")
+    minestudio.add_argument("--resolution", type=_resolution, default=(128, 128), help="N or HxW (default 128)")
     return parser
 
 
@@ -56,6 +63,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                                     height=args.height)
         print(f"wrote {len(paths)} recordings to {args.out}")
         return 0
+
+    if args.command == "import-minestudio":
+        from minesweep.data.minestudio import MineStudioFormatError, import_minestudio
+
+        try:
+            report = import_minestudio(args.src, args.dst, resolution=args.resolution)
+        except (FileNotFoundError, FileExistsError, MineStudioFormatError) as err:
+            print(f"minesweep-data import-minestudio: {err}", file=sys.stderr)
+            return 1
+        return 0 if report.ingested else 1
 
     from minesweep.data.ingest import ingest
 

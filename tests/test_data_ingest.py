@@ -1,6 +1,7 @@
 """ingest(): synthetic recordings round-trip into a store; every kind of bad input is skipped and reported."""
 
 import json
+import os
 import shutil
 from fractions import Fraction
 
@@ -129,8 +130,8 @@ def test_every_problem_is_reported_with_its_file(src, ingested):
             assert entry["frame"] == frame, entry
 
     check("truncated", "truncated.mp4", "decoded", frame=0)
-    check("bad-line", "bad-line.jsonl", "bad-line.jsonl", "line 5", frame=None)
-    check("missing-key", "missing-key.jsonl", "step 3", "mouse.dx", frame=None)
+    check("bad-line", "bad-line.jsonl", "bad-line.jsonl", "line 5", frame=4)
+    check("missing-key", "missing-key.jsonl", "step 3", "mouse.dx", frame=3)
     check("mismatch", "mismatch.mp4", "40 frames", "35 steps", frame=35)
     check("no-frames", "no-frames.mp4", "no video stream", frame=0)
     check("no-steps", "no-steps.jsonl", "no steps")
@@ -142,13 +143,16 @@ def test_every_problem_is_reported_with_its_file(src, ingested):
     on_disk = json.loads((dst / "ingest_report.json").read_text())
     assert on_disk["ingested"] == report.ingested and on_disk["skipped"] == report.skipped
     # nothing of a skipped episode is left in the store
-    assert sorted(p.stem for p in (dst / "videos").iterdir()) == ["good-a", "good-b", "sub__good-c"]
+    store = EpisodeStore(dst)
+    assert [e.id for e in store.episodes] == ["good-a", "good-b", "sub__good-c"]
+    last = store.episodes[2]
+    assert (dst / "shards/shard-00000.bin").stat().st_size == last.actions_offset + last.actions_size
 
 
 def test_summary_table_lists_skipped(src, tmp_path, capsys):
     ingest(src, tmp_path / "store", resolution=RES)
     out = capsys.readouterr().out
-    assert "ingested 3 episode(s)" in out and "skipped 9" in out
+    assert "ingested 3 episode(s)" in out and "9 problem(s)" in out
     assert "missing-key" in out and "orphan-video" in out
 
 
@@ -174,3 +178,100 @@ def test_cli_synth_then_ingest(tmp_path):
     assert store.resolution == (32, 32)
     camera = store.read_actions("synth-0000")["camera"]
     np.testing.assert_array_equal(camera, np.trunc(camera))  # legacy mode: whole degrees
+
+
+def test_prefix_mode_keeps_the_valid_part_of_bad_episodes(src, tmp_path):
+    report = ingest(src, tmp_path / "store", resolution=RES, on_error="prefix", print_summary=False, progress=False)
+    problems = {s["episode"]: s for s in report.skipped}
+    store = EpisodeStore(tmp_path / "store")
+    lengths = {e.id: e.length for e in store.episodes}
+    # kept = the frames and steps before the first problem
+    assert problems["bad-line"]["kept"] == lengths["bad-line"] == 4
+    assert problems["missing-key"]["kept"] == lengths["missing-key"] == 3
+    assert problems["mismatch"]["kept"] == lengths["mismatch"] == 35
+    cut = problems["cut-short"]
+    assert cut["kept"] == lengths["cut-short"] == cut["frame"] > 0
+    for nothing_valid in ("truncated", "no-frames", "no-steps"):
+        assert problems[nothing_valid]["kept"] == 0 and nothing_valid not in lengths
+    # a kept prefix equals the start of the full episode
+    np.testing.assert_array_equal(store.read_actions("mismatch")["camera"], store.read_actions("good-a")["camera"][:35])
+
+
+def test_parallel_ingest_writes_the_same_bytes_as_serial(src, tmp_path):
+    for workers in (1, 2):
+        ingest(src, tmp_path / f"w{workers}", resolution=RES, workers=workers, print_summary=False, progress=False)
+    for name in ("manifest.json", "index.npy", "episodes.jsonl", "shards/shard-00000.bin"):
+        assert (tmp_path / "w1" / name).read_bytes() == (tmp_path / "w2" / name).read_bytes(), name
+
+
+def test_non_utf8_file_names_are_reported_not_fatal(src, tmp_path):
+    raw = tmp_path / "raw"
+    shutil.copytree(src, raw, ignore=shutil.ignore_patterns("sub"))
+    for suffix in (b".mp4", b".jsonl"):
+        shutil.copy(src / f"good-a{suffix.decode()}", os.fsdecode(os.fsencode(raw) + b"/caf\xe9" + suffix))
+    report = ingest(raw, tmp_path / "store", resolution=RES, print_summary=False, progress=False)
+    bad = [s for s in report.skipped if "UTF-8" in s["reason"]]
+    assert sorted(s["file"] for s in bad) == [str(raw) + "/caf\\xe9.jsonl", str(raw) + "/caf\\xe9.mp4"]
+    assert sorted(report.ingested) == ["good-a", "good-b"]
+
+
+def test_gui_cursor_is_drawn_where_the_gui_is_open(src, tmp_path):
+    from minesweep.data.cursor import draw_cursor
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    copy_episode(src, "good-a", str(raw / "gui"))
+
+    def open_gui(lines):
+        steps = [json.loads(line) for line in lines]
+        for step in steps[5:8]:
+            step["isGuiOpen"] = True
+            step["mouse"]["x"], step["mouse"]["y"] = 300.0, 200.0
+        return [json.dumps(step) for step in steps]
+
+    edit_jsonl(raw / "gui.jsonl", open_gui)
+    ingest(raw, tmp_path / "store", resolution=RES, codec="raw", print_summary=False, progress=False)
+    ingest(raw, tmp_path / "plain", resolution=RES, codec="raw", gui_cursor=False, print_summary=False, progress=False)
+    with_cursor = EpisodeStore(tmp_path / "store").read_frames("gui", 0, 40)
+    without = EpisodeStore(tmp_path / "plain").read_frames("gui", 0, 40)
+    changed = [t for t in range(40) if not np.array_equal(with_cursor[t], without[t])]
+    assert changed == [5, 6, 7]
+    with av.open(str(raw / "gui.mp4")) as c:
+        original = np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
+    expected = original[5:6].copy()
+    draw_cursor(expected, np.array([300.0]), np.array([200.0]), np.array([True]))
+    np.testing.assert_array_equal(with_cursor[5], resize_bilinear(expected, RES)[0])
+
+
+@pytest.mark.slow
+def test_killed_ingest_resumes_to_the_same_store(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    raw = tmp_path / "raw"
+    for i in range(10):
+        write_synthetic_episode(raw, f"ep{i:02d}", 60, seed=i, width=SRC_W, height=SRC_H)
+    args = ["ingest", str(raw), "--resolution", "48x64", "--workers", "1", "--no-progress"]
+    assert cli_main([*args[:2], str(tmp_path / "whole"), *args[2:]]) == 0
+
+    killed = tmp_path / "killed"
+    command = [sys.executable, "-m", "minesweep.data.cli", *args[:2], str(killed), *args[2:]]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    journal = killed / "episodes.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if journal.exists() and len(journal.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    done_before = len(journal.read_text().splitlines())
+    assert 3 <= done_before < 10 and not (killed / "manifest.json").exists()
+
+    assert cli_main([*args[:2], str(killed), *args[2:]]) == 0
+    report = json.loads((killed / "ingest_report.json").read_text())
+    assert report["already"] >= 3 and len(report["ingested"]) + report["already"] == 10
+    for name in ("manifest.json", "index.npy", "episodes.jsonl", "shards/shard-00000.bin"):
+        assert (killed / name).read_bytes() == (tmp_path / "whole" / name).read_bytes(), name

@@ -1,17 +1,22 @@
 """``minesweep-data``: make synthetic recordings and ingest recordings into a training store.
 
     minesweep-data synth OUT --episodes 24 --frames 256 [--seed 0 --width 640 --height 360]
-    minesweep-data ingest SRC DST [--resolution 128 | 128x96] [--legacy-vpt-camera]
+    minesweep-data ingest SRC DST [--resolution 128 | 128x96] [--legacy-vpt-camera] [--workers N] [--codec h264|raw]
+                   [--shard-size-mb 256] [--on-error skip|prefix] [--no-gui-cursor] [--no-progress]
     minesweep-data import-minestudio SRC DST [--resolution 128 | 128x96]
 
-``ingest`` and ``import-minestudio`` exit 0 when at least one episode was ingested (skipped ones are printed), 1 when none was.
+``ingest`` and ``import-minestudio`` exit 0 when the store holds at least one episode (problems are printed), 1 when
+none. Re-running ``ingest`` on the same DST resumes it: episodes already there are kept, the rest are added.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Sequence
+
+from minesweep.data.store import CODECS, DEFAULT_SHARD_SIZE
 
 
 def _resolution(text: str) -> tuple[int, int]:
@@ -45,6 +50,17 @@ def _parser() -> argparse.ArgumentParser:
     ingest.add_argument("--resolution", type=_resolution, default=(128, 128), help="N or HxW (default 128)")
     ingest.add_argument("--legacy-vpt-camera", action="store_true",
                         help="truncate camera degrees to integers, as the original VPT data loader does")
+    ingest.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                        help="worker processes decoding and encoding (default: one per core)")
+    ingest.add_argument("--codec", choices=CODECS, default="h264",
+                        help="h264 (default, ~1.4 KB/frame at 128x128) or raw uint8 frames (fast, large)")
+    ingest.add_argument("--shard-size-mb", type=int, default=DEFAULT_SHARD_SIZE >> 20,
+                        help="episodes are packed into shard files of about this size")
+    ingest.add_argument("--on-error", choices=("skip", "prefix"), default="skip",
+                        help="a bad episode is skipped, or its valid prefix is kept")
+    ingest.add_argument("--no-gui-cursor", dest="gui_cursor", action="store_false",
+                        help="do not draw the mouse cursor onto frames where the recording has a GUI open")
+    ingest.add_argument("--no-progress", dest="progress", action="store_false")
 
     minestudio = commands.add_parser("import-minestudio",
                                      help="import a MineStudio dataset (image/ + action/ LMDB parts) into a store")
@@ -77,11 +93,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     from minesweep.data.ingest import ingest
 
     try:
-        report = ingest(args.src, args.dst, resolution=args.resolution, legacy_vpt_camera=args.legacy_vpt_camera)
-    except (FileNotFoundError, FileExistsError) as err:
+        report = ingest(args.src, args.dst, resolution=args.resolution, legacy_vpt_camera=args.legacy_vpt_camera,
+                        workers=args.workers, codec=args.codec, shard_size=args.shard_size_mb << 20,
+                        on_error=args.on_error, gui_cursor=args.gui_cursor, progress=args.progress)
+    except (FileNotFoundError, FileExistsError, ValueError) as err:
         print(f"minesweep-data ingest: {err}", file=sys.stderr)
         return 1
-    return 0 if report.ingested else 1
+    return 0 if report.ingested or report.already else 1
 
 
 if __name__ == "__main__":

@@ -255,10 +255,12 @@ def _file_sha256(path: Path) -> str:
 
 def _index_array(records: Sequence[EpisodeRecord]) -> np.ndarray:
     id_width = max((len(r.id) for r in records), default=1)
+    source_width = max((len(r.source) for r in records), default=1) or 1
     dtype = np.dtype([("id", f"U{id_width}"), ("length", "<i8"), ("shard", "<i4"), ("video_offset", "<i8"),
-                      ("video_size", "<i8"), ("actions_offset", "<i8"), ("actions_size", "<i8")])
-    return np.array([(r.id, r.length, r.shard, r.video_offset, r.video_size, r.actions_offset, r.actions_size)
-                     for r in records], dtype=dtype)
+                      ("video_size", "<i8"), ("actions_offset", "<i8"), ("actions_size", "<i8"), ("sha256", "S64"),
+                      ("source", f"U{source_width}")])
+    return np.array([(r.id, r.length, r.shard, r.video_offset, r.video_size, r.actions_offset, r.actions_size,
+                      r.sha256.encode("ascii"), r.source) for r in records], dtype=dtype)
 
 
 class StoreWriter:
@@ -505,7 +507,8 @@ class _Episodes(Sequence):
             return [self[j] for j in range(*i.indices(len(self)))]
         row = self._index[i]
         return EpisodeRecord(str(row["id"]), int(row["length"]), int(row["shard"]), int(row["video_offset"]),
-                             int(row["video_size"]), int(row["actions_offset"]), int(row["actions_size"]))
+                             int(row["video_size"]), int(row["actions_offset"]), int(row["actions_size"]),
+                             row["sha256"].decode("ascii"), str(row["source"]))
 
 
 class EpisodeStore:

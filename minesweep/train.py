@@ -120,8 +120,8 @@ def build(cfg: DictConfig) -> tuple[L.Trainer, MineLightning, L.LightningDataMod
         callbacks = [instantiate(node) for node in (cfg.get("callbacks") or {}).values() if node]
         callbacks += sweep_callbacks  # sweep hook
         extra = dict(sweep_trainer_kwargs)  # sweep hook
-        if getattr(datamodule, "episode_continuous_batch", False):
-            # The continuous sampler splits episodes across ranks itself; Lightning must not wrap it.
+        if getattr(datamodule, "splits_ranks_itself", False):
+            # The continuous and random-window samplers split the data across ranks themselves.
             extra["use_distributed_sampler"] = False
         trainer = instantiate(
             cfg.trainer, logger=logger, callbacks=callbacks, default_root_dir=str(output_dir), **extra

@@ -1,19 +1,29 @@
 """Windows of a store as training batches: ``WindowDataset`` and the Lightning ``MineDataModule``.
 
-Each episode is cut into consecutive windows of ``win_len`` frames (stride ``win_len``), so one epoch serves every
-frame exactly once; the last window of an episode is padded with zeros and mask 0. Episodes, not windows, are
-split into train and val, so no validation frame is ever seen in training.
+Training windows come one of three ways (``sampling``):
+
+* ``grid``: each episode cut into consecutive windows of ``win_len`` frames, shuffled; an epoch serves every frame
+  exactly once; the last window of an episode is padded with zeros and mask 0 (also what validation uses);
+* ``frames``: random windows, every window start of the data equally likely;
+* ``episodes``: random windows, every episode equally likely;
+
+or, with ``episode_continuous_batch``, each batch slot walks its episodes window after window (sampler.py).
+Episodes, not windows, are split into train and val, so no validation frame is ever seen in training.
+``root`` may list several stores, mixed with ``weights`` (each store's share of the random windows).
+``drop_null_actions`` sets the mask to 0 on null-action steps: they stay in the window (a memory policy keeps
+the true timing) but no objective learns from them, as VPT's behaviour cloning skipped them.
 
 One item (and, stacked by ``default_collate``, one batch with a leading B)::
 
     image         uint8   (T, H, W, 3)
     agent_action  {"buttons": int64 (T, 1), "camera": int64 (T, 1)}   # env_to_agent; padding -> (0, 60)
     env_action    {"buttons": uint8 (T, 20), "camera": float32 (T, 2)}
-    mask          float32 (T,)   1 for real frames, 0 for padding
+    mask          float32 (T,)   1 for real frames, 0 for padding (and null actions with drop_null_actions)
     is_null       bool    (T,)   null env action (padding counts as null)
     episode       int64   ()     index of the episode in the manifest (-1: padding window)
     window_index  int64   ()     index of the window in its episode: (episode, window_index) is the
                                  continuity key the trainer uses to carry memory between batches
+                                 (-2 for a random window: it continues nothing)
     timestep      int64   (T,)   frame index in the episode (padding continues the count; frame_skip
                                  k keeps every k-th frame)
     first         bool    (T,)   True exactly at timestep 0: the episode-start flag
@@ -32,7 +42,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from minesweep.actions import CAMERA_NULL_INDEX, NULL_BUTTONS_INDEX, env_to_agent
-from minesweep.data.sampler import PAD, EpisodeContinuousBatchSampler
+from minesweep.data.mixture import StoreMixture
+from minesweep.data.sampler import PAD, EpisodeContinuousBatchSampler, RandomWindowSampler
 from minesweep.data.store import MANIFEST, EpisodeStore
 
 __all__ = ["WindowDataset", "MineDataModule", "split_episodes"]
@@ -44,50 +55,71 @@ _HOW_TO_CREATE = ("create one with `minesweep-data ingest SRC DST` (contractor .
                   "or configure `demo` to generate synthetic data on first use")
 
 
-class WindowDataset(Dataset):
-    """Fixed-length windows over some episodes of a store. Videos are opened lazily in the reading process."""
+#: ``window_index`` of a random window (not part of any continuous walk through an episode).
+RANDOM_WINDOW = -2
+SAMPLING = ("grid", "frames", "episodes")
 
-    def __init__(self, store: EpisodeStore | str | Path, episodes: Sequence[int] | None = None,
-                 win_len: int = 32, frame_skip: int = 1) -> None:
+
+class WindowDataset(Dataset):
+    """Windows over some episodes of a store. Videos are opened lazily in the reading process.
+
+    An item is addressed by an ``int`` (the i-th grid window: episode after episode, ``win_len * frame_skip``
+    frames apart) or by a pair ``(episode, start)`` (a window starting anywhere; see RandomWindowSampler).
+    """
+
+    def __init__(self, store: EpisodeStore | StoreMixture | str | Path, episodes: Sequence[int] | None = None,
+                 win_len: int = 32, frame_skip: int = 1, drop_null_actions: bool = False) -> None:
         if win_len <= 0:
             raise ValueError(f"win_len must be positive, got {win_len}")
         if frame_skip <= 0:
             raise ValueError(f"frame_skip must be positive, got {frame_skip}")
-        self.store = store if isinstance(store, EpisodeStore) else EpisodeStore(store)
+        self.store = store if isinstance(store, (EpisodeStore, StoreMixture)) else EpisodeStore(store)
         self.win_len, self.frame_skip = int(win_len), int(frame_skip)
-        self.episode_indices = list(range(len(self.store.episodes)) if episodes is None else episodes)
-        # (episode index in the manifest, start frame, window index in the episode) for every window;
-        # a window spans win_len * frame_skip frames and keeps every frame_skip-th one.
-        span = self.win_len * self.frame_skip
-        self.windows: list[tuple[int, int, int]] = [
-            (e, start, i)
-            for e in self.episode_indices
-            for i, start in enumerate(range(0, self.store.episodes[e].length, span))
-        ]
+        self.drop_null_actions = bool(drop_null_actions)
+        self.lengths = np.asarray(self.store.lengths, np.int64)
+        self.episode_indices = list(range(len(self.lengths)) if episodes is None else episodes)
+        self.span = self.win_len * self.frame_skip  # frames a window covers (keeping every frame_skip-th one)
+        per_episode = -(-self.lengths[self.episode_indices] // self.span)  # ceil: the last window is padded
+        self._grid_ends = np.cumsum(per_episode)
 
     def episode_windows(self) -> list[list[int]]:
         """Dataset indices of each episode's windows, in temporal order (for the continuous sampler)."""
-        by_episode: dict[int, list[int]] = {}
-        for index, (episode, _, _) in enumerate(self.windows):
-            by_episode.setdefault(episode, []).append(index)
-        return list(by_episode.values())
+        starts = np.concatenate([[0], self._grid_ends[:-1]])
+        return [list(range(a, b)) for a, b in zip(starts.tolist(), self._grid_ends.tolist())]
 
     def __len__(self) -> int:
-        return len(self.windows)
+        return int(self._grid_ends[-1]) if len(self._grid_ends) else 0
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        if index == PAD:
+    @property
+    def windows(self) -> list[tuple[int, int, int]]:
+        """Every grid window as (episode, start, window index): built on request, for inspection and small data."""
+        return [self.grid_window(i) for i in range(len(self))]
+
+    def grid_window(self, index: int) -> tuple[int, int, int]:
+        """(episode, start frame, window index in the episode) of the ``index``-th grid window."""
+        if not 0 <= index < len(self):
+            raise IndexError(f"window {index} out of range: the dataset has {len(self)}")
+        k = int(np.searchsorted(self._grid_ends, index, side="right"))
+        window_index = index - (int(self._grid_ends[k - 1]) if k else 0)
+        return self.episode_indices[k], window_index * self.span, window_index
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        if isinstance(key, (tuple, list)):
+            episode, start = int(key[0]), int(key[1])
+            window_index = RANDOM_WINDOW
+        elif key == PAD:
             return self._padding()
-        episode, start, window_index = self.windows[index]
-        record = self.store.episodes[episode]
+        else:
+            episode, start, window_index = self.grid_window(int(key))
+        length = int(self.lengths[episode])
         T, k = self.win_len, self.frame_skip
         frames = np.arange(start, start + T * k, k)
-        n = int((frames < record.length).sum())  # real frames in this window; the rest is padding
+        n = int((frames < length).sum())  # real frames in this window; the rest is padding
         h, w = self.store.resolution
 
         image = np.zeros((T, h, w, 3), np.uint8)
-        image[:n] = self.store.read_frames(record.id, start, (n - 1) * k + 1)[::k]
-        actions = self.store.read_actions(record.id)
+        image[:n] = self.store.read_frames(episode, start, (n - 1) * k + 1)[::k]
+        actions = self.store.read_actions(episode)
         real = frames[:n]
         env_buttons = np.zeros((T, 20), np.uint8)
         env_camera = np.zeros((T, 2), np.float32)
@@ -102,6 +134,8 @@ class WindowDataset(Dataset):
 
         mask = np.zeros(T, np.float32)
         mask[:n] = 1.0
+        if self.drop_null_actions:
+            mask[is_null] = 0.0
         return {
             "image": torch.from_numpy(image),
             "agent_action": {"buttons": torch.from_numpy(agent_buttons[:, None]),
@@ -148,13 +182,32 @@ class MineDataModule(L.LightningDataModule):
 
     ``demo``: e.g. ``{episodes: 24, frames: 256, width: 320, height: 180, seed: 0}``; when ``root`` holds no store,
     ``prepare_data()`` generates that many synthetic recordings and ingests them into ``root``.
+    ``root`` may be a list of stores, mixed by ``weights`` (random-window sampling only). ``sampling``: ``grid``,
+    ``frames`` or ``episodes`` (module docstring); ``samples_per_epoch``: random windows per epoch and rank
+    (default: as many as the grid has, split over the ranks).
     """
 
-    def __init__(self, root: str, win_len: int = 32, batch_size: int = 8, num_workers: int = 2,
+    def __init__(self, root: str | Sequence[str], win_len: int = 32, batch_size: int = 8, num_workers: int = 2,
                  val_fraction: float = 0.125, episode_continuous_batch: bool = False, seed: int = 0,
-                 demo: dict | None = None, frame_skip: int = 1) -> None:
+                 demo: dict | None = None, frame_skip: int = 1, sampling: str = "grid",
+                 weights: Sequence[float] | None = None, samples_per_epoch: int | None = None,
+                 drop_null_actions: bool = False) -> None:
         super().__init__()
-        self.root = Path(root)
+        if sampling not in SAMPLING:
+            raise ValueError(f"data.sampling must be one of {SAMPLING}, got {sampling!r}")
+        roots = [root] if isinstance(root, (str, Path)) else list(root)
+        if not roots:
+            raise ValueError("data.root lists no store")
+        if len(roots) > 1 and demo:
+            raise ValueError("data.demo generates one store: give a single data.root with it")
+        if weights is not None and (len(roots) < 2 or episode_continuous_batch or sampling == "grid"):
+            raise ValueError("data.weights mixes several stores (a list in data.root) by their share of random "
+                             "windows: it needs data.sampling=frames or episodes, without episode_continuous_batch")
+        self.roots = [Path(r) for r in roots]
+        self.root = self.roots[0]
+        self.sampling, self.weights = sampling, None if weights is None else list(weights)
+        self.samples_per_epoch = samples_per_epoch
+        self.drop_null_actions = bool(drop_null_actions)
         self.win_len, self.batch_size, self.num_workers = int(win_len), int(batch_size), int(num_workers)
         self.frame_skip = int(frame_skip)
         # Each batch slot follows one episode window after window; a memory policy's state is then
@@ -192,15 +245,23 @@ class MineDataModule(L.LightningDataModule):
 
     # -- store and splits -----------------------------------------------------------------------------------
     @property
-    def store(self) -> EpisodeStore:
+    def store(self) -> EpisodeStore | StoreMixture:
         if self._store is None:
-            if not (self.root / MANIFEST).is_file():
-                raise FileNotFoundError(f"no training store at {self.root} ({self.root / MANIFEST} is missing): "
-                                        + _HOW_TO_CREATE)
-            self._store = EpisodeStore(self.root)
-            if not self._store.episodes:
-                raise ValueError(f"the store at {self.root} has no episodes")
+            for root in self.roots:
+                if not (root / MANIFEST).is_file():
+                    raise FileNotFoundError(f"no training store at {root} ({root / MANIFEST} is missing): "
+                                            + _HOW_TO_CREATE)
+            stores = [EpisodeStore(root) for root in self.roots]
+            for store in stores:
+                if not len(store):
+                    raise ValueError(f"the store at {store.root} has no episodes")
+            self._store = stores[0] if len(stores) == 1 else StoreMixture(stores, self.weights)
         return self._store
+
+    @property
+    def splits_ranks_itself(self) -> bool:
+        """True when the training sampler gives each DDP rank its own windows (Lightning must not wrap it)."""
+        return self.episode_continuous_batch or self.sampling != "grid"
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
@@ -208,8 +269,8 @@ class MineDataModule(L.LightningDataModule):
         if self.demo and not (self.root / MANIFEST).is_file():
             self.prepare_data()  # used outside a Trainer: prepare lazily
         train, val = split_episodes(len(self.store.episodes), self.val_fraction, self.seed)
-        self.train_set = WindowDataset(self.store, train, self.win_len, self.frame_skip)
-        self.val_set = WindowDataset(self.store, val, self.win_len, self.frame_skip)
+        self.train_set = WindowDataset(self.store, train, self.win_len, self.frame_skip, self.drop_null_actions)
+        self.val_set = WindowDataset(self.store, val, self.win_len, self.frame_skip, self.drop_null_actions)
 
     # -- loaders --------------------------------------------------------------------------------------------
     def _loader(self, dataset: WindowDataset, shuffle: bool) -> DataLoader:
@@ -225,10 +286,24 @@ class MineDataModule(L.LightningDataModule):
             # DataLoader keeps batch order with any number of workers, so slots stay continuous.
             return DataLoader(dataset, batch_sampler=sampler, num_workers=self.num_workers,
                               persistent_workers=self.num_workers > 0)
+        if shuffle and self.sampling != "grid":
+            return DataLoader(dataset, batch_size=self.batch_size, sampler=self._random_windows(dataset),
+                              num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
         generator = torch.Generator().manual_seed(self.seed) if shuffle else None
         return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, generator=generator,
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
                           drop_last=False)
+
+    def _random_windows(self, dataset: WindowDataset) -> RandomWindowSampler:
+        lengths = dataset.lengths[dataset.episode_indices]
+        weights = None
+        if isinstance(self.store, StoreMixture):
+            weights = self.store.episode_weights(np.maximum(dataset.lengths - dataset.span + 1, 1),
+                                                 self.sampling)[dataset.episode_indices]
+        world_size = self.trainer.world_size if self.trainer is not None else 1
+        num_samples = self.samples_per_epoch or -(-len(dataset) // world_size)
+        return RandomWindowSampler(lengths, dataset.span, num_samples, mode=self.sampling, episode_weights=weights,
+                                   seed=self.seed, episodes=dataset.episode_indices)
 
     def train_dataloader(self) -> DataLoader:
         self.setup("fit")

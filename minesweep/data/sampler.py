@@ -139,3 +139,57 @@ class EpisodeContinuousBatchSampler(Sampler[list[int]]):
             raise ValueError(f"resuming with data seed {self.seed}, but the checkpoint was made with {state['seed']}")
         self.epoch = int(state["epoch"])
         self._skip_batches = int(state["batches_done"])
+
+
+class RandomWindowSampler(Sampler):
+    """Random windows ``(episode, start)`` for training without carried memory.
+
+    ``mode="frames"``: every window start of the dataset is equally likely (long episodes are drawn more often);
+    ``mode="episodes"``: every episode is equally likely, then a start within it. ``episode_weights`` scale the
+    chance of each episode further (mixing several datasets). ``num_samples`` windows per epoch and rank, drawn
+    from a generator seeded by ``(seed, epoch, rank)``: reproducible, different per rank and epoch. The rank and
+    world size default to the running process group, as DistributedSampler's do.
+    """
+
+    def __init__(self, lengths: Sequence[int], span: int, num_samples: int, mode: str = "frames",
+                 episode_weights: Sequence[float] | None = None, seed: int = 0, rank: int | None = None,
+                 world_size: int | None = None, episodes: Sequence[int] | None = None) -> None:
+        if mode not in ("frames", "episodes"):
+            raise ValueError(f"sampling mode must be 'frames' or 'episodes', got {mode!r}")
+        self.lengths = np.asarray(lengths, np.int64)
+        if len(self.lengths) == 0:
+            raise ValueError("no episodes to sample windows from")
+        self.span, self.num_samples, self.mode, self.seed = int(span), int(num_samples), mode, int(seed)
+        self._rank, self._world_size = rank, world_size
+        # What to yield for episode i: its position in the store (the sampler may see a subset, e.g. the train split).
+        self.episodes = np.arange(len(self.lengths)) if episodes is None else np.asarray(episodes, np.int64)
+        # Window starts per episode: every start whose window fits, or 0 alone for an episode shorter than one.
+        self.starts = np.maximum(self.lengths - self.span + 1, 1)
+        weights = np.ones(len(self.lengths)) if episode_weights is None else np.asarray(episode_weights, float)
+        if weights.shape != self.lengths.shape or (weights < 0).any() or weights.sum() <= 0:
+            raise ValueError("episode_weights must be one non-negative weight per episode, not all zero")
+        p = weights * (self.starts if mode == "frames" else 1.0)
+        self.probabilities = p / p.sum()
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    @property
+    def rank(self) -> int:  # read when iterating: the process group may start after the sampler is made
+        distributed = dist.is_available() and dist.is_initialized()
+        return self._rank if self._rank is not None else (dist.get_rank() if distributed else 0)
+
+    @property
+    def world_size(self) -> int:
+        distributed = dist.is_available() and dist.is_initialized()
+        return self._world_size if self._world_size is not None else (dist.get_world_size() if distributed else 1)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        rng = np.random.default_rng([self.seed, self.epoch, self.rank, self.world_size])
+        episodes = rng.choice(len(self.lengths), size=self.num_samples, p=self.probabilities)
+        starts = (rng.random(self.num_samples) * self.starts[episodes]).astype(np.int64)
+        return iter(zip(self.episodes[episodes].tolist(), starts.tolist()))

@@ -39,7 +39,9 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import (BatchSampler, DataLoader, Dataset, DistributedSampler, RandomSampler, SequentialSampler,
+                              default_collate, get_worker_info)
+import torch.distributed as dist
 
 from minesweep.actions import CAMERA_NULL_INDEX, NULL_BUTTONS_INDEX, env_to_agent
 from minesweep.data.mixture import StoreMixture
@@ -103,22 +105,51 @@ class WindowDataset(Dataset):
         window_index = index - (int(self._grid_ends[k - 1]) if k else 0)
         return self.episode_indices[k], window_index * self.span, window_index
 
-    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+    def __getitem__(self, key: int | tuple[int, int] | list) -> dict[str, Any]:
+        """One window (``int`` or ``(episode, start)``), or a whole batch for a list of such keys."""
+        if isinstance(key, list):
+            return self._batch(key)
+        h, w = self.store.resolution
+        image = torch.empty((self.win_len, h, w, 3), dtype=torch.uint8)
+        return {"image": image, **self._window(key, image.numpy())}
+
+    def _batch(self, keys: Sequence[int | tuple[int, int]]) -> dict[str, Any]:
+        """A whole batch, the frames written straight into the batch tensor, which a loader worker allocates in
+        shared memory: one copy from the store to the training process instead of three (item, collate,
+        shared memory). The data module's loaders fetch batches this way (a batch sampler as ``sampler``)."""
+        h, w = self.store.resolution
+        shape = (len(keys), self.win_len, h, w, 3)
+        if get_worker_info() is not None:  # the tensor goes to the main process: put it where it can be shared
+            storage = torch.UntypedStorage._new_shared(int(np.prod(shape)))
+            image = torch.empty(0, dtype=torch.uint8).set_(storage).view(shape)
+        else:
+            image = torch.empty(shape, dtype=torch.uint8)
+        pixels = image.numpy()
+        rest = default_collate([self._window(key, pixels[b]) for b, key in enumerate(keys)])
+        return {"image": image, **rest}
+
+    def _window(self, key: int | tuple[int, int], image: np.ndarray) -> dict[str, Any]:
+        """Everything of one window but the image, which is written into ``image`` ``(T, H, W, 3)``."""
         if isinstance(key, (tuple, list)):
             episode, start = int(key[0]), int(key[1])
             window_index = RANDOM_WINDOW
         elif key == PAD:
-            return self._padding()
+            image[:] = 0
+            padding = self._padding()
+            del padding["image"]
+            return padding
         else:
             episode, start, window_index = self.grid_window(int(key))
         length = int(self.lengths[episode])
         T, k = self.win_len, self.frame_skip
         frames = np.arange(start, start + T * k, k)
         n = int((frames < length).sum())  # real frames in this window; the rest is padding
-        h, w = self.store.resolution
 
-        image = np.zeros((T, h, w, 3), np.uint8)
-        image[:n] = self.store.read_frames(episode, start, (n - 1) * k + 1)[::k]
+        if k == 1:
+            self.store.read_frames(episode, start, n, out=image[:n])
+        else:
+            image[:n] = self.store.read_frames(episode, start, (n - 1) * k + 1)[::k]
+        image[n:] = 0
         actions = self.store.read_actions(episode)
         real = frames[:n]
         env_buttons = np.zeros((T, 20), np.uint8)
@@ -137,7 +168,6 @@ class WindowDataset(Dataset):
         if self.drop_null_actions:
             mask[is_null] = 0.0
         return {
-            "image": torch.from_numpy(image),
             "agent_action": {"buttons": torch.from_numpy(agent_buttons[:, None]),
                              "camera": torch.from_numpy(agent_camera[:, None])},
             "env_action": {"buttons": torch.from_numpy(env_buttons), "camera": torch.from_numpy(env_camera)},
@@ -165,6 +195,14 @@ class WindowDataset(Dataset):
             "timestep": torch.full((T,), PAD, dtype=torch.int64),
             "first": torch.zeros(T, dtype=torch.bool),
         }
+
+
+class Batches(BatchSampler):
+    """``BatchSampler`` that passes ``set_epoch`` on to the sampler it batches (Lightning calls it each epoch)."""
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
 
 
 def split_episodes(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -260,8 +298,8 @@ class MineDataModule(L.LightningDataModule):
 
     @property
     def splits_ranks_itself(self) -> bool:
-        """True when the training sampler gives each DDP rank its own windows (Lightning must not wrap it)."""
-        return self.episode_continuous_batch or self.sampling != "grid"
+        """The loaders give each DDP rank its own windows (Lightning must not wrap their samplers)."""
+        return True
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
@@ -275,24 +313,29 @@ class MineDataModule(L.LightningDataModule):
     # -- loaders --------------------------------------------------------------------------------------------
     def _loader(self, dataset: WindowDataset, shuffle: bool) -> DataLoader:
         if self.episode_continuous_batch:
-            sampler = EpisodeContinuousBatchSampler(
+            batches = EpisodeContinuousBatchSampler(
                 dataset.episode_windows(), self.batch_size, shuffle=shuffle, seed=self.seed
             )
             if shuffle:  # the training sampler: the one a checkpoint resumes
                 if self._resume_state is not None:
-                    sampler.load_state_dict(self._resume_state)
+                    batches.load_state_dict(self._resume_state)
                     self._resume_state = None
-                self._train_sampler = sampler
-            # DataLoader keeps batch order with any number of workers, so slots stay continuous.
-            return DataLoader(dataset, batch_sampler=sampler, num_workers=self.num_workers,
-                              persistent_workers=self.num_workers > 0)
-        if shuffle and self.sampling != "grid":
-            return DataLoader(dataset, batch_size=self.batch_size, sampler=self._random_windows(dataset),
-                              num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
-        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, generator=generator,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
-                          drop_last=False)
+                self._train_sampler = batches
+        else:
+            if shuffle and self.sampling != "grid":
+                windows = self._random_windows(dataset)
+            elif dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+                windows = DistributedSampler(dataset, shuffle=shuffle, seed=self.seed, drop_last=False)
+            elif shuffle:
+                windows = RandomSampler(dataset, generator=torch.Generator().manual_seed(self.seed))
+            else:
+                windows = SequentialSampler(dataset)
+            batches = Batches(windows, self.batch_size, drop_last=False)
+        # Whole batches are fetched at once (WindowDataset._batch: no collation copy), so the batch sampler goes in
+        # as the sampler, with batch_size=None. The DataLoader keeps batch order with any number of workers, so
+        # continuous slots stay continuous.
+        return DataLoader(dataset, sampler=batches, batch_size=None, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0)
 
     def _random_windows(self, dataset: WindowDataset) -> RandomWindowSampler:
         lengths = dataset.lengths[dataset.episode_indices]

@@ -76,9 +76,9 @@ class StoreMixture:
         per_store = np.bincount(store, weights=mass, minlength=len(self.stores))
         return self.weights[store] / np.where(per_store[store] > 0, per_store[store], 1.0)
 
-    def read_frames(self, position: int, start: int, length: int) -> np.ndarray:
+    def read_frames(self, position: int, start: int, length: int, out: np.ndarray | None = None) -> np.ndarray:
         store, local = self.locate(position)
-        return self.stores[store].read_frames(local, start, length)
+        return self.stores[store].read_frames(local, start, length, out=out)
 
     def read_actions(self, position: int) -> dict[str, np.ndarray]:
         store, local = self.locate(position)

@@ -637,8 +637,9 @@ class EpisodeStore:
         record = self.episode(episode)
         return os.pread(self._fd(record.shard), record.video_size, record.video_offset)
 
-    def read_frames(self, episode: int | str, start: int, length: int) -> np.ndarray:
-        """Frames ``[start, start + length)`` of an episode as uint8 ``(length, H, W, 3)``."""
+    def read_frames(self, episode: int | str, start: int, length: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Frames ``[start, start + length)`` of an episode as uint8 ``(length, H, W, 3)``, written into ``out`` (a
+        C-contiguous array of that shape, e.g. a slice of a shared-memory batch) when given."""
         self._own_handles()
         position = self.position(episode)
         record = self.episodes[position]
@@ -646,7 +647,11 @@ class EpisodeStore:
             raise IndexError(f"episode {record.id!r}: frames [{start}, {start + length}) out of range "
                              f"[0, {record.length})")
         h, w = self.resolution
-        out = np.empty((length, h, w, 3), np.uint8)
+        if out is None:
+            out = np.empty((length, h, w, 3), np.uint8)
+        elif out.shape != (length, h, w, 3) or out.dtype != np.uint8 or not out.flags.c_contiguous:
+            raise ValueError(f"out must be a C-contiguous uint8 array of shape {(length, h, w, 3)}, got "
+                             f"{out.dtype}{list(out.shape)}")
         self.decoded_frames = 0
         if length == 0:
             return out

@@ -1,0 +1,130 @@
+"""Training-window throughput of one DataLoader worker, and its peak memory, for H.264 and raw stores.
+
+    python benchmarks/loader_throughput.py [--episodes 16 --frames 1200 --win-len 128 --windows 400 --batch-size 4 --runs 3]
+
+Builds synthetic stores at 128x128 (moving shapes over gradients, so H.264 has real work), then reads random
+windows (RandomWindowSampler, uniform over window starts) through WindowDataset and a DataLoader with ONE worker,
+``--batch-size`` windows per batch, fetched whole as MineDataModule does. Reports frames/s (median of ``--runs``) and the worker's peak RSS, for a store and for one 10x
+larger (the same episodes appended ten times under new ids): the RSS must not grow with the dataset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from minesweep.data.datamodule import Batches, WindowDataset  # noqa: E402
+from minesweep.data.sampler import RandomWindowSampler  # noqa: E402
+from minesweep.data.store import EpisodeStore, StoreWriter, encode_episode  # noqa: E402
+
+RES = 128
+
+
+def cpu_model() -> str:
+    for line in open("/proc/cpuinfo"):
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def frames_of(n: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:RES, 0:RES]
+    out = np.empty((n, RES, RES, 3), np.uint8)
+    centre = rng.uniform(20, 100, 2)
+    velocity = rng.normal(0, 1.5, 2)
+    for t in range(n):
+        centre = (centre + velocity) % (RES - 24)
+        out[t, ..., 0] = (x + 2 * t) % 256
+        out[t, ..., 1] = (y * 2 + t) % 256
+        out[t, ..., 2] = (x + y) % 256
+        cy, cx = centre.astype(int)
+        out[t, cy:cy + 24, cx:cx + 24] = rng.integers(0, 256, 3)
+    return out
+
+
+def actions_of(n: int) -> dict:
+    return {"buttons": np.zeros((n, 20), np.uint8), "camera": np.zeros((n, 2), np.float32),
+            "is_null": np.zeros(n, bool), "esc": np.zeros(n, bool)}
+
+
+def build(root: Path, codec: str, episodes: int, frames: int, copies: int) -> EpisodeStore:
+    encoded = [encode_episode(f"e{i}", frames_of(frames, i), actions_of(frames), (RES, RES), codec)
+               for i in range(episodes)]
+    with StoreWriter(root, resolution=(RES, RES), codec=codec) as writer:
+        for copy in range(copies):
+            for e in encoded:
+                writer.append(type(e)(f"{e.id}-{copy}", e.length, e.video, e.actions))
+    return EpisodeStore(root)
+
+
+class WithPeakRss(WindowDataset):
+    """Each item also carries the reading process's peak RSS (KiB), so the worker's own figure comes back."""
+
+    def __getitem__(self, key):
+        item = super().__getitem__(key)
+        item["peak_rss_kib"] = torch.tensor(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+        return item
+
+
+def measure(store: EpisodeStore, win_len: int, windows: int, batch_size: int, seed: int) -> tuple[float, float]:
+    """frames/s of one loader worker reading ``windows`` random windows, and that worker's peak RSS (MiB).
+
+    Loaded as MineDataModule does: whole batches per fetch (a batch sampler as the sampler, batch_size=None)."""
+    dataset = WithPeakRss(store, win_len=win_len)
+    sampler = RandomWindowSampler(store.lengths, win_len, windows, seed=seed, rank=0, world_size=1)
+    loader = DataLoader(dataset, sampler=Batches(sampler, batch_size, drop_last=False), batch_size=None,
+                        num_workers=1, prefetch_factor=4)
+    iterator = iter(loader)
+    next(iterator)  # worker start-up and the first batch are not timed
+    start = time.perf_counter()
+    frames, peak = 0, 0
+    for batch in iterator:
+        frames += batch["mask"].numel()
+        peak = max(peak, int(batch["peak_rss_kib"]))
+    seconds = time.perf_counter() - start
+    return frames / seconds, peak / 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--episodes", type=int, default=16)
+    parser.add_argument("--frames", type=int, default=1200)
+    parser.add_argument("--win-len", type=int, default=128)
+    parser.add_argument("--windows", type=int, default=400)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    print(f"command: {' '.join([sys.executable, *sys.argv])}")
+    print(f"machine: {cpu_model()}; {os.cpu_count()} cores; torch {torch.__version__} "
+          f"({torch.get_num_threads()} threads); python {platform.python_version()}")
+    with tempfile.TemporaryDirectory() as tmp:
+        for codec in ("h264", "raw"):
+            for copies in (1, 10):
+                store = build(Path(tmp) / f"{codec}-{copies}", codec, args.episodes, args.frames, copies)
+                size = sum(p.stat().st_size for p in (store.root / "shards").iterdir())
+                results = [measure(store, args.win_len, args.windows, args.batch_size, seed) for seed in range(args.runs)]
+                rates = [r for r, _ in results]
+                rss = max(r for _, r in results)
+                print(f"{codec:4s} store {len(store):4d} episodes, {int(store.lengths.sum()):7d} frames, "
+                      f"{size / 2**20:8.1f} MiB ({size / store.lengths.sum() / 1024:.1f} KB/frame): "
+                      f"{statistics.median(rates):9.0f} frames/s per worker (runs: "
+                      f"{', '.join(f'{r:.0f}' for r in rates)}); peak worker RSS {rss:.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()

@@ -105,3 +105,17 @@ def test_batch_order_is_preserved_with_workers(num_workers):
     expected = list(sampler)
     loader = DataLoader(Echo(), batch_sampler=sampler, num_workers=num_workers)
     assert [batch.tolist() for batch in loader] == expected
+
+
+def test_set_epoch_reshuffles_but_a_restored_position_survives_the_first_call():
+    windows = make_windows([3, 5, 2, 4, 6, 1])
+    sampler = EpisodeContinuousBatchSampler(windows, 2, seed=0, rank=0, world_size=1)
+    first = list(sampler)
+    sampler.set_epoch(1)
+    assert list(sampler) != first  # Lightning calls set_epoch every epoch: a new episode order
+    resumed = EpisodeContinuousBatchSampler(windows, 2, seed=0, rank=0, world_size=1)
+    resumed.load_state_dict({"epoch": 0, "batches_done": 2, "seed": 0})
+    resumed.set_epoch(1)  # Lightning's counter may be one ahead after a train-end checkpoint
+    assert list(resumed) == first[2:]
+    resumed.set_epoch(1)
+    assert list(resumed) != first

@@ -74,6 +74,7 @@ class EpisodeContinuousBatchSampler(Sampler[list[int]]):
         self._rank, self._world_size = rank, world_size
         self.epoch = 0
         self._skip_batches = 0  # set by load_state_dict: batches of `epoch` already trained on
+        self._restored = False
 
     # -- distributed context ------------------------------------------------------------------------
     @property
@@ -90,6 +91,12 @@ class EpisodeContinuousBatchSampler(Sampler[list[int]]):
 
     # -- the plan for one epoch -----------------------------------------------------------------------
     def set_epoch(self, epoch: int) -> None:
+        if self._restored:
+            # The first epoch after load_state_dict is the one the checkpoint was cut in: its exact position
+            # comes from the data module's state; Lightning's epoch counter may already be one further (a
+            # checkpoint written at train end counts the cut epoch as processed).
+            self._restored = False
+            return
         if epoch != self.epoch:
             self._skip_batches = 0
         self.epoch = epoch
@@ -139,6 +146,7 @@ class EpisodeContinuousBatchSampler(Sampler[list[int]]):
             raise ValueError(f"resuming with data seed {self.seed}, but the checkpoint was made with {state['seed']}")
         self.epoch = int(state["epoch"])
         self._skip_batches = int(state["batches_done"])
+        self._restored = True
 
 
 class RandomWindowSampler(Sampler):

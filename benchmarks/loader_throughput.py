@@ -5,7 +5,10 @@
 Builds synthetic stores at 128x128 (moving shapes over gradients, so H.264 has real work), then reads random
 windows (RandomWindowSampler, uniform over window starts) through WindowDataset and a DataLoader with ONE worker,
 ``--batch-size`` windows per batch, fetched whole as MineDataModule does. Reports frames/s (median of ``--runs``) and the worker's peak RSS, for a store and for one 10x
-larger (the same episodes appended ten times under new ids): the RSS must not grow with the dataset.
+larger (the same episodes appended ten times under new ids): the RSS must not grow with the dataset. Also prints
+the rate of building the same batches in this process: the worker's own work, without handing each batch to the
+training process through shared memory (for raw frames that hand-over, a fresh shared buffer per batch, costs more
+memory bandwidth than the read itself).
 """
 
 from __future__ import annotations
@@ -100,6 +103,17 @@ def measure(store: EpisodeStore, win_len: int, windows: int, batch_size: int, se
     return frames / seconds, peak / 1024
 
 
+def measure_reads(store: EpisodeStore, win_len: int, windows: int, batch_size: int, seed: int) -> float:
+    """frames/s of the same batches built in this process (what a worker computes, without the hand-over)."""
+    dataset = WindowDataset(store, win_len=win_len)
+    sampler = RandomWindowSampler(store.lengths, win_len, windows, seed=seed, rank=0, world_size=1)
+    batches = list(Batches(sampler, batch_size, drop_last=False))
+    dataset[batches[0]]
+    start = time.perf_counter()
+    frames = sum(dataset[keys]["mask"].numel() for keys in batches[1:])
+    return frames / (time.perf_counter() - start)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--episodes", type=int, default=16)
@@ -120,10 +134,13 @@ def main() -> None:
                 results = [measure(store, args.win_len, args.windows, args.batch_size, seed) for seed in range(args.runs)]
                 rates = [r for r, _ in results]
                 rss = max(r for _, r in results)
+                reads = statistics.median(measure_reads(store, args.win_len, args.windows, args.batch_size, seed)
+                                          for seed in range(args.runs))
                 print(f"{codec:4s} store {len(store):4d} episodes, {int(store.lengths.sum()):7d} frames, "
                       f"{size / 2**20:8.1f} MiB ({size / store.lengths.sum() / 1024:.1f} KB/frame): "
                       f"{statistics.median(rates):9.0f} frames/s per worker (runs: "
-                      f"{', '.join(f'{r:.0f}' for r in rates)}); peak worker RSS {rss:.0f} MiB")
+                      f"{', '.join(f'{r:.0f}' for r in rates)}); peak worker RSS {rss:.0f} MiB; "
+                      f"same batches built in-process: {reads:.0f} frames/s")
 
 
 if __name__ == "__main__":

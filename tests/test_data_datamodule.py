@@ -166,3 +166,21 @@ def test_demo_data_generated_on_first_use(tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="minesweep"):
         MineDataModule(str(root), num_workers=0, demo=demo).prepare_data()  # second use: nothing to do
     assert "generating" not in caplog.text
+
+
+@pytest.mark.slow
+def test_spawned_workers_read_the_same_batches(root):
+    # Readers open their own shard handles per process: spawn (no inherited state) must work like fork.
+    from torch.utils.data import DataLoader, SequentialSampler
+
+    from minesweep.data.datamodule import Batches
+
+    dataset = WindowDataset(root, win_len=WIN)
+    expected = [dataset[keys] for keys in Batches(SequentialSampler(dataset), 3, drop_last=False)]
+    dataset.store.read_frames(0, 0, 2)  # handles open in the parent are not inherited
+    loader = DataLoader(dataset, sampler=Batches(SequentialSampler(dataset), 3, drop_last=False), batch_size=None,
+                        num_workers=2, multiprocessing_context="spawn")
+    got = list(loader)
+    assert len(got) == len(expected)
+    for a, b in zip(got, expected):
+        assert torch.equal(a["image"], b["image"]) and torch.equal(a["episode"], b["episode"])

@@ -17,6 +17,21 @@ One item (and, stacked by ``default_collate``, one batch with a leading B)::
     timestep      int64   (T,)   frame index in the episode (padding continues the count; frame_skip
                                  k keeps every k-th frame)
     first         bool    (T,)   True exactly at timestep 0: the episode-start flag
+
+With a segmentation modality in the store (any episode has one; see minesweep/data/segmentation.py), also::
+
+    segment_mask         bool   (T, H, W)  the object to interact with (empty where there is none)
+    segment_object_id    int64  (T,)       -1 where none
+    segment_interaction  int64  (T,)       index into INTERACTION_TYPES, -1 where none
+    segment_valid        bool   (T,)       False for frames without segmentation (and padding, and
+                                           episodes that lack the modality)
+
+With ``reference_window="other"`` (a goal-conditioned policy's reference video, e.g. GROOT), also::
+
+    reference_image  uint8   (T, H, W, 3)  another window of the same episode, not overlapping this one
+    reference_mask   float32 (T,)          its real frames (all 1 unless it falls back to this window)
+    reference_start  int64   ()            its first frame; equals this window's start when the episode is
+                                           too short for a second, non-overlapping window
 """
 
 from __future__ import annotations
@@ -33,6 +48,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from minesweep.actions import CAMERA_NULL_INDEX, NULL_BUTTONS_INDEX, env_to_agent
 from minesweep.data.sampler import PAD, EpisodeContinuousBatchSampler
+from minesweep.data.segmentation import empty_segmentation
 from minesweep.data.store import MANIFEST, EpisodeStore
 
 __all__ = ["WindowDataset", "MineDataModule", "split_episodes"]
@@ -44,18 +60,37 @@ _HOW_TO_CREATE = ("create one with `minesweep-data ingest SRC DST` (contractor .
                   "or configure `demo` to generate synthetic data on first use")
 
 
+REFERENCE_WINDOWS = ("same", "other")
+
+
+def store_has_segmentation(store: EpisodeStore, episodes: Sequence[int] | None = None) -> bool:
+    """Whether any of ``episodes`` (default: all) carries the segmentation modality."""
+    indices = range(len(store.episodes)) if episodes is None else episodes
+    return any(store.read_segmentation(store.episodes[e].id, 0, 0) is not None for e in indices)
+
+
 class WindowDataset(Dataset):
-    """Fixed-length windows over some episodes of a store. Videos are opened lazily in the reading process."""
+    """Fixed-length windows over some episodes of a store. Videos are opened lazily in the reading process.
+
+    ``segmentation``: add the ``segment_*`` keys (None: when any of these episodes has the modality).
+    ``reference_window``: ``"other"`` adds a reference video from another window of the same episode.
+    """
 
     def __init__(self, store: EpisodeStore | str | Path, episodes: Sequence[int] | None = None,
-                 win_len: int = 32, frame_skip: int = 1) -> None:
+                 win_len: int = 32, frame_skip: int = 1, segmentation: bool | None = None,
+                 reference_window: str = "same") -> None:
         if win_len <= 0:
             raise ValueError(f"win_len must be positive, got {win_len}")
         if frame_skip <= 0:
             raise ValueError(f"frame_skip must be positive, got {frame_skip}")
+        if reference_window not in REFERENCE_WINDOWS:
+            raise ValueError(f"reference_window must be one of {REFERENCE_WINDOWS}, got {reference_window!r}")
         self.store = store if isinstance(store, EpisodeStore) else EpisodeStore(store)
         self.win_len, self.frame_skip = int(win_len), int(frame_skip)
         self.episode_indices = list(range(len(self.store.episodes)) if episodes is None else episodes)
+        self.segmentation = (store_has_segmentation(self.store, self.episode_indices) if segmentation is None
+                             else bool(segmentation))
+        self.reference_window = reference_window
         # (episode index in the manifest, start frame, window index in the episode) for every window;
         # a window spans win_len * frame_skip frames and keeps every frame_skip-th one.
         span = self.win_len * self.frame_skip
@@ -102,7 +137,7 @@ class WindowDataset(Dataset):
 
         mask = np.zeros(T, np.float32)
         mask[:n] = 1.0
-        return {
+        item = {
             "image": torch.from_numpy(image),
             "agent_action": {"buttons": torch.from_numpy(agent_buttons[:, None]),
                              "camera": torch.from_numpy(agent_camera[:, None])},
@@ -114,12 +149,48 @@ class WindowDataset(Dataset):
             "timestep": torch.from_numpy(frames.astype(np.int64)),
             "first": torch.from_numpy(frames == 0),
         }
+        if self.segmentation:
+            item.update(self._segmentation(record.id, start, n))
+        if self.reference_window == "other":
+            item.update(self._reference(record, start, image, mask))
+        return item
+
+    def _segmentation(self, episode_id: str, start: int, n: int) -> dict[str, torch.Tensor]:
+        """``segment_*`` entries of a window with ``n`` real frames (invalid where the episode has none)."""
+        T, k = self.win_len, self.frame_skip
+        seg = empty_segmentation(T, self.store.resolution)
+        read = self.store.read_segmentation(episode_id, start, (n - 1) * k + 1) if n else None
+        if read is not None:
+            for key in seg:
+                seg[key][:n] = read[key][::k]
+        return {
+            "segment_mask": torch.from_numpy(seg["mask"]),
+            "segment_object_id": torch.from_numpy(seg["object_id"].astype(np.int64)),
+            "segment_interaction": torch.from_numpy(seg["interaction"].astype(np.int64)),
+            "segment_valid": torch.from_numpy(seg["valid"]),
+        }
+
+    def _reference(self, record: Any, start: int, image: np.ndarray, mask: np.ndarray) -> dict[str, torch.Tensor]:
+        """A reference video from a window of the same episode that does not overlap ``[start, start + span)``,
+        drawn uniformly among such start frames; this window itself when the episode has no room for one."""
+        span = self.win_len * self.frame_skip
+        before = max(0, start - span + 1)  # starts 0 .. start - span
+        after = max(0, record.length - span - (start + span) + 1)  # starts start + span .. length - span
+        if before + after == 0:
+            return {"reference_image": torch.from_numpy(image.copy()), "reference_mask": torch.from_numpy(mask.copy()),
+                    "reference_start": torch.tensor(start, dtype=torch.int64)}
+        # torch's RNG: seeded per loader worker by Lightning (seed_everything(workers=True)).
+        u = int(torch.randint(before + after, ()).item())
+        ref_start = u if u < before else start + span + (u - before)
+        frames = self.store.read_frames(record.id, ref_start, span)[:: self.frame_skip]
+        return {"reference_image": torch.from_numpy(frames), "reference_mask": torch.ones(self.win_len),
+                "reference_start": torch.tensor(ref_start, dtype=torch.int64)}
 
     def _padding(self) -> dict[str, Any]:
         """A fully masked window for a continuous-batch slot that has run out of episodes."""
         T = self.win_len
         h, w = self.store.resolution
-        return {
+        item = {
             "image": torch.zeros(T, h, w, 3, dtype=torch.uint8),
             "agent_action": {"buttons": torch.full((T, 1), NULL_BUTTONS_INDEX, dtype=torch.int64),
                              "camera": torch.full((T, 1), CAMERA_NULL_INDEX, dtype=torch.int64)},
@@ -131,6 +202,12 @@ class WindowDataset(Dataset):
             "timestep": torch.full((T,), PAD, dtype=torch.int64),
             "first": torch.zeros(T, dtype=torch.bool),
         }
+        if self.segmentation:
+            item.update(self._segmentation("", 0, 0))
+        if self.reference_window == "other":
+            item.update({"reference_image": item["image"].clone(), "reference_mask": torch.zeros(T),
+                         "reference_start": torch.tensor(PAD, dtype=torch.int64)})
+        return item
 
 
 def split_episodes(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -152,8 +229,12 @@ class MineDataModule(L.LightningDataModule):
 
     def __init__(self, root: str, win_len: int = 32, batch_size: int = 8, num_workers: int = 2,
                  val_fraction: float = 0.125, episode_continuous_batch: bool = False, seed: int = 0,
-                 demo: dict | None = None, frame_skip: int = 1) -> None:
+                 demo: dict | None = None, frame_skip: int = 1, reference_window: str = "same") -> None:
         super().__init__()
+        if reference_window not in REFERENCE_WINDOWS:
+            raise ValueError(f"data.reference_window must be one of {REFERENCE_WINDOWS}, got {reference_window!r}")
+        # "other": goal-conditioned policies (GROOT) get a reference video from another window of the episode.
+        self.reference_window = reference_window
         self.root = Path(root)
         self.win_len, self.batch_size, self.num_workers = int(win_len), int(batch_size), int(num_workers)
         self.frame_skip = int(frame_skip)
@@ -208,8 +289,12 @@ class MineDataModule(L.LightningDataModule):
         if self.demo and not (self.root / MANIFEST).is_file():
             self.prepare_data()  # used outside a Trainer: prepare lazily
         train, val = split_episodes(len(self.store.episodes), self.val_fraction, self.seed)
-        self.train_set = WindowDataset(self.store, train, self.win_len, self.frame_skip)
-        self.val_set = WindowDataset(self.store, val, self.win_len, self.frame_skip)
+        # Decided once for the store, so that train and val batches have the same keys.
+        segmentation = store_has_segmentation(self.store)
+        self.train_set = WindowDataset(self.store, train, self.win_len, self.frame_skip, segmentation,
+                                       self.reference_window)
+        self.val_set = WindowDataset(self.store, val, self.win_len, self.frame_skip, segmentation,
+                                     self.reference_window)
 
     # -- loaders --------------------------------------------------------------------------------------------
     def _loader(self, dataset: WindowDataset, shuffle: bool) -> DataLoader:

@@ -2,7 +2,9 @@
 
 Bad input never stops the run: every episode with a problem (unpaired file, unreadable jsonl, missing key,
 undecodable or truncated video, frame/action count mismatch, empty episode) is skipped and recorded with its file,
-the reason and, where it applies, the frame index. Every good episode is ingested. The report is written to
+the reason and, where it applies, the frame index. Every good episode is ingested. A ``NAME.segmentation.npz``
+beside a recording (:mod:`minesweep.data.segmentation`) is resized to the store resolution and stored with the
+episode; a malformed one skips the episode (its masks would otherwise silently go missing). The report is written to
 ``<dst>/ingest_report.json`` and printed as a table.
 """
 
@@ -20,6 +22,7 @@ from av.video.reformatter import VideoReformatter
 
 from minesweep.actions.contractor import ContractorFormatError, contractor_to_env, read_jsonl
 from minesweep.data.resize import resize_bilinear
+from minesweep.data.segmentation import SegmentationError, read_sidecar, resize_masks, sidecar_path
 from minesweep.data.store import EpisodeLengthError, StoreWriter
 
 __all__ = ["IngestReport", "ingest"]
@@ -101,9 +104,18 @@ def _ingest_one(writer: StoreWriter, src: Path, mp4: Path, jsonl: Path, legacy_v
     if len(env_actions) == 0:
         report.skip(episode, jsonl, "no steps in the .jsonl")
         return
+    segmentation = None
+    sidecar = sidecar_path(mp4)
+    if sidecar.is_file():
+        try:
+            segmentation = read_sidecar(sidecar, length=len(env_actions))
+        except SegmentationError as err:
+            report.skip(episode, sidecar, f"{err} ({jsonl.name} has {len(env_actions)} steps)")
+            return
+        segmentation["mask"] = resize_masks(segmentation["mask"], writer.resolution)
     try:
         writer.add_episode(episode, _resized_frames(mp4, writer.resolution), env_actions,
-                           source=os.fspath(mp4.relative_to(src)))
+                           source=os.fspath(mp4.relative_to(src)), segmentation=segmentation)
     except _DecodeError as err:
         report.skip(episode, mp4, str(err), frame=err.frame)
         return

@@ -5,6 +5,8 @@ Layout::
     manifest.json        {"format_version", "fps", "resolution": [h, w], "chunk_size", "episodes": [...]}
     videos/<id>.mp4      H.264 yuv420p, a keyframe (IDR) exactly every ``chunk_size`` frames, pts = frame index
     actions/<id>.npz     buttons (T, 20) uint8, camera (T, 2) float32, is_null (T,) bool, esc (T,) bool
+    segmentation/<id>.npz   optional, per episode: mask (T, h, w) bool, object_id, interaction, valid (T,)
+                         (see minesweep/data/segmentation.py); absent for episodes without the modality
 
 Because every ``chunk_size``-th frame is a keyframe, a window ``[start, start + length)`` is read by seeking to the
 keyframe at or before ``start`` and decoding forward: at most ``chunk_size - 1`` frames are decoded and thrown away.
@@ -23,6 +25,8 @@ from typing import Any, Iterable, Mapping
 import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
+
+from minesweep.data.segmentation import SegmentationError, check_segmentation
 
 __all__ = ["EpisodeRecord", "EpisodeStore", "StoreWriter", "H264Writer", "EpisodeLengthError", "FORMAT_VERSION"]
 
@@ -118,6 +122,10 @@ def _env_action_arrays(env_actions: Any, episode_id: str) -> dict[str, np.ndarra
     return arrays
 
 
+def _segmentation_rel(episode_id: str) -> str:
+    return f"segmentation/{episode_id}.npz"
+
+
 def _write_json_atomic(path: Path, data: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(data, indent=1))
@@ -141,19 +149,28 @@ class StoreWriter:
         self._closed = False
 
     def add_episode(self, episode_id: str, frames: Iterable[np.ndarray] | np.ndarray, env_actions: Any,
-                    source: str = "") -> EpisodeRecord:
+                    source: str = "", segmentation: Mapping[str, np.ndarray] | None = None) -> EpisodeRecord:
         """Encode ``frames`` (an array ``(T, H, W, 3)`` or an iterable of frames or of frame batches) with the
-        actions. Nothing of the episode is kept if anything fails (bad frame, iterator error, length mismatch)."""
+        actions. Nothing of the episode is kept if anything fails (bad frame, iterator error, length mismatch).
+
+        ``segmentation``: optional per-frame object masks at the store resolution (keys of
+        :mod:`minesweep.data.segmentation`), one entry per action; written to ``segmentation/<id>.npz``."""
         if not episode_id or any(c in episode_id for c in "/\\\0") or episode_id.startswith("."):
             raise ValueError(f"invalid episode id {episode_id!r}: no path separators, not starting with '.'")
         if any(e.id == episode_id for e in self.episodes):
             raise ValueError(f"episode {episode_id!r} was already added to {self.root}")
         actions = _env_action_arrays(env_actions, episode_id)
         n_actions = len(actions["buttons"])
+        if segmentation is not None:
+            segmentation = check_segmentation(segmentation, f"episode {episode_id!r}", length=n_actions)
+            if segmentation["mask"].shape[1:] != self.resolution:
+                raise SegmentationError(f"episode {episode_id!r}: segmentation 'mask' is "
+                                        f"{segmentation['mask'].shape[1:]}, the store resolution is {self.resolution}")
 
         video_rel, actions_rel = f"videos/{episode_id}.mp4", f"actions/{episode_id}.npz"
         video_tmp = self.root / f"videos/.{episode_id}.partial.mp4"
         actions_tmp = self.root / f"actions/.{episode_id}.partial.npz"
+        segmentation_tmp = self.root / f"segmentation/.{episode_id}.partial.npz"
         h, w = self.resolution
         try:
             with H264Writer(video_tmp, w, h, self.fps, gop=self.chunk_size, crf=self.crf,
@@ -165,11 +182,18 @@ class StoreWriter:
             if video.count != n_actions or n_actions == 0:
                 raise EpisodeLengthError(episode_id, video.count, n_actions)
             np.savez(actions_tmp, **actions)
+            if segmentation is not None:
+                (self.root / "segmentation").mkdir(exist_ok=True)
+                np.savez_compressed(segmentation_tmp, **segmentation)
+                os.replace(segmentation_tmp, self.root / _segmentation_rel(episode_id))
             os.replace(video_tmp, self.root / video_rel)
             os.replace(actions_tmp, self.root / actions_rel)
         except BaseException:
             video_tmp.unlink(missing_ok=True)
             actions_tmp.unlink(missing_ok=True)
+            segmentation_tmp.unlink(missing_ok=True)
+            if segmentation is not None:
+                (self.root / _segmentation_rel(episode_id)).unlink(missing_ok=True)
             raise
         record = EpisodeRecord(episode_id, n_actions, video_rel, actions_rel, str(source))
         self.episodes.append(record)
@@ -286,6 +310,28 @@ class EpisodeStore:
             with np.load(self.root / record.actions) as npz:
                 self._actions[episode_id] = {k: npz[k] for k in npz.files}
         return self._actions[episode_id]
+
+    def read_segmentation(self, episode_id: str, start: int, length: int) -> dict[str, np.ndarray] | None:
+        """Segmentation of frames ``[start, start + length)``: mask (length, h, w) bool, object_id int32,
+        interaction int8, valid bool (length,); None when the episode has no segmentation."""
+        record = self.episode(episode_id)
+        path = self.root / _segmentation_rel(episode_id)
+        if not path.is_file():
+            return None
+        if start < 0 or length < 0 or start + length > record.length:
+            raise IndexError(f"episode {episode_id!r}: segmentation frames [{start}, {start + length}) out of range "
+                             f"[0, {record.length})")
+        # Not cached: masks are large; decompressing one episode's costs about as much as decoding a few frames.
+        with np.load(path, allow_pickle=False) as npz:
+            missing = [k for k in ("mask", "object_id", "interaction", "valid") if k not in npz.files]
+            if missing:
+                raise SegmentationError(f"{path} (episode {episode_id!r}): missing {missing}")
+            out = {k: npz[k][start:start + length] for k in ("object_id", "interaction", "valid")}
+            if len(npz["valid"]) != record.length:
+                raise SegmentationError(f"{path} (episode {episode_id!r}): {len(npz['valid'])} frames, the "
+                                        f"manifest says {record.length}")
+            out["mask"] = npz["mask"][start:start + length] if length else np.zeros((0, *self.resolution), np.bool_)
+        return out
 
     def read_frames(self, episode_id: str, start: int, length: int) -> np.ndarray:
         """Frames ``[start, start + length)`` of an episode as uint8 ``(length, H, W, 3)``.

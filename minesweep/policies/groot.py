@@ -67,6 +67,8 @@ class VideoEncoder(nn.Module):
             hidsize, heads, dim_feedforward=4 * hidsize, dropout=0.0, batch_first=True, norm_first=True
         )
         self.temporal = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        # Normalised frame features: on the scale of the position codes, so that neither drowns the other.
+        self.in_norm = nn.LayerNorm(hidsize)
         self.norm = nn.LayerNorm(hidsize)
         self.head = GaussianHead(hidsize, latent_dim)
 
@@ -74,7 +76,7 @@ class VideoEncoder(nn.Module):
         B, R, hid = features.shape
         valid = valid.bool().clone()
         valid[~valid.any(1)] = True  # an all-padding reference (a padding window): attend to it anyway, no NaNs
-        x = features + sinusoidal_positions(R, hid, features.device).to(features.dtype)
+        x = self.in_norm(features) + sinusoidal_positions(R, hid, features.device).to(features.dtype)
         x = self.norm(self.temporal(x, src_key_padding_mask=~valid))
         weights = valid.to(x.dtype).unsqueeze(-1)
         pooled = (x * weights).sum(1) / weights.sum(1)

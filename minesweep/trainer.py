@@ -180,6 +180,8 @@ class MineLightning(L.LightningModule):
         total = torch.zeros((), device=self.device)
         logs: dict[str, torch.Tensor] = {}
         for name, objective in self.objectives.items():
+            if hasattr(objective, "on_step"):  # scheduled weights (callbacks not derived from ours may lack it)
+                objective.on_step(self.global_step)
             try:
                 result = objective(batch, batch_idx, step_name, latents, self.mine_policy)
             except KeyError as error:

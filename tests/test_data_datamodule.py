@@ -21,7 +21,8 @@ WIN = 32
 def root(tmp_path_factory):
     raw = tmp_path_factory.mktemp("raw")
     for i, n in enumerate(LENGTHS):
-        write_synthetic_episode(raw, f"ep{i}", n, seed=i, width=64, height=64)
+        # No segmentation modality: the batch has exactly the base keys (segment_* only when present).
+        write_synthetic_episode(raw, f"ep{i}", n, seed=i, width=64, height=64, segmentation=False)
     store = tmp_path_factory.mktemp("data") / "store"
     assert len(ingest(raw, store, resolution=(64, 64), print_summary=False).ingested) == len(LENGTHS)
     return store

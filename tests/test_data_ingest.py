@@ -146,7 +146,7 @@ def test_every_problem_is_reported_with_its_file(src, ingested):
     store = EpisodeStore(dst)
     assert [e.id for e in store.episodes] == ["good-a", "good-b", "sub__good-c"]
     last = store.episodes[2]
-    assert (dst / "shards/shard-00000.bin").stat().st_size == last.actions_offset + last.actions_size
+    assert (dst / "shards/shard-00000.bin").stat().st_size == last.actions_offset + last.actions_size + last.segmentation_size
 
 
 def test_summary_table_lists_skipped(src, tmp_path, capsys):
@@ -170,12 +170,19 @@ def test_cli_exit_codes(src, tmp_path):
 def test_cli_synth_then_ingest(tmp_path):
     raw = tmp_path / "raw"
     assert cli_main(["synth", str(raw), "--episodes", "2", "--frames", "12", "--width", "64", "--height", "64"]) == 0
-    assert sorted(p.name for p in raw.iterdir()) == ["synth-0000.jsonl", "synth-0000.mp4", "synth-0001.jsonl",
-                                                      "synth-0001.mp4"]
+    assert sorted(p.name for p in raw.iterdir()) == [
+        "synth-0000.jsonl", "synth-0000.mp4", "synth-0000.segmentation.npz",
+        "synth-0001.jsonl", "synth-0001.mp4", "synth-0001.segmentation.npz",
+    ]
     assert cli_main(["ingest", str(raw), str(tmp_path / "store"), "--resolution", "32",
                      "--legacy-vpt-camera"]) == 0
     store = EpisodeStore(tmp_path / "store")
     assert store.resolution == (32, 32)
+    assert store.read_segmentation("synth-0000", 0, 12)["mask"].shape == (12, 32, 32)
+    plain = tmp_path / "plain"
+    assert cli_main(["synth", str(plain), "--episodes", "1", "--frames", "4", "--width", "32", "--height", "32",
+                     "--no-segmentation"]) == 0
+    assert sorted(p.name for p in plain.iterdir()) == ["synth-0000.jsonl", "synth-0000.mp4"]
     camera = store.read_actions("synth-0000")["camera"]
     np.testing.assert_array_equal(camera, np.trunc(camera))  # legacy mode: whole degrees
 

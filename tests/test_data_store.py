@@ -159,7 +159,7 @@ def test_failed_episode_leaves_nothing_behind(tmp_path):
     store = EpisodeStore(tmp_path)
     assert [e.id for e in store.episodes] == ["good"]
     record = store.episodes[0]
-    assert (tmp_path / "shards/shard-00000.bin").stat().st_size == record.actions_offset + record.actions_size
+    assert (tmp_path / "shards/shard-00000.bin").stat().st_size == record.actions_offset + record.actions_size + record.segmentation_size
 
 
 @pytest.mark.parametrize("codec", ["h264", "raw"])

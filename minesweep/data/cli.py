@@ -1,6 +1,6 @@
 """``minesweep-data``: make synthetic recordings and ingest recordings into a training store.
 
-    minesweep-data synth OUT --episodes 24 --frames 256 [--seed 0 --width 640 --height 360]
+    minesweep-data synth OUT --episodes 24 --frames 256 [--seed 0 --width 640 --height 360 --no-segmentation]
     minesweep-data ingest SRC DST [--resolution 128 | 128x96] [--legacy-vpt-camera] [--workers N] [--codec h264|raw]
                    [--shard-size-mb 256] [--on-error skip|prefix] [--no-gui-cursor] [--no-progress]
     minesweep-data import-minestudio SRC DST [--resolution 128 | 128x96]
@@ -43,6 +43,8 @@ def _parser() -> argparse.ArgumentParser:
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--width", type=int, default=640)
     synth.add_argument("--height", type=int, default=360)
+    synth.add_argument("--no-segmentation", action="store_true",
+                       help="do not write NAME.segmentation.npz (the target's mask per frame) beside each recording")
 
     ingest = commands.add_parser("ingest", help="convert *.mp4 + *.jsonl recordings under SRC into a store at DST")
     ingest.add_argument("src")
@@ -76,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from minesweep.data.synth import generate_recordings
 
         paths = generate_recordings(args.out, args.episodes, args.frames, seed=args.seed, width=args.width,
-                                    height=args.height)
+                                    height=args.height, segmentation=not args.no_segmentation)
         print(f"wrote {len(paths)} recordings to {args.out}")
         return 0
 

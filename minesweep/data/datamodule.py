@@ -46,6 +46,7 @@ import torch.distributed as dist
 from minesweep.actions import CAMERA_NULL_INDEX, NULL_BUTTONS_INDEX, env_to_agent
 from minesweep.data.mixture import StoreMixture
 from minesweep.data.sampler import PAD, EpisodeContinuousBatchSampler, RandomWindowSampler
+from minesweep.data.segmentation import empty_segmentation
 from minesweep.data.store import MANIFEST, EpisodeStore
 
 __all__ = ["WindowDataset", "MineDataModule", "split_episodes"]
@@ -60,6 +61,7 @@ _HOW_TO_CREATE = ("create one with `minesweep-data ingest SRC DST` (contractor .
 #: ``window_index`` of a random window (not part of any continuous walk through an episode).
 RANDOM_WINDOW = -2
 SAMPLING = ("grid", "frames", "episodes")
+REFERENCE_WINDOWS = ("same", "other")
 
 
 class WindowDataset(Dataset):
@@ -67,15 +69,23 @@ class WindowDataset(Dataset):
 
     An item is addressed by an ``int`` (the i-th grid window: episode after episode, ``win_len * frame_skip``
     frames apart) or by a pair ``(episode, start)`` (a window starting anywhere; see RandomWindowSampler).
+
+    ``segmentation``: add the ``segment_*`` keys (None: when the store has the modality).
+    ``reference_window``: ``"other"`` adds a reference video from another window of the same episode (GROOT).
     """
 
     def __init__(self, store: EpisodeStore | StoreMixture | str | Path, episodes: Sequence[int] | None = None,
-                 win_len: int = 32, frame_skip: int = 1, drop_null_actions: bool = False) -> None:
+                 win_len: int = 32, frame_skip: int = 1, drop_null_actions: bool = False,
+                 segmentation: bool | None = None, reference_window: str = "same") -> None:
         if win_len <= 0:
             raise ValueError(f"win_len must be positive, got {win_len}")
         if frame_skip <= 0:
             raise ValueError(f"frame_skip must be positive, got {frame_skip}")
+        if reference_window not in REFERENCE_WINDOWS:
+            raise ValueError(f"reference_window must be one of {REFERENCE_WINDOWS}, got {reference_window!r}")
         self.store = store if isinstance(store, (EpisodeStore, StoreMixture)) else EpisodeStore(store)
+        self.segmentation = self.store.has_segmentation if segmentation is None else bool(segmentation)
+        self.reference_window = reference_window
         self.win_len, self.frame_skip = int(win_len), int(frame_skip)
         self.drop_null_actions = bool(drop_null_actions)
         self.lengths = np.asarray(self.store.lengths, np.int64)
@@ -167,7 +177,7 @@ class WindowDataset(Dataset):
         mask[:n] = 1.0
         if self.drop_null_actions:
             mask[is_null] = 0.0
-        return {
+        item = {
             "agent_action": {"buttons": torch.from_numpy(agent_buttons[:, None]),
                              "camera": torch.from_numpy(agent_camera[:, None])},
             "env_action": {"buttons": torch.from_numpy(env_buttons), "camera": torch.from_numpy(env_camera)},
@@ -178,12 +188,49 @@ class WindowDataset(Dataset):
             "timestep": torch.from_numpy(frames.astype(np.int64)),
             "first": torch.from_numpy(frames == 0),
         }
+        if self.segmentation:
+            item.update(self._segmentation(episode, start, n))
+        if self.reference_window == "other":
+            item.update(self._reference(episode, length, start, image, mask))
+        return item
+
+    def _segmentation(self, episode: int | None, start: int, n: int) -> dict[str, torch.Tensor]:
+        """``segment_*`` entries of a window with ``n`` real frames (invalid where the episode has none)."""
+        T, k = self.win_len, self.frame_skip
+        seg = empty_segmentation(T, self.store.resolution)
+        read = self.store.read_segmentation(episode, start, (n - 1) * k + 1) if n else None
+        if read is not None:
+            for key in seg:
+                seg[key][:n] = read[key][::k]
+        return {
+            "segment_mask": torch.from_numpy(seg["mask"]),
+            "segment_object_id": torch.from_numpy(seg["object_id"].astype(np.int64)),
+            "segment_interaction": torch.from_numpy(seg["interaction"].astype(np.int64)),
+            "segment_valid": torch.from_numpy(seg["valid"]),
+        }
+
+    def _reference(self, episode: int, length: int, start: int, image: np.ndarray,
+                   mask: np.ndarray) -> dict[str, torch.Tensor]:
+        """A reference video from a window of the same episode that does not overlap ``[start, start + span)``,
+        drawn uniformly among such start frames; this window itself when the episode has no room for one."""
+        span = self.span
+        before = max(0, start - span + 1)  # starts 0 .. start - span
+        after = max(0, length - span - (start + span) + 1)  # starts start + span .. length - span
+        if before + after == 0:
+            return {"reference_image": torch.from_numpy(image.copy()), "reference_mask": torch.from_numpy(mask.copy()),
+                    "reference_start": torch.tensor(start, dtype=torch.int64)}
+        # torch's RNG: seeded per loader worker by Lightning (seed_everything(workers=True)).
+        u = int(torch.randint(before + after, ()).item())
+        ref_start = u if u < before else start + span + (u - before)
+        frames = self.store.read_frames(episode, ref_start, span)[:: self.frame_skip]
+        return {"reference_image": torch.from_numpy(np.ascontiguousarray(frames)),
+                "reference_mask": torch.ones(self.win_len), "reference_start": torch.tensor(ref_start, dtype=torch.int64)}
 
     def _padding(self) -> dict[str, Any]:
         """A fully masked window for a continuous-batch slot that has run out of episodes."""
         T = self.win_len
         h, w = self.store.resolution
-        return {
+        item = {
             "image": torch.zeros(T, h, w, 3, dtype=torch.uint8),
             "agent_action": {"buttons": torch.full((T, 1), NULL_BUTTONS_INDEX, dtype=torch.int64),
                              "camera": torch.full((T, 1), CAMERA_NULL_INDEX, dtype=torch.int64)},
@@ -195,6 +242,12 @@ class WindowDataset(Dataset):
             "timestep": torch.full((T,), PAD, dtype=torch.int64),
             "first": torch.zeros(T, dtype=torch.bool),
         }
+        if self.segmentation:
+            item.update(self._segmentation(None, 0, 0))
+        if self.reference_window == "other":
+            item.update({"reference_image": item["image"].clone(), "reference_mask": torch.zeros(T),
+                         "reference_start": torch.tensor(PAD, dtype=torch.int64)})
+        return item
 
 
 class Batches(BatchSampler):
@@ -229,10 +282,14 @@ class MineDataModule(L.LightningDataModule):
                  val_fraction: float = 0.125, episode_continuous_batch: bool = False, seed: int = 0,
                  demo: dict | None = None, frame_skip: int = 1, sampling: str = "grid",
                  weights: Sequence[float] | None = None, samples_per_epoch: int | None = None,
-                 drop_null_actions: bool = False) -> None:
+                 drop_null_actions: bool = False, reference_window: str = "same") -> None:
         super().__init__()
         if sampling not in SAMPLING:
             raise ValueError(f"data.sampling must be one of {SAMPLING}, got {sampling!r}")
+        if reference_window not in REFERENCE_WINDOWS:
+            raise ValueError(f"data.reference_window must be one of {REFERENCE_WINDOWS}, got {reference_window!r}")
+        # "other": goal-conditioned policies (GROOT) get a reference video from another window of the episode.
+        self.reference_window = reference_window
         roots = [root] if isinstance(root, (str, Path)) else list(root)
         if not roots:
             raise ValueError("data.root lists no store")
@@ -307,8 +364,12 @@ class MineDataModule(L.LightningDataModule):
         if self.demo and not (self.root / MANIFEST).is_file():
             self.prepare_data()  # used outside a Trainer: prepare lazily
         train, val = split_episodes(len(self.store.episodes), self.val_fraction, self.seed)
-        self.train_set = WindowDataset(self.store, train, self.win_len, self.frame_skip, self.drop_null_actions)
-        self.val_set = WindowDataset(self.store, val, self.win_len, self.frame_skip, self.drop_null_actions)
+        # Decided once for the store, so that train and val batches have the same keys.
+        segmentation = self.store.has_segmentation
+        self.train_set = WindowDataset(self.store, train, self.win_len, self.frame_skip, self.drop_null_actions,
+                                       segmentation, self.reference_window)
+        self.val_set = WindowDataset(self.store, val, self.win_len, self.frame_skip, self.drop_null_actions,
+                                     segmentation, self.reference_window)
 
     # -- loaders --------------------------------------------------------------------------------------------
     def _loader(self, dataset: WindowDataset, shuffle: bool) -> DataLoader:

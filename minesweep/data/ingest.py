@@ -11,6 +11,10 @@ missing key, an undecodable or truncated video, a frame/action count mismatch, a
 once with its file, the reason and, where it applies, the frame index. ``on_error="skip"`` drops such an episode;
 ``on_error="prefix"`` keeps its valid prefix (the frames and steps before the first problem). The report goes to
 ``<dst>/ingest_report.json`` and is printed as a table.
+
+A ``NAME.segmentation.npz`` beside a recording (:mod:`minesweep.data.segmentation`) is resized to the store
+resolution and stored with the episode; a malformed one is a problem like any other (its masks must not silently
+go missing): the episode is skipped, or with ``prefix`` kept without them.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from av.video.reformatter import VideoReformatter
 
 from minesweep.actions.contractor import ContractorFormatError, contractor_to_env, read_jsonl_prefix
 from minesweep.data.resize import resize_bilinear
+from minesweep.data.segmentation import SegmentationError, read_sidecar, resize_masks, sidecar_path
 from minesweep.data.store import DEFAULT_SHARD_SIZE, EncodedEpisode, EpisodeLengthError, StoreWriter, encode_episode
 
 __all__ = ["IngestReport", "ingest", "print_report"]
@@ -199,6 +204,21 @@ def _encode(job: _Job, settings: _Settings) -> tuple[EncodedEpisode | None, list
         if not problems:
             problem(job.jsonl, "no steps in the .jsonl")
         return None, problems
+    segmentation = None
+    sidecar = sidecar_path(job.mp4)
+    if sidecar.is_file():
+        try:
+            segmentation = read_sidecar(sidecar, length=len(env_actions) if not prefix or not problems else None)
+            if len(segmentation["valid"]) < len(env_actions):
+                raise SegmentationError(f"{sidecar}: segmentation has {len(segmentation['valid'])} frames, "
+                                        f"{job.jsonl.name} has {len(env_actions)} steps")
+            segmentation = {k: v[:len(env_actions)] for k, v in segmentation.items()}
+            segmentation["mask"] = resize_masks(segmentation["mask"], settings.resolution)
+        except SegmentationError as err:
+            problem(sidecar, f"{err} ({job.jsonl.name} has {len(env_actions)} steps)")
+            if not prefix:
+                return None, problems
+            segmentation = None
 
     decode_error: list[_DecodeError] = []
 
@@ -212,7 +232,8 @@ def _encode(job: _Job, settings: _Settings) -> tuple[EncodedEpisode | None, list
 
     try:
         encoded = encode_episode(job.episode, frames(), env_actions, settings.resolution, settings.codec,
-                                 settings.fps, settings.chunk_size, source=job.source, allow_prefix=prefix)
+                                 settings.fps, settings.chunk_size, source=job.source, allow_prefix=prefix,
+                                 segmentation=segmentation)
     except _DecodeError as err:
         problem(job.mp4, str(err), frame=err.frame)
         return None, problems

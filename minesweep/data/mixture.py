@@ -80,6 +80,14 @@ class StoreMixture:
         store, local = self.locate(position)
         return self.stores[store].read_frames(local, start, length, out=out)
 
+    @property
+    def has_segmentation(self) -> bool:
+        return any(store.has_segmentation for store in self.stores)
+
+    def read_segmentation(self, position: int, start: int, length: int) -> dict[str, np.ndarray] | None:
+        store, local = self.locate(position)
+        return self.stores[store].read_segmentation(local, start, length)
+
     def read_actions(self, position: int) -> dict[str, np.ndarray]:
         store, local = self.locate(position)
         return self.stores[store].read_actions(local)

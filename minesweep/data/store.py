@@ -9,7 +9,9 @@ Layout of a store folder::
     episodes.jsonl    the same rows plus each episode's sha256 and source file, one JSON line per episode,
                       appended as ingest goes: the journal a killed ingest resumes from.
     shards/shard-NNNNN.bin
-                      episodes back to back: the video bytes, then the actions (an uncompressed .npz).
+                      episodes back to back: the video bytes, the actions (an uncompressed .npz), and, for
+                      episodes that have the segmentation modality, its masks (bit-packed rows, one per frame,
+                      so a window's masks are one read; the per-frame ids are in the actions .npz).
 
 Video codecs (one per store):
 
@@ -39,6 +41,8 @@ import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
+from minesweep.data.segmentation import SegmentationError, check_segmentation
+
 __all__ = [
     "ACTION_SPACE_VERSION", "CODECS", "EncodedEpisode", "EpisodeLengthError", "EpisodeRecord", "EpisodeStore",
     "FORMAT_VERSION", "H264Writer", "StoreWriter", "encode_episode",
@@ -50,6 +54,7 @@ ACTION_SPACE_VERSION = "vpt-20buttons-camera-degrees-1"
 CODECS = ("h264", "raw")
 MANIFEST, INDEX, JOURNAL, SHARDS = "manifest.json", "index.npy", "episodes.jsonl", "shards"
 DEFAULT_SHARD_SIZE = 256 << 20
+_SEGMENTATION = "segmentation"  # prefix of the segmentation modality's per-frame arrays in the actions .npz
 ACTION_KEYS = {"buttons": (np.uint8, (20,)), "camera": (np.float32, (2,)), "is_null": (np.bool_, ()),
                "esc": (np.bool_, ())}
 
@@ -71,12 +76,19 @@ class EpisodeRecord:
     video_size: int
     actions_offset: int
     actions_size: int
-    sha256: str = ""  # of the video bytes followed by the actions bytes
+    sha256: str = ""  # of the video bytes, the actions bytes and the segmentation bytes, in that order
     source: str = ""
+    segmentation_offset: int = 0
+    segmentation_size: int = 0  # 0: the episode has no segmentation
 
 
 def _shard_name(shard: int) -> str:
     return f"{SHARDS}/shard-{shard:05d}.bin"
+
+
+def _end(record: EpisodeRecord) -> int:
+    """The byte after the episode's last byte in its shard."""
+    return record.actions_offset + record.actions_size + record.segmentation_size
 
 
 # --------------------------------------------------------------------------- encoding
@@ -175,10 +187,11 @@ class EncodedEpisode:
     actions: bytes
     source: str = ""
     frames_seen: int = 0  # frames the source offered (> length: it had more frames than actions)
+    segmentation: bytes = b""  # bit-packed masks, one row per frame (empty: no segmentation)
 
     @property
     def sha256(self) -> str:
-        return hashlib.sha256(self.video + self.actions).hexdigest()
+        return hashlib.sha256(self.video + self.actions + self.segmentation).hexdigest()
 
 
 def validate_episode_id(episode_id: str) -> None:
@@ -189,12 +202,14 @@ def validate_episode_id(episode_id: str) -> None:
 def encode_episode(episode_id: str, frames: Iterable[np.ndarray] | np.ndarray, env_actions: Any,
                    resolution: tuple[int, int], codec: str = "h264", fps: int = 20, chunk_size: int = 32,
                    crf: int = 18, preset: str = "veryfast", source: str = "",
-                   allow_prefix: bool = False) -> EncodedEpisode:
+                   allow_prefix: bool = False, segmentation: Mapping[str, np.ndarray] | None = None) -> EncodedEpisode:
     """Encode frames and actions of one episode in memory. Raises :class:`EpisodeLengthError` when the frame and
     action counts differ (or are zero), ``ValueError`` for a frame of the wrong shape or dtype.
 
     ``allow_prefix``: where the counts differ, keep the first ``min(frames, actions)`` of both instead (frames past
     the last action are not read, beyond one to notice that there are more).
+    ``segmentation``: optional per-frame object masks at ``resolution`` (keys of :mod:`minesweep.data.segmentation`),
+    one entry per action.
     """
     validate_episode_id(episode_id)
     if codec not in CODECS:
@@ -202,6 +217,11 @@ def encode_episode(episode_id: str, frames: Iterable[np.ndarray] | np.ndarray, e
     actions = _env_action_arrays(env_actions, episode_id)
     n_actions = len(actions["buttons"])
     h, w = resolution
+    if segmentation is not None:
+        segmentation = check_segmentation(segmentation, f"episode {episode_id!r}", length=n_actions)
+        if segmentation["mask"].shape[1:] != (h, w):
+            raise SegmentationError(f"episode {episode_id!r}: segmentation 'mask' is {segmentation['mask'].shape[1:]}"
+                                    f", the store resolution is {(h, w)}")
     seen = 0
 
     def limited() -> Iterator[np.ndarray]:
@@ -228,12 +248,19 @@ def encode_episode(episode_id: str, frames: Iterable[np.ndarray] | np.ndarray, e
         count, video_bytes = len(parts), b"".join(parts)
     if allow_prefix and 0 < count < n_actions:
         actions = {k: v[:count] for k, v in actions.items()}
+        if segmentation is not None:
+            segmentation = {k: v[:count] for k, v in segmentation.items()}
         n_actions = count
     if count != n_actions or n_actions == 0:
         raise EpisodeLengthError(episode_id, count, n_actions)
+    packed = b""
+    if segmentation is not None:
+        actions.update({f"{_SEGMENTATION}.{k}": v for k, v in segmentation.items() if k != "mask"})
+        packed = np.packbits(segmentation["mask"].reshape(n_actions, -1), axis=1).tobytes()
     npz = io.BytesIO()
     np.savez(npz, **actions)
-    return EncodedEpisode(episode_id, n_actions, video_bytes, npz.getvalue(), str(source), frames_seen=seen)
+    return EncodedEpisode(episode_id, n_actions, video_bytes, npz.getvalue(), str(source), frames_seen=seen,
+                          segmentation=packed)
 
 
 # --------------------------------------------------------------------------- writing
@@ -258,9 +285,10 @@ def _index_array(records: Sequence[EpisodeRecord]) -> np.ndarray:
     source_width = max((len(r.source) for r in records), default=1) or 1
     dtype = np.dtype([("id", f"U{id_width}"), ("length", "<i8"), ("shard", "<i4"), ("video_offset", "<i8"),
                       ("video_size", "<i8"), ("actions_offset", "<i8"), ("actions_size", "<i8"), ("sha256", "S64"),
-                      ("source", f"U{source_width}")])
+                      ("source", f"U{source_width}"), ("segmentation_offset", "<i8"), ("segmentation_size", "<i8")])
     return np.array([(r.id, r.length, r.shard, r.video_offset, r.video_size, r.actions_offset, r.actions_size,
-                      r.sha256.encode("ascii"), r.source) for r in records], dtype=dtype)
+                      r.sha256.encode("ascii"), r.source, r.segmentation_offset, r.segmentation_size)
+                     for r in records], dtype=dtype)
 
 
 class StoreWriter:
@@ -331,7 +359,7 @@ class StoreWriter:
         try:
             for record in records:
                 path = self.root / _shard_name(record.shard)
-                end = record.actions_offset + record.actions_size
+                end = _end(record)
                 if not path.exists() or path.stat().st_size < end:
                     break
                 if record.shard == last_shard:
@@ -351,7 +379,7 @@ class StoreWriter:
         shard_path = self.root / _shard_name(end_shard)
         if shard_path.exists():
             with open(shard_path, "r+b") as f:
-                f.truncate(kept[-1].actions_offset + kept[-1].actions_size if kept else 0)
+                f.truncate(_end(kept[-1]) if kept else 0)
         tmp = journal.with_name(f".{JOURNAL}.tmp")
         tmp.write_text("".join(json.dumps(asdict(r)) + "\n" for r in kept), encoding="utf-8")
         os.replace(tmp, journal)
@@ -363,14 +391,14 @@ class StoreWriter:
         return episode_id in self._ids
 
     def add_episode(self, episode_id: str, frames: Iterable[np.ndarray] | np.ndarray, env_actions: Any,
-                    source: str = "") -> EpisodeRecord:
+                    source: str = "", segmentation: Mapping[str, np.ndarray] | None = None) -> EpisodeRecord:
         """Encode ``frames`` (an array ``(T, H, W, 3)`` or an iterable of frames or of frame batches) with the
-        actions and append them. Nothing of the episode is kept if anything fails (bad frame, iterator error,
-        length mismatch)."""
+        actions (and optional segmentation masks, see :func:`encode_episode`) and append them. Nothing of the
+        episode is kept if anything fails (bad frame, iterator error, length mismatch)."""
         if episode_id in self._ids:
             raise ValueError(f"episode {episode_id!r} was already added to {self.root}")
         encoded = encode_episode(episode_id, frames, env_actions, self.resolution, self.codec, self.fps,
-                                 self.chunk_size, self.crf, self.preset, source)
+                                 self.chunk_size, self.crf, self.preset, source, segmentation=segmentation)
         return self.append(encoded)
 
     def append(self, episode: EncodedEpisode) -> EpisodeRecord:
@@ -380,13 +408,16 @@ class StoreWriter:
         validate_episode_id(episode.id)
         if episode.id in self._ids:
             raise ValueError(f"episode {episode.id!r} was already added to {self.root}")
-        shard, offset = self._shard_for(len(episode.video) + len(episode.actions))
+        shard, offset = self._shard_for(len(episode.video) + len(episode.actions) + len(episode.segmentation))
         self._shard_file.write(episode.video)
         self._shard_file.write(episode.actions)
+        self._shard_file.write(episode.segmentation)
         self._shard_file.flush()
         os.fsync(self._shard_file.fileno())
-        record = EpisodeRecord(episode.id, episode.length, shard, offset, len(episode.video),
-                               offset + len(episode.video), len(episode.actions), episode.sha256, episode.source)
+        actions_offset = offset + len(episode.video)
+        record = EpisodeRecord(episode.id, episode.length, shard, offset, len(episode.video), actions_offset,
+                               len(episode.actions), episode.sha256, episode.source,
+                               actions_offset + len(episode.actions), len(episode.segmentation))
         self._journal.write(json.dumps(asdict(record)) + "\n")
         self._journal.flush()
         os.fsync(self._journal.fileno())
@@ -508,7 +539,8 @@ class _Episodes(Sequence):
         row = self._index[i]
         return EpisodeRecord(str(row["id"]), int(row["length"]), int(row["shard"]), int(row["video_offset"]),
                              int(row["video_size"]), int(row["actions_offset"]), int(row["actions_size"]),
-                             row["sha256"].decode("ascii"), str(row["source"]))
+                             row["sha256"].decode("ascii"), str(row["source"]), int(row["segmentation_offset"]),
+                             int(row["segmentation_size"]))
 
 
 class EpisodeStore:
@@ -616,8 +648,35 @@ class EpisodeStore:
         self._fds.clear()
 
     # -- reading ---------------------------------------------------------------------------------------------
+    @property
+    def has_segmentation(self) -> bool:
+        """Whether any episode carries the segmentation modality."""
+        return bool((np.asarray(self.index["segmentation_size"]) > 0).any())
+
+    def read_segmentation(self, episode: int | str, start: int, length: int) -> dict[str, np.ndarray] | None:
+        """Segmentation of frames ``[start, start + length)``: mask (length, h, w) bool, object_id int32,
+        interaction int8, valid bool (length,); None when the episode has none. The masks are one read."""
+        self._own_handles()
+        position = self.position(episode)
+        record = self.episodes[position]
+        if record.segmentation_size == 0:
+            return None
+        if start < 0 or length < 0 or start + length > record.length:
+            raise IndexError(f"episode {record.id!r}: segmentation frames [{start}, {start + length}) out of range "
+                             f"[0, {record.length})")
+        h, w = self.resolution
+        row = -(-h * w // 8)
+        data = os.pread(self._fd(record.shard), row * length, record.segmentation_offset + row * start)
+        packed = np.frombuffer(data, np.uint8).reshape(length, row)
+        out = {"mask": np.unpackbits(packed, axis=1, count=h * w).reshape(length, h, w).astype(bool)}
+        actions = self.read_actions(position)
+        for key in ("object_id", "interaction", "valid"):
+            out[key] = actions[f"{_SEGMENTATION}.{key}"][start:start + length]
+        return out
+
     def read_actions(self, episode: int | str) -> dict[str, np.ndarray]:
-        """The env actions of an episode: buttons (T, 20) uint8, camera (T, 2) float32, is_null, esc (T,) bool."""
+        """The env actions of an episode: buttons (T, 20) uint8, camera (T, 2) float32, is_null, esc (T,) bool
+        (and the segmentation modality's per-frame ids, ``segmentation.*``, where the episode has it)."""
         self._own_handles()
         position = self.position(episode)
         actions = self._actions.pop(position, None)

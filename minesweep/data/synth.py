@@ -13,6 +13,11 @@ mu-law camera bins, within about +-10 degrees), walk forward when centred and fa
 attack when close. The block shows cracks while it is attacked and breaks after a few frames, then a new one appears
 at a random angle and distance. Occasional jumps and idle frames add some noise.
 
+With ``segmentation=True`` (the default) each episode also gets ``NAME.segmentation.npz``
+(:mod:`minesweep.data.segmentation`): per frame the target's on-screen rectangle as a mask, the target's id, and the
+hindsight interaction type: ``mine`` for targets broken later in the episode, ``approach`` for the last one if the
+episode ends before it breaks; frames where the target is off screen are marked invalid.
+
 Care is taken with the contractor quirks (see fixtures/vpt/actions/README.md): no attack press at step 0 (it would
 trigger the attack-stuck fix) and the hotbar field stays 0 (a change would count as a hotbar press).
 """
@@ -26,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from minesweep.data.segmentation import INTERACTION_TYPES, sidecar_path, write_segmentation
 from minesweep.data.store import H264Writer
 
 __all__ = ["write_synthetic_episode", "generate_recordings"]
@@ -59,6 +65,7 @@ class _Agent:
     hardness: int = 6  # attack frames to break it
     damage: int = 0
     sprinting: bool = False
+    target_id: int = -1  # counts spawned targets: the object id of the segmentation
     keys: list[str] = field(default_factory=list)
     buttons: list[int] = field(default_factory=list)
 
@@ -84,6 +91,7 @@ def _spawn_target(agent: _Agent, rng: np.random.Generator) -> None:
     agent.hardness = int(rng.integers(5, 11))
     agent.damage = 0
     agent.sprinting = bool(rng.random() < 0.35)
+    agent.target_id += 1
 
 
 class _Scene:
@@ -132,12 +140,22 @@ class _Scene:
         self._draw_target(img, agent)
         return img
 
-    def _draw_target(self, img: np.ndarray, agent: _Agent) -> None:
-        ppd = self.ppd
-        size = math.degrees(2 * math.atan2(BLOCK / 2, agent.t_dist)) * ppd
+    def _target_box(self, agent: _Agent) -> tuple[float, float, float, float, float]:
+        """(x0, y0, x1, y1, size) of the target block on screen, in pixels (unclipped)."""
+        size = math.degrees(2 * math.atan2(BLOCK / 2, agent.t_dist)) * self.ppd
         cx = self._screen_x(_wrap(agent.t_yaw - agent.yaw))
-        cy = self.h / 2 + (_target_pitch(agent) - agent.pitch) * ppd
-        x0, y0, x1, y1 = cx - size / 2, cy - size / 2, cx + size / 2, cy + size / 2
+        cy = self.h / 2 + (_target_pitch(agent) - agent.pitch) * self.ppd
+        return cx - size / 2, cy - size / 2, cx + size / 2, cy + size / 2, size
+
+    def target_pixels(self, agent: _Agent) -> tuple[int, int, int, int]:
+        """Row/column range ``(r0, r1, c0, c1)`` the target covers, clipped to the frame and rounded exactly as
+        it is drawn (empty when off screen)."""
+        x0, y0, x1, y1, _ = self._target_box(agent)
+        h, w = self.h, self.w
+        return (max(int(round(y0)), 0), min(int(round(y1)), h), max(int(round(x0)), 0), min(int(round(x1)), w))
+
+    def _draw_target(self, img: np.ndarray, agent: _Agent) -> None:
+        x0, y0, x1, y1, size = self._target_box(agent)
         self._fill(img, x0, y0, x1, y1, TARGET_EDGE)
         edge = max(size * 0.12, 0.6)
         self._fill(img, x0 + edge, y0 + edge, x1 - edge, y1 - edge, TARGET)
@@ -235,8 +253,10 @@ def _json_step(t: int, agent: _Agent, dx: int, dy: int, keys: list[str], buttons
 
 
 def write_synthetic_episode(out_dir: str | Path, name: str, frames: int, seed: int,
-                            width: int = 640, height: int = 360, fps: int = 20) -> tuple[Path, Path]:
+                            width: int = 640, height: int = 360, fps: int = 20,
+                            segmentation: bool = True) -> tuple[Path, Path]:
     """Write ``out_dir/name.mp4`` and ``out_dir/name.jsonl`` (``frames`` frames and steps); deterministic in ``seed``.
+    With ``segmentation``, also ``out_dir/name.segmentation.npz`` (the video and actions are the same either way).
 
     Returns the (mp4, jsonl) paths.
     """
@@ -252,23 +272,39 @@ def write_synthetic_episode(out_dir: str | Path, name: str, frames: int, seed: i
     _spawn_target(agent, rng)
 
     mp4, jsonl = out_dir / f"{name}.mp4", out_dir / f"{name}.jsonl"
+    mask = np.zeros((frames, height, width), np.bool_) if segmentation else None
+    target_ids = np.full(frames, -1, np.int32)
     with H264Writer(mp4, width, height, fps) as video, open(jsonl, "w") as lines:
         for t in range(frames):
             video.write(scene.render(agent))
+            if mask is not None:
+                r0, r1, c0, c1 = scene.target_pixels(agent)
+                if r1 > r0 and c1 > c0:
+                    mask[t, r0:r1, c0:c1] = True
+                    target_ids[t] = agent.target_id
             dx, dy, keys, buttons = _policy(agent, rng, t)
             lines.write(json.dumps(_json_step(t, agent, dx, dy, keys, buttons, agent.keys, agent.buttons, rng)))
             lines.write("\n")
             agent.keys, agent.buttons = keys, buttons
             _step(agent, dx, dy, keys, buttons, rng)
+    if mask is not None:
+        valid = target_ids >= 0
+        # Hindsight labels: every target but the current one was broken (a new one spawns only then).
+        broken = valid & (target_ids < agent.target_id)
+        interaction = np.where(broken, INTERACTION_TYPES.index("mine"), INTERACTION_TYPES.index("approach"))
+        write_segmentation(sidecar_path(mp4), {"mask": mask, "object_id": target_ids, "valid": valid,
+                                               "interaction": np.where(valid, interaction, -1)})
     return mp4, jsonl
 
 
 def generate_recordings(out_dir: str | Path, episodes: int, frames: int, seed: int = 0,
-                        width: int = 640, height: int = 360) -> list[Path]:
-    """Write ``episodes`` synthetic recordings ``synth-0000.mp4/.jsonl``, ... into ``out_dir``; returns the mp4 paths."""
+                        width: int = 640, height: int = 360, segmentation: bool = True) -> list[Path]:
+    """Write ``episodes`` synthetic recordings ``synth-0000.mp4/.jsonl`` (and ``.segmentation.npz``), ... into
+    ``out_dir``; returns the mp4 paths."""
     paths = []
     for i in range(episodes):
         episode_seed = int(np.random.SeedSequence([seed, i]).generate_state(1)[0])
-        mp4, _ = write_synthetic_episode(out_dir, f"synth-{i:04d}", frames, episode_seed, width, height)
+        mp4, _ = write_synthetic_episode(out_dir, f"synth-{i:04d}", frames, episode_seed, width, height,
+                                         segmentation=segmentation)
         paths.append(mp4)
     return paths

@@ -2,12 +2,15 @@
 
 from minesweep.objectives.base import MissingLatentError, ObjectiveCallback
 from minesweep.objectives.bc import BehaviorCloneCallback
-from minesweep.objectives.kl import KLDivergenceCallback, gaussian_kl
+from minesweep.objectives.entropy import EntropyBonusCallback
+from minesweep.objectives.kl import KLDivergenceCallback, KLWarmupCallback, gaussian_kl
 
 __all__ = [
     "ObjectiveCallback",
     "MissingLatentError",
     "BehaviorCloneCallback",
     "KLDivergenceCallback",
+    "KLWarmupCallback",
+    "EntropyBonusCallback",
     "gaussian_kl",
 ]

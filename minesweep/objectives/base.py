@@ -30,6 +30,10 @@ class ObjectiveCallback:
         self.weight = weight
         self.name = type(self).__name__  # the trainer renames it after its config key
 
+    def on_step(self, global_step: int) -> None:
+        """Called by MineLightning before every training/validation step with the optimizer step count
+        (restored on resume), for objectives whose weight follows a schedule. Does nothing by default."""
+
     def check_latents(self, latents: dict[str, Any], mine_policy: MinePolicy) -> None:
         for key in self.required_latents:
             if key not in latents:

@@ -39,3 +39,27 @@ class KLDivergenceCallback(ObjectiveCallback):
             "kl_div": kl.mean(),
             "weight": torch.tensor(float(self.weight)),
         }
+
+
+class KLWarmupCallback(KLDivergenceCallback):
+    """The KL objective with a linear warm-up of its weight: ``weight * min(1, step / warmup_steps)``.
+
+    A small KL weight early lets the goal latent carry information before the prior pulls it in (avoids
+    posterior collapse). ``step`` is MineLightning's optimizer step count, so a resumed run continues the
+    schedule where it stopped. The weight in effect is logged as ``weight``.
+    """
+
+    def __init__(self, weight: float = 0.01, warmup_steps: int = 1000, start_weight: float = 0.0) -> None:
+        super().__init__(weight)
+        if warmup_steps < 0:
+            raise ValueError(f"KLWarmupCallback: warmup_steps must be >= 0, got {warmup_steps}")
+        self.final_weight, self.start_weight, self.warmup_steps = float(weight), float(start_weight), int(warmup_steps)
+        self.on_step(0)
+
+    def weight_at(self, step: int) -> float:
+        if self.warmup_steps == 0 or step >= self.warmup_steps:
+            return self.final_weight
+        return self.start_weight + (self.final_weight - self.start_weight) * step / self.warmup_steps
+
+    def on_step(self, global_step: int) -> None:
+        self.weight = self.weight_at(global_step)

@@ -26,10 +26,12 @@ class MinePolicy(nn.Module, ABC):
     #: Stateful policies get their memory carried across consecutive windows of an episode.
     is_stateful: bool = True
 
-    def __init__(self, hidsize: int, temperature: float = 1.0, name: str | None = None) -> None:
+    def __init__(
+        self, hidsize: int, temperature: float = 1.0, name: str | None = None, nucleus_prob: float | None = None
+    ) -> None:
         super().__init__()
         self.name = name or type(self).__name__
-        self.pi_head = MineActionHead(hidsize, temperature=temperature)
+        self.pi_head = MineActionHead(hidsize, temperature=temperature, nucleus_prob=nucleus_prob)
         self.value_head = ValueHead(hidsize)
 
     @abstractmethod
@@ -46,8 +48,22 @@ class MinePolicy(nn.Module, ABC):
 
     @torch.no_grad()
     def get_action(
-        self, input: dict[str, Any], state_in: State = None, deterministic: bool = False
+        self,
+        input: dict[str, Any],
+        state_in: State = None,
+        condition: dict[str, Any] | None = None,
+        *,
+        deterministic: bool = False,
+        nucleus_prob: float | None = None,
     ) -> tuple[dict[str, torch.Tensor], State]:
-        """Act on a window (or a single step with T=1): sampled agent action and the new state."""
+        """Act on a window (or a single step with T=1): an agent action per frame and the new state.
+
+        ``condition`` holds what a goal-conditioned policy follows (e.g. GROOT's reference video,
+        ROCKET's object mask); its entries are added to ``input``. ``deterministic`` takes the most
+        likely action, otherwise one is sampled (within the top-``nucleus_prob`` mass if given).
+        """
+        if condition:
+            input = {**input, **condition}
         latents, state_out = self(input, state_in)
-        return self.pi_head.sample(latents["pi_logits"], deterministic=deterministic), state_out
+        action = self.pi_head.sample(latents["pi_logits"], deterministic=deterministic, nucleus_prob=nucleus_prob)
+        return action, state_out

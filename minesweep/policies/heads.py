@@ -43,12 +43,31 @@ class CategoricalHead(nn.Module):
         return -(log_probs.exp() * log_probs).sum(-1).sum(-1)
 
     @staticmethod
-    def sample(log_probs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
+    def sample(log_probs: torch.Tensor, deterministic: bool = False, nucleus_prob: float | None = None) -> torch.Tensor:
+        """One class per position; ``nucleus_prob`` (top-p) keeps the smallest set of most likely
+        classes whose probability reaches it and samples within that set."""
         if deterministic:
             return log_probs.argmax(-1)
+        if nucleus_prob is not None and nucleus_prob < 1.0:
+            log_probs = nucleus_filter(log_probs, nucleus_prob)
         # Gumbel-max: one exact categorical sample per position, fully vectorised.
         uniform = torch.rand_like(log_probs).clamp_(1e-20, 1.0)
         return (log_probs - torch.log(-torch.log(uniform))).argmax(-1)
+
+
+def nucleus_filter(log_probs: torch.Tensor, nucleus_prob: float) -> torch.Tensor:
+    """Log-probabilities with every class outside the top-p nucleus set to -inf (last dim).
+
+    A class is kept when the probability of the classes ranked above it is still below
+    ``nucleus_prob``; the most likely class is therefore always kept.
+    """
+    if not 0.0 < nucleus_prob <= 1.0:
+        raise ValueError(f"nucleus_prob must be in (0, 1], got {nucleus_prob}")
+    sorted_lp, order = log_probs.sort(dim=-1, descending=True)
+    mass_before = sorted_lp.exp().cumsum(-1) - sorted_lp.exp()
+    drop_sorted = mass_before >= nucleus_prob
+    drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+    return log_probs.masked_fill(drop, float("-inf"))
 
 
 class MineActionHead(nn.Module):
@@ -58,10 +77,14 @@ class MineActionHead(nn.Module):
     normalised log-probabilities; ``logprob``/``entropy``/``sample`` take those dicts.
     """
 
-    def __init__(self, input_dim: int, temperature: float = 1.0) -> None:
+    def __init__(self, input_dim: int, temperature: float = 1.0, nucleus_prob: float | None = None) -> None:
         super().__init__()
         self.buttons = CategoricalHead(input_dim, N_BUTTON_COMBINATIONS, temperature)
         self.camera = CategoricalHead(input_dim, N_CAMERA_INDICES, temperature)
+        if nucleus_prob is not None and not 0.0 < nucleus_prob <= 1.0:
+            raise ValueError(f"nucleus_prob must be in (0, 1], got {nucleus_prob}")
+        # Default top-p of sample(); a plain attribute, so state dicts are unchanged.
+        self.nucleus_prob = nucleus_prob
 
     def components(self) -> dict[str, CategoricalHead]:
         return {"buttons": self.buttons, "camera": self.camera}
@@ -82,9 +105,11 @@ class MineActionHead(nn.Module):
         per_component = {name: head.entropy(pi_logits[name]) for name, head in self.components().items()}
         return per_component if return_dict else sum(per_component.values())
 
-    def sample(self, pi_logits: PiLogits, deterministic: bool = False) -> Action:
-        """An agent action per position: each component (B,T,1) int64."""
-        return {name: head.sample(pi_logits[name], deterministic) for name, head in self.components().items()}
+    def sample(self, pi_logits: PiLogits, deterministic: bool = False, nucleus_prob: float | None = None) -> Action:
+        """An agent action per position: each component (B,T,1) int64. ``nucleus_prob`` (top-p)
+        overrides the head's default; 1.0 or None samples from the full distribution."""
+        p = self.nucleus_prob if nucleus_prob is None else nucleus_prob
+        return {name: head.sample(pi_logits[name], deterministic, p) for name, head in self.components().items()}
 
 
 class EwmaNormalizer(nn.Module):

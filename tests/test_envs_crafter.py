@@ -174,3 +174,29 @@ def test_cli_crafter(tmp_path, capsys):
                                                              "crafter-0001.jsonl", "crafter-0001.mp4"]
     assert "wrote 2 recordings" in capsys.readouterr().out
     assert cli_main(["crafter", str(out), "--episodes", "0"]) == 1
+
+
+def test_default_demo_is_crafter_and_generated_on_first_use(tmp_path):
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    from minesweep.data.datamodule import MineDataModule
+    from minesweep.envs.crafter_record import CrafterRecordings
+    from tests.conftest import CONF_DIR
+
+    with initialize_config_dir(config_dir=str(CONF_DIR)):
+        cfg = compose("train", overrides=["paths.output_dir=/tmp/x", f"paths.cache_dir={tmp_path}/cache"])
+    dm = instantiate(cfg.data)
+    assert isinstance(dm.demo, CrafterRecordings) and str(dm.root).startswith(str(tmp_path))
+
+    root = tmp_path / "demo" / "store"
+    recipe = CrafterRecordings(episodes=2, length=30, first_seed=9, workers=1, progress=False)
+    dm = MineDataModule(str(root), win_len=16, batch_size=2, num_workers=0, demo=recipe)
+    dm.setup()
+    assert sorted(e.id for e in dm.store.episodes) == ["crafter-0000", "crafter-0001"]
+    assert (tmp_path / "demo" / "demo_raw" / SUMMARY).is_file()
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["image"].shape[2:] == (128, 128, 3)
+    assert (batch["agent_action"]["camera"] == 60).all()  # Crafter has no camera: always the null camera bin
+    with pytest.raises(TypeError, match="data.demo"):
+        MineDataModule(str(tmp_path / "other" / "store"), num_workers=0, demo=42).prepare_data()

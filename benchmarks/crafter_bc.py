@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import sys
 import time
 from pathlib import Path
@@ -32,7 +33,20 @@ from minesweep.envs.crafter_record import SUMMARY, record_crafter  # noqa: E402
 from minesweep.eval import compose_config, evaluate_checkpoint, print_report  # noqa: E402
 from minesweep.train import train  # noqa: E402
 
+def cpu_seconds() -> float:
+    """CPU time of this process and its finished children (data-loader workers): a measure of the work done that,
+    unlike wall time, does not grow when other jobs share the machine."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 TARGETS = {"return_vs_random": 3.0, "collect_wood": 0.8, "place_table": 0.6}
+
+
+def max_time(minutes: float) -> str:
+    """Lightning's ``max_time`` as ``DD:HH:MM:SS``."""
+    seconds = int(round(minutes * 60))
+    return f"00:{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
 def recording_matches(raw: Path, episodes: int, length: int, seed: int) -> bool:
@@ -53,6 +67,8 @@ def main() -> int:
     parser.add_argument("--eval-episodes", type=int, default=30)
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--out", default="outputs/crafter_bc")
+    parser.add_argument("--reuse-run", action="store_true",
+                        help="evaluate OUT/run/checkpoints/last.ckpt of an earlier run instead of training again")
     args, overrides = parser.parse_known_args()
 
     print(f"command: {' '.join([sys.executable, *sys.argv])}")
@@ -79,15 +95,23 @@ def main() -> int:
             raise RuntimeError(f"ingest skipped episodes: {report.skipped}")
     timings["ingest"] = time.perf_counter() - t
 
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), cpu_seconds()
     train_overrides = [
         f"data.root={store}", "data.demo=null", f"paths.output_dir={run}", "logger=csv",
-        f"trainer.max_steps={args.steps}", f"+trainer.max_time={{minutes: {args.max_minutes}}}",
+        f"trainer.max_steps={args.steps}", f"+trainer.max_time={max_time(args.max_minutes)}",
         "callbacks.progress_bar=null", *overrides,
     ]
     cfg = compose_config(train_overrides)
-    metrics = train(cfg)
-    timings["train"] = time.perf_counter() - t
+    last = run / "checkpoints" / "last.ckpt"
+    if args.reuse_run and last.is_file():
+        # wall time from the run's files: config.yaml is written at the start, last.ckpt at the end
+        metrics = {"global_step": float(torch.load(last, map_location="cpu", weights_only=True)["global_step"])}
+        timings["train"] = last.stat().st_mtime - (run / "config.yaml").stat().st_mtime
+        print(f"reusing the training run in {run} (step {int(metrics['global_step'])}); CPU time not measured")
+    else:
+        metrics = train(cfg)
+        timings["train"] = time.perf_counter() - t
+        timings["train_cpu"] = cpu_seconds() - cpu
     steps = int(metrics["global_step"])
 
     t = time.perf_counter()
@@ -109,6 +133,9 @@ def main() -> int:
           f"{metrics.get('val/loss', float('nan')):.3f}, val/bc/loss_per_frame "
           f"{metrics.get('val/bc/loss_per_frame', float('nan')):.3f}")
     print("timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
+    if "train_cpu" in timings:
+        print(f"training used {timings['train_cpu'] / 60:.1f} CPU-minutes ({timings['train_cpu'] / 60 / 2:.1f} min "
+              f"on 2 cores without other jobs, at best)")
     print(f"policy return {policy['mean_return']:.2f} ± {policy['stderr_return']:.2f}, random "
           f"{random['mean_return']:.2f} ± {random['stderr_return']:.2f}, scripted "
           f"{report['players'].get('scripted', {}).get('mean_return', float('nan')):.2f}")

@@ -44,12 +44,15 @@ class PolicyPlayer:
 
     The sampled VPT buttons index is mapped back to a Crafter action (``agent_to_action``: an action outside the 17
     plays noop); the camera half of the action has no Crafter meaning and is ignored.
+
+    ``video_frames``: pass each frame through the RGB -> yuv420p -> RGB conversion that recordings go through
+    (H.264 stores colour at half resolution), so the policy sees colours as it saw them in training.
     """
 
     name = "policy"
 
-    def __init__(self, policy: MinePolicy, deterministic: bool = False) -> None:
-        self.policy, self.deterministic = policy, bool(deterministic)
+    def __init__(self, policy: MinePolicy, deterministic: bool = False, video_frames: bool = False) -> None:
+        self.policy, self.deterministic, self.video_frames = policy, bool(deterministic), bool(video_frames)
         self.state: Any = None
         self.first = True
 
@@ -61,12 +64,22 @@ class PolicyPlayer:
     @torch.no_grad()
     def act(self, obs: np.ndarray, info: dict) -> int:
         device = self.policy.device
+        if self.video_frames:
+            obs = as_video_frame(obs)
         image = torch.from_numpy(np.ascontiguousarray(obs)).to(device)[None, None]  # (1, 1, H, W, 3) uint8
         first = torch.tensor([[self.first]], dtype=torch.bool, device=device)
         action, self.state = self.policy.get_action({"image": image, "first": first}, self.state,
                                                     deterministic=self.deterministic)
         self.first = False
         return int(agent_to_action(int(action["buttons"].reshape(-1)[0])))
+
+
+def as_video_frame(rgb: np.ndarray) -> np.ndarray:
+    """``rgb`` after the colour conversion of an H.264 recording and its decoding: RGB -> yuv420p -> RGB (PyAV)."""
+    import av
+
+    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+    return frame.reformat(format="yuv420p").reformat(format="rgb24").to_ndarray()
 
 
 def evaluate_players(players: Mapping[str, Any], env_factory: EnvFactory, seeds: Sequence[int],
@@ -187,7 +200,8 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     env_factory = _instantiate(ev.env)
     seeds = [int(ev.first_seed) + i for i in range(int(ev.episodes))]
-    players: dict[str, Any] = {"policy": PolicyPlayer(policy, deterministic=ev.deterministic)}
+    players: dict[str, Any] = {"policy": PolicyPlayer(policy, deterministic=ev.deterministic,
+                                                      video_frames=ev.get("video_frames", False))}
     for name, node in (ev.get("baselines") or {}).items():
         if node is not None:
             players[name] = _instantiate(node)
@@ -206,7 +220,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
 
         def on_step(obs: np.ndarray, action: int, info: dict) -> None:
             if writer.count < int(video.max_steps):
-                writer.write(env.render(np.array([size, size])))
+                writer.write(env.render(size))
         return on_step
 
     try:
@@ -223,6 +237,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
         "worlds": {"first_seed": seeds[0], "episodes": len(seeds)},
         "env": OmegaConf.to_container(ev.env, resolve=True),
         "deterministic": bool(ev.deterministic),
+        "video_frames": bool(ev.get("video_frames", False)),
         "players": summaries,
         "return_vs_random": (summaries["policy"]["mean_return"] / random_return) if random_return else None,
     }

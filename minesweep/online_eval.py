@@ -46,8 +46,10 @@ class OnlineEvalCallback(L.Callback):
             return
         self._last_step = step
         metrics = self.evaluate(pl_module.mine_policy)
-        for name, value in metrics.items():
-            pl_module.log(name, value, on_step=True, on_epoch=False, batch_size=1)
+        for name, value in metrics.items():  # callback_metrics: for optimized_metric, pruning, checkpoint monitors
+            pl_module.log(name, value, on_step=True, on_epoch=False, batch_size=1, logger=False)
+        for logger in trainer.loggers:  # every evaluation, whatever log_every_n_steps says
+            logger.log_metrics(metrics, step=step)
         log.info("step %d: eval/return %.2f ± %.2f", step, metrics["eval/return"], metrics["eval/return_stderr"])
 
     def evaluate(self, policy: torch.nn.Module) -> dict[str, float]:

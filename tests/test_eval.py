@@ -61,6 +61,16 @@ def test_policy_player_carries_memory_step_by_step():
     assert not torch.equal(player.state[0], policy.initial_state(1)[0])
 
 
+def test_video_frames_lose_colour_detail_like_recordings():
+    from minesweep.eval import as_video_frame
+
+    obs, _ = CrafterEnv(5, length=10).reset()
+    converted = as_video_frame(obs)
+    assert converted.shape == obs.shape and converted.dtype == np.uint8
+    error = np.abs(converted.astype(int) - obs.astype(int)).mean()
+    assert 1 < error < 10  # chroma at half resolution: visibly different, still the same picture
+
+
 def test_plot_achievements_writes_png(tmp_path):
     s = summarize([result(1.0, ["collect_wood"]), result(2.0, ["place_table"])])
     path = plot_achievements({"policy": s, "random": s}, tmp_path / "chart.png", title="t")

@@ -1,6 +1,7 @@
-"""``minesweep-data``: make synthetic recordings and ingest recordings into a training store.
+"""``minesweep-data``: make synthetic or Crafter recordings and ingest recordings into a training store.
 
     minesweep-data synth OUT --episodes 24 --frames 256 [--seed 0 --width 640 --height 360 --no-segmentation]
+    minesweep-data crafter OUT --episodes 200 [--seed 0 --length 500 --size 128 --noise 0.05 --workers N]
     minesweep-data ingest SRC DST [--resolution 128 | 128x96] [--legacy-vpt-camera] [--workers N] [--codec h264|raw]
                    [--shard-size-mb 256] [--on-error skip|prefix] [--no-gui-cursor] [--no-progress]
     minesweep-data import-minestudio SRC DST [--resolution 128 | 128x96]
@@ -46,6 +47,16 @@ def _parser() -> argparse.ArgumentParser:
     synth.add_argument("--no-segmentation", action="store_true",
                        help="do not write NAME.segmentation.npz (the target's mask per frame) beside each recording")
 
+    crafter = commands.add_parser("crafter", help="record a scripted Crafter player as contractor recordings")
+    crafter.add_argument("out", help="output folder")
+    crafter.add_argument("--episodes", type=int, required=True)
+    crafter.add_argument("--seed", type=int, default=0, help="episode i plays world seed+i (default 0)")
+    crafter.add_argument("--length", type=int, default=500, help="step limit per episode (default 500)")
+    crafter.add_argument("--size", type=int, default=128, help="frame size in pixels (default 128)")
+    crafter.add_argument("--noise", type=float, default=0.05, help="probability of a random action (default 0.05)")
+    crafter.add_argument("--player", choices=("scripted", "random"), default="scripted")
+    crafter.add_argument("--workers", type=int, default=None, help="parallel processes (default: CPU count)")
+
     ingest = commands.add_parser("ingest", help="convert *.mp4 + *.jsonl recordings under SRC into a store at DST")
     ingest.add_argument("src")
     ingest.add_argument("dst")
@@ -80,6 +91,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         paths = generate_recordings(args.out, args.episodes, args.frames, seed=args.seed, width=args.width,
                                     height=args.height, segmentation=not args.no_segmentation)
         print(f"wrote {len(paths)} recordings to {args.out}")
+        return 0
+    if args.command == "crafter":
+        from minesweep.envs.crafter_record import SUMMARY, record_crafter
+
+        try:
+            results = record_crafter(args.out, args.episodes, first_seed=args.seed, length=args.length,
+                                     size=args.size, noise=args.noise, workers=args.workers, player=args.player)
+        except (ValueError, ImportError) as err:
+            print(f"minesweep-data crafter: {err}", file=sys.stderr)
+            return 1
+        returns = [r.episode_return for r in results]
+        print(f"wrote {len(results)} recordings to {args.out} (worlds {args.seed}..{args.seed + len(results) - 1}); "
+              f"mean return {sum(returns) / len(returns):.2f}, mean length "
+              f"{sum(r.length for r in results) / len(results):.0f} steps; summary in {args.out}/{SUMMARY}")
         return 0
 
     if args.command == "import-minestudio":

@@ -271,8 +271,12 @@ def split_episodes(n: int, val_fraction: float, seed: int) -> tuple[list[int], l
 class MineDataModule(L.LightningDataModule):
     """Train/val window loaders over a store at ``root`` (see the module docstring for the batch format).
 
-    ``demo``: e.g. ``{episodes: 24, frames: 256, width: 320, height: 180, seed: 0}``; when ``root`` holds no store,
-    ``prepare_data()`` generates that many synthetic recordings and ingests them into ``root``.
+    ``demo``: what ``prepare_data()`` records and ingests into ``root`` when ``root`` holds no store (first use).
+    Either a recipe called with the recordings folder, such as
+    :class:`minesweep.envs.crafter_record.CrafterRecordings` (conf/data/demo.yaml), or a mapping of synthetic
+    recording settings, e.g. ``{episodes: 24, frames: 256, width: 320, height: 180, seed: 0}``
+    (conf/data/synth_demo.yaml: the synthetic world, which also has camera actions). ``resolution`` (a key of the
+    mapping or an attribute of the recipe) is the store's frame size, 128 by default.
     ``root`` may be a list of stores, mixed by ``weights`` (random-window sampling only). ``sampling``: ``grid``,
     ``frames`` or ``episodes`` (module docstring); ``samples_per_epoch``: random windows per epoch and rank
     (default: as many as the grid has, split over the ranks).
@@ -328,12 +332,19 @@ class MineDataModule(L.LightningDataModule):
 
         demo = self.demo or {}
         log.info("minesweep: generating demo data into %s (first use)", self.root)
-        res = demo.get("resolution", 128)
-        resolution = (int(res), int(res)) if isinstance(res, int) else (int(res[0]), int(res[1]))
         raw = self.root.parent / "demo_raw"  # kept next to the store: the raw recordings can be re-ingested
-        generate_recordings(raw, episodes=int(demo.get("episodes", 24)), frames=int(demo.get("frames", 256)),
-                            seed=int(demo.get("seed", 0)), width=int(demo.get("width", 320)),
-                            height=int(demo.get("height", 180)))
+        if isinstance(demo, Mapping):
+            res = demo.get("resolution", 128)
+            generate_recordings(raw, episodes=int(demo.get("episodes", 24)), frames=int(demo.get("frames", 256)),
+                                seed=int(demo.get("seed", 0)), width=int(demo.get("width", 320)),
+                                height=int(demo.get("height", 180)))
+        elif callable(demo):
+            res = getattr(demo, "resolution", 128)
+            demo(raw)
+        else:
+            raise TypeError(f"data.demo must be a mapping of synthetic-recording settings or a recording recipe "
+                            f"with _target_ (e.g. minesweep.envs.crafter_record.CrafterRecordings), got {demo!r}")
+        resolution = (int(res), int(res)) if isinstance(res, int) else (int(res[0]), int(res[1]))
         report = ingest(raw, self.root, resolution=resolution, print_summary=False)
         if report.skipped:
             raise RuntimeError(f"demo data generation into {self.root} skipped episodes: {report.skipped}")

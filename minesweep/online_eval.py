@@ -1,0 +1,66 @@
+"""Online evaluation during training: the policy plays a few Crafter episodes every K optimizer steps.
+
+Logged (as the module's own metrics, so loggers, ``trainer.callback_metrics``, ``optimized_metric`` and Optuna
+pruning all see them): ``eval/return`` (mean over the episodes), ``eval/return_stderr``, ``eval/length`` and
+``eval/achievements`` (mean number unlocked). The same worlds are played every time, so values are comparable
+across steps and runs. Select it with ``callbacks/online_eval=crafter`` (conf/callbacks/online_eval/crafter.yaml).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+import lightning as L
+import torch
+
+from minesweep.eval import PolicyPlayer, evaluate_players, summarize
+
+__all__ = ["OnlineEvalCallback"]
+
+log = logging.getLogger("minesweep")
+
+
+class OnlineEvalCallback(L.Callback):
+    """Every ``every_n_steps`` optimizer steps (and after the last one) play worlds ``first_seed .. +episodes-1``.
+
+    ``env``: a factory called with ``seed=`` (``CrafterEnv`` with ``_partial_: true`` in the config). The policy
+    plays in eval mode with its memory carried step by step; training's RNG state is left untouched.
+    Under DDP every rank plays the same worlds (the logged values agree up to sampling noise).
+    """
+
+    def __init__(self, env: Callable[..., Any], every_n_steps: int = 100, episodes: int = 4,
+                 first_seed: int = 2_000_000, deterministic: bool = False) -> None:
+        super().__init__()
+        if every_n_steps <= 0 or episodes <= 0:
+            raise ValueError(f"every_n_steps and episodes must be positive, got {every_n_steps}, {episodes}")
+        self.env, self.every_n_steps, self.episodes = env, int(every_n_steps), int(episodes)
+        self.first_seed, self.deterministic = int(first_seed), bool(deterministic)
+        self._last_step: int | None = None
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        step = trainer.global_step
+        last = 0 < trainer.max_steps <= step
+        if step == self._last_step or step == 0 or not (step % self.every_n_steps == 0 or last):
+            return
+        self._last_step = step
+        metrics = self.evaluate(pl_module.mine_policy)
+        for name, value in metrics.items():  # callback_metrics: for optimized_metric, pruning, checkpoint monitors
+            pl_module.log(name, value, on_step=True, on_epoch=False, batch_size=1, logger=False)
+        for logger in trainer.loggers:  # every evaluation, whatever log_every_n_steps says
+            logger.log_metrics(metrics, step=step)
+        log.info("step %d: eval/return %.2f ± %.2f", step, metrics["eval/return"], metrics["eval/return_stderr"])
+
+    def evaluate(self, policy: torch.nn.Module) -> dict[str, float]:
+        seeds = [self.first_seed + i for i in range(self.episodes)]
+        was_training = policy.training
+        policy.eval()
+        try:
+            with torch.random.fork_rng():  # the episodes' sampling must not shift training's RNG
+                results = evaluate_players({"policy": PolicyPlayer(policy, self.deterministic)}, self.env, seeds)
+        finally:
+            policy.train(was_training)
+        s = summarize(results["policy"])
+        return {"eval/return": s["mean_return"], "eval/return_stderr": s["stderr_return"],
+                "eval/length": s["mean_length"], "eval/achievements": s["mean_achievements"]}

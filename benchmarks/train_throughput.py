@@ -131,7 +131,9 @@ def main() -> None:
                     "trainer.limit_val_batches=0",
                     "+trainer.enable_checkpointing=false",
                     "+trainer.enable_progress_bar=false",
-                    "callbacks=null",
+                    "callbacks.checkpoint=null",
+                    "callbacks.progress_bar=null",
+                    "callbacks.lr_monitor=null",
                     *overrides,
                 ],
             )

@@ -135,8 +135,8 @@ def test_record_ingest_train_eval(tmp_path):
     assert report["players"]["policy"]["episodes"] == 2 and report["worlds"]["first_seed"] == 1_000_000
     assert report["players"]["random"]["seeds"] == report["players"]["policy"]["seeds"]
     assert (out / "achievements.png").stat().st_size > 1000
-    from minesweep.data.ingest import _resized_frames
+    from minesweep.data.ingest import _decoded_frames
 
-    video = np.concatenate(list(_resized_frames(out / "episode.mp4", (64, 64))))
+    video = np.concatenate(list(_decoded_frames(out / "episode.mp4", (64, 64), None)))
     assert 1 <= len(video) <= 20
     assert eval_main(["eval.checkpoint=/nonexistent.ckpt"]) == 1

@@ -29,7 +29,7 @@ from torch.nn import functional as F
 
 from minesweep.policies.backbones import SmallCNN
 from minesweep.policies.base import Latents, MinePolicy, State
-from minesweep.policies.vpt import TransformerStack
+from minesweep.policies.vpt import TransformerStack, transformer_memory
 
 __all__ = ["GrootPolicy", "GaussianHead", "VideoEncoder", "FirstFrameEncoder", "sinusoidal_positions"]
 
@@ -139,14 +139,7 @@ class GrootPolicy(MinePolicy):
 
     # -- state: VPT's memory layout -----------------------------------------------------------------------
     def initial_state(self, batch_size: int | None = None) -> State:
-        B = 1 if batch_size is None else batch_size
-        p = self.final_ln.weight
-        state = []
-        for _ in range(self.n_layers):
-            state.append(torch.zeros(B, 1, self.maxlen, dtype=torch.bool, device=p.device))
-            state.append(torch.zeros(B, self.maxlen, self.hidsize, dtype=p.dtype, device=p.device))
-            state.append(torch.zeros(B, self.maxlen, self.hidsize, dtype=p.dtype, device=p.device))
-        return state
+        return transformer_memory(self.n_layers, self.maxlen, self.hidsize, batch_size, self.final_ln.weight)
 
     # -- encoders -----------------------------------------------------------------------------------------
     def frame_features(self, frames: torch.Tensor) -> torch.Tensor:

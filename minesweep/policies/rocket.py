@@ -25,7 +25,7 @@ from torch import nn
 from minesweep.data.segmentation import INTERACTION_TYPES
 from minesweep.policies.backbones import to_float_frames
 from minesweep.policies.base import Latents, MinePolicy, State
-from minesweep.policies.vpt import TransformerStack
+from minesweep.policies.vpt import TransformerStack, transformer_memory
 
 __all__ = ["RocketPolicy", "FiLM", "FiLMConvBlock"]
 
@@ -113,14 +113,7 @@ class RocketPolicy(MinePolicy):
         self.final_ln = nn.LayerNorm(hidsize)
 
     def initial_state(self, batch_size: int | None = None) -> State:
-        B = 1 if batch_size is None else batch_size
-        p = self.final_ln.weight
-        state = []
-        for _ in range(self.n_layers):
-            state.append(torch.zeros(B, 1, self.maxlen, dtype=torch.bool, device=p.device))
-            state.append(torch.zeros(B, self.maxlen, self.hidsize, dtype=p.dtype, device=p.device))
-            state.append(torch.zeros(B, self.maxlen, self.hidsize, dtype=p.dtype, device=p.device))
-        return state
+        return transformer_memory(self.n_layers, self.maxlen, self.hidsize, batch_size, self.final_ln.weight)
 
     def _condition(self, input: dict[str, Any], B: int, T: int, H: int, W: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(mask (B,T,H,W), interaction index (B,T) with 0 = none) from the input, checked."""

@@ -337,6 +337,19 @@ class TransformerBlock(nn.Module):
         return y + self.mlp1(self.mlp0(y)), state
 
 
+def transformer_memory(n_layers: int, maxlen: int, hidsize: int, batch_size: int | None,
+                       like: torch.Tensor) -> list[torch.Tensor]:
+    """The initial state of a TransformerStack: per layer an all-False memory mask (B,1,maxlen) and zero K, V
+    (B,maxlen,hidsize), on ``like``'s device and in its dtype."""
+    B = 1 if batch_size is None else batch_size
+    state = []
+    for _ in range(n_layers):
+        state.append(torch.zeros(B, 1, maxlen, dtype=torch.bool, device=like.device))
+        state.append(torch.zeros(B, maxlen, hidsize, dtype=like.dtype, device=like.device))
+        state.append(torch.zeros(B, maxlen, hidsize, dtype=like.dtype, device=like.device))
+    return state
+
+
 class TransformerStack(nn.Module):
     """Blocks in sequence, each with its own ``[mask, K, V]`` state; reference
     ``ResidualRecurrentBlocks``."""
@@ -494,14 +507,7 @@ class VPTPolicy(MinePolicy):
 
     def initial_state(self, batch_size: int | None = None) -> State:
         """Per layer: an all-False memory mask (B,1,maxlen) and zero K, V (B,maxlen,hidsize)."""
-        B = 1 if batch_size is None else batch_size
-        p = self.net.final_ln.weight
-        state = []
-        for _ in range(self.n_layers):
-            state.append(torch.zeros(B, 1, self.maxlen, dtype=torch.bool, device=p.device))
-            state.append(torch.zeros(B, self.maxlen, self.hidsize, dtype=p.dtype, device=p.device))
-            state.append(torch.zeros(B, self.maxlen, self.hidsize, dtype=p.dtype, device=p.device))
-        return state
+        return transformer_memory(self.n_layers, self.maxlen, self.hidsize, batch_size, self.net.final_ln.weight)
 
     def forward(self, input: dict[str, Any], state_in: State = None, **kwargs: Any) -> tuple[Latents, State]:
         image = input["image"]

@@ -1,35 +1,15 @@
 """GROOT and ROCKET trained end to end by train.py on demo recordings with a segmentation modality."""
 
 import math
-from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 
-from minesweep.data.datamodule import MineDataModule
 from minesweep.objectives import MissingLatentError
 from minesweep.train import train
-from tests.conftest import CONF_DIR
-from tests.helpers import SMALL_RUN
-from tests.test_train_run import logged
+# The same small synthetic store (it carries the segmentation modality) and run config as the other train tests.
+from tests.test_train_run import config, logged, store  # noqa: F401  (store: module-scoped fixture)
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("goal_demo") / "store"
-    dm = MineDataModule(root=str(root), demo={"episodes": 8, "frames": 96, "width": 160, "height": 90, "seed": 1})
-    dm.prepare_data()
-    return root
-
-
-def config(store: Path, output_dir: Path, *overrides: str):
-    with initialize_config_dir(config_dir=str(CONF_DIR)):
-        return compose(
-            "train",
-            overrides=[*SMALL_RUN, f"data.root={store}", f"paths.output_dir={output_dir}", "logger=csv", *overrides],
-        )
 
 
 def falls(curve: list[float], by: float) -> tuple[bool, float, float]:

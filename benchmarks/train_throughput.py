@@ -6,7 +6,9 @@ Each run trains ``warmup + steps`` optimizer steps and times the last ``steps`` 
 included, validation and checkpointing off). Prints the machine, the command, every run, and
 the median. ``--flops`` also counts the policy's FLOPs per frame (forward + backward, torch's
 FlopCounterMode), measures this CPU's convolution ceiling (a 3x3 conv layer of the VPT-1x
-shape, forward + backward, in the run's dtype) and prints the fraction of it reached.
+shape, forward + backward, in the run's dtype) and prints the fraction of it reached, and of a nominal
+ceiling (``--nominal-gflops-per-core``, float32, per core; twice that in bf16), the figure VPT's
+throughput target was stated against.
 """
 
 from __future__ import annotations
@@ -112,6 +114,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--flops", action="store_true", help="print FLOP/frame and the fraction of the conv ceiling")
+    parser.add_argument("--nominal-gflops-per-core", type=float, default=150.0,
+                        help="float32 conv GFLOP/s per core of the nominal ceiling (bf16: twice that)")
     args, overrides = parser.parse_known_args()
 
     print(f"command: {' '.join([sys.executable, *sys.argv])}")
@@ -163,6 +167,10 @@ def main() -> None:
             f"measured {dtype} conv ceiling {ceiling:.0f} GFLOP/s: {100 * achieved / ceiling:.0f}% of it "
             f"({ceiling / achieved:.2f}x from the ceiling)"
         )
+        nominal = args.nominal_gflops_per_core * os.cpu_count() * (2 if dtype == torch.bfloat16 else 1)
+        print(f"nominal ceiling {nominal:.0f} GFLOP/s ({args.nominal_gflops_per_core:g} per core in float32, twice "
+              f"that in bf16, {os.cpu_count()} cores): {100 * achieved / nominal:.0f}% of it "
+              f"({nominal / achieved:.2f}x from it)")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ throughput target was stated against.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import platform
 import resource
@@ -60,6 +61,27 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
+
+
+def reset_peak_rss() -> bool:
+    """Reset this process's peak RSS (Linux: VmHWM), so each run reports its own peak; False where unsupported."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def run_peak_rss_mib() -> float | None:
+    """This process's peak RSS since the last ``reset_peak_rss`` (MiB), or None off Linux."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
 
 
 def peak_rss_mib() -> tuple[float, float]:
@@ -123,7 +145,7 @@ def main() -> None:
         f"machine: {cpu_model()}; {os.cpu_count()} cores; torch {torch.__version__} "
         f"({torch.get_num_threads()} threads); python {platform.python_version()}"
     )
-    rates, valid_rates = [], []
+    rates, valid_rates, run_peaks = [], [], []
     for run in range(args.runs):
         with tempfile.TemporaryDirectory() as tmp, initialize_config_dir(config_dir=str(REPO / "conf")):
             cfg = compose(
@@ -142,6 +164,7 @@ def main() -> None:
                 ],
             )
             L.seed_everything(cfg.seed + run)
+            resettable = reset_peak_rss()
             trainer, module, datamodule = build(cfg)
             timer = StepTimer(args.warmup)
             trainer.callbacks.append(timer)
@@ -149,14 +172,23 @@ def main() -> None:
             seconds = timer.end - timer.start
             rates.append(timer.frames / seconds)
             valid_rates.append(timer.valid_frames / seconds)
+            peak = run_peak_rss_mib() if resettable else None
+            if peak is not None:
+                run_peaks.append(peak)
             print(
                 f"run {run}: {timer.frames} frames in {seconds:.2f}s = {rates[-1]:.1f} frames/s "
-                f"({valid_rates[-1]:.1f} valid frames/s)"
+                f"({valid_rates[-1]:.1f} valid frames/s)" + (f", peak RSS {peak:.0f} MiB" if peak is not None else "")
             )
+            # Free this run's model and optimizer before the next is built, or both would count in its peak.
+            del trainer, module, datamodule, timer
+            gc.collect()
     own, children = peak_rss_mib()
     print(f"overrides: {' '.join(overrides) or '(none)'}")
     print(f"median training throughput: {statistics.median(rates):.1f} frames/s over {args.runs} runs")
-    print(f"peak RSS: {own:.0f} MiB (this process), {children:.0f} MiB (largest data-loader worker)")
+    if run_peaks:  # later runs in the same process would otherwise report the earlier runs' leftovers
+        own = statistics.median(run_peaks)
+    print(f"peak RSS: {own:.0f} MiB (this process{', median of the runs' if run_peaks else ''}), "
+          f"{children:.0f} MiB (largest data-loader worker)")
     if args.flops:
         gflop = flops_per_frame(cfg) / 1e9
         dtype = torch.bfloat16 if "bf16" in str(cfg.trainer.precision) else torch.float32

@@ -26,7 +26,8 @@ class OnlineEvalCallback(L.Callback):
 
     ``env``: a factory called with ``seed=`` (``CrafterEnv`` with ``_partial_: true`` in the config). The policy
     plays in eval mode with its memory carried step by step; training's RNG state is left untouched.
-    Under DDP every rank plays the same worlds (the logged values agree up to sampling noise).
+    Under DDP the worlds are dealt out across ranks (rank r plays worlds r, r + world_size, ...) and the episodes
+    gathered, so every rank logs the same figures over all the worlds, in 1/world_size of the time.
     """
 
     def __init__(self, env: Callable[..., Any], every_n_steps: int = 100, episodes: int = 4,
@@ -37,6 +38,7 @@ class OnlineEvalCallback(L.Callback):
         self.env, self.every_n_steps, self.episodes = env, int(every_n_steps), int(episodes)
         self.first_seed, self.deterministic = int(first_seed), bool(deterministic)
         self._last_step: int | None = None
+        self.played_seeds: list[int] = []  # the worlds this process played in the last evaluation
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
@@ -45,15 +47,17 @@ class OnlineEvalCallback(L.Callback):
         if step == self._last_step or step == 0 or not (step % self.every_n_steps == 0 or last):
             return
         self._last_step = step
-        metrics = self.evaluate(pl_module.mine_policy)
+        metrics = self.evaluate(pl_module.mine_policy, rank=trainer.global_rank, world_size=trainer.world_size)
         for name, value in metrics.items():  # callback_metrics: for optimized_metric, pruning, checkpoint monitors
             pl_module.log(name, value, on_step=True, on_epoch=False, batch_size=1, logger=False)
         for logger in trainer.loggers:  # every evaluation, whatever log_every_n_steps says
             logger.log_metrics(metrics, step=step)
         log.info("step %d: eval/return %.2f ± %.2f", step, metrics["eval/return"], metrics["eval/return_stderr"])
 
-    def evaluate(self, policy: torch.nn.Module) -> dict[str, float]:
-        seeds = [self.first_seed + i for i in range(self.episodes)]
+    def evaluate(self, policy: torch.nn.Module, rank: int = 0, world_size: int = 1) -> dict[str, float]:
+        """Play this rank's share of the worlds; with ``world_size > 1`` (an initialised process group) the
+        episodes of all ranks are gathered, so every rank returns the figures over all ``episodes`` worlds."""
+        seeds = [self.first_seed + i for i in range(self.episodes)][rank::world_size]
         was_training = policy.training
         policy.eval()
         try:
@@ -61,6 +65,12 @@ class OnlineEvalCallback(L.Callback):
                 results = evaluate_players({"policy": PolicyPlayer(policy, self.deterministic)}, self.env, seeds)
         finally:
             policy.train(was_training)
-        s = summarize(results["policy"])
+        self.played_seeds = seeds
+        episodes = results["policy"]
+        if world_size > 1:
+            parts: list[Any] = [None] * world_size
+            torch.distributed.all_gather_object(parts, episodes)
+            episodes = sorted((e for part in parts for e in part), key=lambda e: e.seed)
+        s = summarize(episodes)
         return {"eval/return": s["mean_return"], "eval/return_stderr": s["stderr_return"],
                 "eval/length": s["mean_length"], "eval/achievements": s["mean_achievements"]}

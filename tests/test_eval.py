@@ -93,6 +93,37 @@ def test_online_eval_logs_return_and_leaves_training_rng_alone():
     assert 0 < metrics["eval/length"] <= 15
 
 
+def _online_eval_on_rank(rank: int, world_size: int, init_file: str, out_dir: str) -> None:
+    from functools import partial
+
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    try:
+        torch.manual_seed(0)  # the same weights on every rank, as DDP keeps them
+        policy = TinyPolicy(hidsize=16)
+        callback = OnlineEvalCallback(env=partial(CrafterEnv, size=64, length=15), episodes=5, first_seed=3,
+                                      deterministic=True)
+        metrics = callback.evaluate(policy, rank=rank, world_size=world_size)
+        torch.save({"metrics": metrics, "played": callback.played_seeds}, f"{out_dir}/rank{rank}.pt")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_online_eval_deals_worlds_across_ddp_ranks_and_gathers_them(tmp_path):
+    """Two ranks play disjoint halves of the worlds, and both log the figures of all of them: those of one process
+    playing every world."""
+    from functools import partial
+
+    torch.multiprocessing.spawn(_online_eval_on_rank, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    assert ranks[0]["played"] == [3, 5, 7] and ranks[1]["played"] == [4, 6]
+    torch.manual_seed(0)
+    single = OnlineEvalCallback(env=partial(CrafterEnv, size=64, length=15), episodes=5, first_seed=3,
+                                deterministic=True).evaluate(TinyPolicy(hidsize=16))
+    for rank in ranks:
+        assert rank["metrics"] == pytest.approx(single)
+
+
 def test_eval_and_callback_configs_compose_and_instantiate():
     with initialize_config_dir(config_dir=str(CONF_DIR)):
         cfg = compose("train", overrides=["callbacks/online_eval=crafter", "paths.output_dir=/tmp/x"])

@@ -2,6 +2,9 @@
 
 import json
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -17,7 +20,7 @@ from minesweep.eval import PolicyPlayer, main as eval_main, plot_achievements, s
 from minesweep.online_eval import OnlineEvalCallback
 from minesweep.policies.tiny import TinyPolicy
 from minesweep.train import train
-from tests.conftest import CONF_DIR
+from tests.conftest import CONF_DIR, REPO
 from tests.helpers import SMALL_RUN
 
 
@@ -171,3 +174,22 @@ def test_record_ingest_train_eval(tmp_path):
     video = np.concatenate(list(_decoded_frames(out / "episode.mp4", (64, 64), None)))
     assert 1 <= len(video) <= 20
     assert eval_main(["eval.checkpoint=/nonexistent.ckpt"]) == 1
+
+
+@pytest.mark.slow
+def test_crafter_bc_benchmark_runs_end_to_end_and_reports_the_targets(tmp_path):
+    """benchmarks/crafter_bc.py at a toy scale: record -> ingest -> train -> evaluate, figures checked against the
+    targets (a 3-step policy misses them: exit code 1, not a crash)."""
+    args = [sys.executable, "benchmarks/crafter_bc.py", "--episodes", "2", "--length", "40", "--steps", "3",
+            "--eval-episodes", "2", "--workers", "1", "--out", str(tmp_path), *SMALL_RUN, "data.val_fraction=0.5",
+            "trainer.val_check_interval=2", "eval.env.length=20", "eval.progress=false"]
+    result = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "WANDB_MODE": "disabled"})
+    assert result.returncode in (0, 1), result.stderr[-3000:]
+    for line in ("machine:", "recordings: 2 episodes", "training: 3 steps", "return_vs_random", "collect_wood",
+                 "place_table"):
+        assert line in result.stdout, result.stdout[-3000:]
+    figures = json.loads((tmp_path / "benchmark.json").read_text())
+    assert figures["steps"] == 3 and set(figures["figures"]) == {"return_vs_random", "collect_wood", "place_table"}
+    assert (tmp_path / "run" / "eval" / "results.json").is_file()
+    assert (tmp_path / "run" / "eval" / "achievements.png").is_file()

@@ -129,7 +129,10 @@ def test_train_shuffles_deterministically_val_does_not(root):
 
     dm = MineDataModule(str(root), win_len=WIN, batch_size=2, num_workers=0, seed=1)
     train = dm.train_dataloader()
-    epoch1, epoch2 = order(train), order(train)
+    epoch1 = order(train)
+    assert order(train) == epoch1  # the order is a function of (seed, epoch): an epoch can be rebuilt to resume it
+    train.sampler.set_epoch(1)  # as Lightning does before each epoch
+    epoch2 = order(train)
     assert sorted(epoch1) == sorted(epoch2) and epoch1 != epoch2
     assert order(MineDataModule(str(root), win_len=WIN, batch_size=2, num_workers=0, seed=1).train_dataloader()) \
         == epoch1
@@ -185,3 +188,27 @@ def test_spawned_workers_read_the_same_batches(root):
     assert len(got) == len(expected)
     for a, b in zip(got, expected):
         assert torch.equal(a["image"], b["image"]) and torch.equal(a["episode"], b["episode"])
+
+
+def test_batches_resume_the_cut_epoch_at_its_next_batch():
+    from torch.utils.data import DistributedSampler
+
+    from minesweep.data.datamodule import Batches
+
+    def batches(seed: int = 5) -> Batches:
+        return Batches(DistributedSampler(list(range(23)), num_replicas=1, rank=0, shuffle=True, seed=seed), 4,
+                       seed=seed)
+
+    straight = batches()
+    straight.set_epoch(3)
+    epoch3 = list(straight)
+    straight.set_epoch(4)
+    assert list(straight) != epoch3  # a new order each epoch
+    resumed = batches()
+    resumed.load_state_dict({"epoch": 3, "batches_done": 2, "seed": 5})
+    resumed.set_epoch(4)  # Lightning's counter may be one ahead after a train-end checkpoint
+    assert list(resumed) == epoch3[2:]
+    resumed.set_epoch(3)
+    assert list(resumed) == epoch3, "the skip applies to the resumed epoch only"
+    with pytest.raises(ValueError, match="data seed 6, but the checkpoint was made with 5"):
+        batches(seed=6).load_state_dict({"epoch": 3, "batches_done": 2, "seed": 5})

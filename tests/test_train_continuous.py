@@ -1,4 +1,5 @@
-"""Real continuous-mode runs: exact mid-epoch resume, and 2-process DDP with whole episodes per rank."""
+"""Real runs: exact mid-epoch resume (continuous and random batches), and 2-process DDP with whole episodes per rank
+in continuous mode."""
 
 import json
 from pathlib import Path
@@ -39,7 +40,7 @@ def run(store, output_dir: Path, record_dir: Path, *overrides, ckpt_path=None):
             "train",
             overrides=[
                 *SMALL, f"data.root={store}", f"paths.output_dir={output_dir}", "~logger",
-                "data.episode_continuous_batch=true", "data.win_len=8", "data.batch_size=2",
+                "data.win_len=8", "data.batch_size=2",
                 "trainer.limit_val_batches=0", "callbacks.lr_monitor=null", "optim.learning_rate=1e-3", "optim.warmup_steps=0", *overrides,
             ],
         )
@@ -54,27 +55,31 @@ def records(folder: Path, rank: int = 0) -> list[dict]:
     return [json.loads(line) for line in open(folder / f"rank{rank}.jsonl")]
 
 
-def test_resume_mid_epoch_continues_with_the_exact_next_batch(store, tmp_path):
-    run(store, tmp_path / "straight", tmp_path / "rec_straight", "trainer.max_steps=8")
-    run(store, tmp_path / "cut", tmp_path / "rec_cut", "trainer.max_steps=4")
+CONTINUOUS = "data.episode_continuous_batch=true"
+
+
+@pytest.mark.parametrize("batches", [CONTINUOUS, "data.sampling=grid", "data.sampling=frames"])
+def test_resume_mid_epoch_continues_with_the_exact_next_batch(store, tmp_path, batches):
+    run(store, tmp_path / "straight", tmp_path / "rec_straight", "trainer.max_steps=8", batches)
+    run(store, tmp_path / "cut", tmp_path / "rec_cut", "trainer.max_steps=4", batches)
     last = tmp_path / "cut" / "checkpoints" / "last.ckpt"
     saved = torch.load(last, weights_only=True)
-    assert saved["global_step"] == 4 and "minesweep_train_memory" in saved
-    run(store, tmp_path / "cut", tmp_path / "rec_resumed", "trainer.max_steps=8", ckpt_path=str(last))
+    assert saved["global_step"] == 4 and ("minesweep_train_memory" in saved) == (batches == CONTINUOUS)
+    run(store, tmp_path / "cut", tmp_path / "rec_resumed", "trainer.max_steps=8", batches, ckpt_path=str(last))
 
     straight = records(tmp_path / "rec_straight")
     resumed = records(tmp_path / "rec_resumed")
     assert [r["step"] for r in resumed] == [5, 6, 7, 8]
     for expected, got in zip(straight[4:], resumed):
         assert (got["episode"], got["start"]) == (expected["episode"], expected["start"])
-        # same weights, optimizer state and carried memory -> the same loss
+        # same weights, optimizer state (and carried memory) -> the same loss
         assert got["loss"] == pytest.approx(expected["loss"], rel=1e-5, abs=1e-5)
 
 
 def test_ddp_two_processes_each_rank_keeps_its_own_episodes(store, tmp_path):
     trainer, module = run(
         store, tmp_path / "out", tmp_path / "rec", "trainer.max_steps=4", "trainer.strategy=ddp_spawn_find_unused_parameters_true",
-        "trainer.devices=2",
+        "trainer.devices=2", CONTINUOUS,
     )
     rank0, rank1 = records(tmp_path / "rec", 0), records(tmp_path / "rec", 1)
     assert len(rank0) == len(rank1) == 4

@@ -31,15 +31,16 @@ One item (and, stacked by ``default_collate``, one batch with a leading B)::
 
 from __future__ import annotations
 
+import itertools
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import (BatchSampler, DataLoader, Dataset, DistributedSampler, RandomSampler, SequentialSampler,
+from torch.utils.data import (BatchSampler, DataLoader, Dataset, DistributedSampler, SequentialSampler,
                               default_collate, get_worker_info)
 import torch.distributed as dist
 
@@ -251,11 +252,39 @@ class WindowDataset(Dataset):
 
 
 class Batches(BatchSampler):
-    """``BatchSampler`` that passes ``set_epoch`` on to the sampler it batches (Lightning calls it each epoch)."""
+    """``BatchSampler`` that passes ``set_epoch`` on to the sampler it batches (Lightning calls it each epoch) and
+    resumes mid-epoch: after ``load_state_dict`` the checkpoint's epoch is iterated again without its first
+    ``batches_done`` batches. The wrapped sampler's order must be a function of its epoch (seeded per epoch)."""
+
+    def __init__(self, sampler: Any, batch_size: int, drop_last: bool = False, seed: int = 0) -> None:
+        super().__init__(sampler, batch_size, drop_last)
+        self.seed, self.epoch = seed, 0
+        self._skip_batches, self._restored = 0, False
 
     def set_epoch(self, epoch: int) -> None:
+        if self._restored:
+            # As EpisodeContinuousBatchSampler.set_epoch: the first call after a restore keeps the checkpoint's epoch.
+            self._restored = False
+            return
+        if epoch != self.epoch:
+            self._skip_batches = 0
+        self.epoch = epoch
         if hasattr(self.sampler, "set_epoch"):
             self.sampler.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[list[Any]]:
+        skip, self._skip_batches = self._skip_batches, 0
+        return itertools.islice(super().__iter__(), skip, None)
+
+    def state_dict(self, batches_done: int = 0) -> dict[str, int]:
+        return {"epoch": self.epoch, "batches_done": batches_done, "seed": self.seed}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        if state.get("seed", self.seed) != self.seed:
+            raise ValueError(f"resuming with data seed {self.seed}, but the checkpoint was made with {state['seed']}")
+        self.epoch, self._skip_batches, self._restored = int(state["epoch"]), int(state["batches_done"]), True
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(self.epoch)
 
 
 def split_episodes(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -312,7 +341,7 @@ class MineDataModule(L.LightningDataModule):
         # Each batch slot follows one episode window after window; a memory policy's state is then
         # carried across batches by MineLightning (see minesweep/data/sampler.py).
         self.episode_continuous_batch = bool(episode_continuous_batch)
-        self._train_sampler: EpisodeContinuousBatchSampler | None = None
+        self._train_sampler: EpisodeContinuousBatchSampler | Batches | None = None
         self._resume_state: dict[str, Any] | None = None
         self.val_fraction, self.seed = float(val_fraction), int(seed)
         self.demo = dict(demo) if isinstance(demo, Mapping) else demo
@@ -388,21 +417,23 @@ class MineDataModule(L.LightningDataModule):
             batches = EpisodeContinuousBatchSampler(
                 dataset.episode_windows(), self.batch_size, shuffle=shuffle, seed=self.seed
             )
-            if shuffle:  # the training sampler: the one a checkpoint resumes
-                if self._resume_state is not None:
-                    batches.load_state_dict(self._resume_state)
-                    self._resume_state = None
-                self._train_sampler = batches
         else:
+            distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
             if shuffle and self.sampling != "grid":
                 windows = self._random_windows(dataset)
-            elif dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-                windows = DistributedSampler(dataset, shuffle=shuffle, seed=self.seed, drop_last=False)
-            elif shuffle:
-                windows = RandomSampler(dataset, generator=torch.Generator().manual_seed(self.seed))
+            elif shuffle or distributed:
+                # Shuffled by (seed, epoch): the order of an epoch can be rebuilt to resume it. Single-process, the
+                # rank and world size are given, so no process group is needed.
+                windows = DistributedSampler(dataset, shuffle=shuffle, seed=self.seed, drop_last=False,
+                                             **({} if distributed else {"num_replicas": 1, "rank": 0}))
             else:
                 windows = SequentialSampler(dataset)
-            batches = Batches(windows, self.batch_size, drop_last=False)
+            batches = Batches(windows, self.batch_size, drop_last=False, seed=self.seed)
+        if shuffle:  # the training sampler: the one a checkpoint resumes at its next batch
+            if self._resume_state is not None:
+                batches.load_state_dict(self._resume_state)
+                self._resume_state = None
+            self._train_sampler = batches
         # Whole batches are fetched at once (WindowDataset._batch: no collation copy), so the batch sampler goes in
         # as the sampler, with batch_size=None. The DataLoader keeps batch order with any number of workers, so
         # continuous slots stay continuous.
@@ -428,7 +459,7 @@ class MineDataModule(L.LightningDataModule):
         self.setup("validate")
         return self._loader(self.val_set, shuffle=False)
 
-    # -- resume: the continuous sampler continues at the exact next batch ----------------------------------
+    # -- resume: training continues at the exact next batch of the epoch it was cut in -----------------------
     def state_dict(self) -> dict[str, Any]:
         if self._train_sampler is None or self.trainer is None:
             return {}

@@ -212,3 +212,22 @@ def test_batches_resume_the_cut_epoch_at_its_next_batch():
     assert list(resumed) == epoch3, "the skip applies to the resumed epoch only"
     with pytest.raises(ValueError, match="data seed 6, but the checkpoint was made with 5"):
         batches(seed=6).load_state_dict({"epoch": 3, "batches_done": 2, "seed": 5})
+
+
+def test_batches_resumed_with_another_batch_size_skip_the_windows_already_trained(caplog):
+    from torch.utils.data import DistributedSampler
+
+    from minesweep.data.datamodule import Batches
+
+    def batches(batch_size: int) -> Batches:
+        return Batches(DistributedSampler(list(range(24)), num_replicas=1, rank=0, shuffle=True, seed=0), batch_size)
+
+    straight = batches(4)
+    straight.set_epoch(2)
+    windows = [w for batch in straight for w in batch]
+    resumed = batches(6)
+    with caplog.at_level(logging.WARNING, logger="minesweep.data.datamodule"):
+        resumed.load_state_dict(straight.state_dict(batches_done=3))  # 12 windows trained on
+    resumed.set_epoch(2)
+    assert [w for batch in resumed for w in batch] == windows[12:]
+    assert "data.batch_size=6 (checkpoint: 4)" in caplog.text

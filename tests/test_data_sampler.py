@@ -119,3 +119,10 @@ def test_set_epoch_reshuffles_but_a_restored_position_survives_the_first_call():
     assert list(resumed) == first[2:]
     resumed.set_epoch(1)
     assert list(resumed) != first
+
+
+def test_resume_with_another_batch_size_is_refused_by_name():
+    sampler = EpisodeContinuousBatchSampler([[0, 1], [2]], 2, seed=0, rank=0, world_size=1)
+    resumed = EpisodeContinuousBatchSampler([[0, 1], [2]], 3, seed=0, rank=0, world_size=1)
+    with pytest.raises(ValueError, match="data.batch_size=3, but the checkpoint was made with 2"):
+        resumed.load_state_dict(sampler.state_dict(batches_done=1))

@@ -277,12 +277,19 @@ class Batches(BatchSampler):
         return itertools.islice(super().__iter__(), skip, None)
 
     def state_dict(self, batches_done: int = 0) -> dict[str, int]:
-        return {"epoch": self.epoch, "batches_done": batches_done, "seed": self.seed}
+        return {"epoch": self.epoch, "batches_done": batches_done, "seed": self.seed, "batch_size": self.batch_size}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         if state.get("seed", self.seed) != self.seed:
             raise ValueError(f"resuming with data seed {self.seed}, but the checkpoint was made with {state['seed']}")
-        self.epoch, self._skip_batches, self._restored = int(state["epoch"]), int(state["batches_done"]), True
+        done = int(state["batches_done"])
+        saved_batch_size = int(state.get("batch_size", self.batch_size))
+        if saved_batch_size != self.batch_size:
+            # Same order of windows, cut into other batches: skip the windows already trained on (rounded down).
+            done = done * saved_batch_size // self.batch_size
+            log.warning("resuming with data.batch_size=%d (checkpoint: %d): the cut epoch continues after its first "
+                        "%d windows", self.batch_size, saved_batch_size, done * self.batch_size)
+        self.epoch, self._skip_batches, self._restored = int(state["epoch"]), done, True
         if hasattr(self.sampler, "set_epoch"):
             self.sampler.set_epoch(self.epoch)
 

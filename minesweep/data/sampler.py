@@ -139,11 +139,16 @@ class EpisodeContinuousBatchSampler(Sampler[list[int]]):
 
     # -- resume --------------------------------------------------------------------------------------
     def state_dict(self, batches_done: int = 0) -> dict[str, int]:
-        return {"epoch": self.epoch, "batches_done": batches_done, "seed": self.seed}
+        return {"epoch": self.epoch, "batches_done": batches_done, "seed": self.seed, "batch_size": self.batch_size}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         if state.get("seed", self.seed) != self.seed:
             raise ValueError(f"resuming with data seed {self.seed}, but the checkpoint was made with {state['seed']}")
+        if state.get("batch_size", self.batch_size) != self.batch_size:
+            # The slots' episode plan depends on the batch size: the checkpoint's position means nothing in another.
+            raise ValueError(f"resuming episode-continuous batches with data.batch_size={self.batch_size}, but the "
+                             f"checkpoint was made with {state['batch_size']}: resume with data.batch_size="
+                             f"{state['batch_size']}")
         self.epoch = int(state["epoch"])
         self._skip_batches = int(state["batches_done"])
         self._restored = True

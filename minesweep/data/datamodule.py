@@ -46,7 +46,7 @@ import torch.distributed as dist
 
 from minesweep.actions import CAMERA_NULL_INDEX, NULL_BUTTONS_INDEX, env_to_agent
 from minesweep.data.mixture import StoreMixture
-from minesweep.data.sampler import PAD, EpisodeContinuousBatchSampler, RandomWindowSampler
+from minesweep.data.sampler import PAD, EpisodeContinuousBatchSampler, RandomWindowSampler, ResumableEpochs
 from minesweep.data.segmentation import empty_segmentation
 from minesweep.data.store import MANIFEST, EpisodeStore
 
@@ -251,47 +251,30 @@ class WindowDataset(Dataset):
         return item
 
 
-class Batches(BatchSampler):
+class Batches(ResumableEpochs, BatchSampler):
     """``BatchSampler`` that passes ``set_epoch`` on to the sampler it batches (Lightning calls it each epoch) and
-    resumes mid-epoch: after ``load_state_dict`` the checkpoint's epoch is iterated again without its first
-    ``batches_done`` batches. The wrapped sampler's order must be a function of its epoch (seeded per epoch)."""
+    resumes mid-epoch (``ResumableEpochs``). The wrapped sampler's order must be a function of its epoch."""
 
     def __init__(self, sampler: Any, batch_size: int, drop_last: bool = False, seed: int = 0) -> None:
         super().__init__(sampler, batch_size, drop_last)
-        self.seed, self.epoch = seed, 0
-        self._skip_batches, self._restored = 0, False
+        self.seed = seed
+        self._start_epochs()
 
-    def set_epoch(self, epoch: int) -> None:
-        if self._restored:
-            # As EpisodeContinuousBatchSampler.set_epoch: the first call after a restore keeps the checkpoint's epoch.
-            self._restored = False
-            return
-        if epoch != self.epoch:
-            self._skip_batches = 0
-        self.epoch = epoch
+    def _epoch_changed(self, epoch: int) -> None:
         if hasattr(self.sampler, "set_epoch"):
             self.sampler.set_epoch(epoch)
 
     def __iter__(self) -> Iterator[list[Any]]:
-        skip, self._skip_batches = self._skip_batches, 0
-        return itertools.islice(super().__iter__(), skip, None)
+        return itertools.islice(super().__iter__(), self._take_skip(), None)
 
-    def state_dict(self, batches_done: int = 0) -> dict[str, int]:
-        return {"epoch": self.epoch, "batches_done": batches_done, "seed": self.seed, "batch_size": self.batch_size}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        if state.get("seed", self.seed) != self.seed:
-            raise ValueError(f"resuming with data seed {self.seed}, but the checkpoint was made with {state['seed']}")
-        done = int(state["batches_done"])
-        saved_batch_size = int(state.get("batch_size", self.batch_size))
-        if saved_batch_size != self.batch_size:
-            # Same order of windows, cut into other batches: skip the windows already trained on (rounded down).
-            done = done * saved_batch_size // self.batch_size
-            log.warning("resuming with data.batch_size=%d (checkpoint: %d): the cut epoch continues after its first "
-                        "%d windows", self.batch_size, saved_batch_size, done * self.batch_size)
-        self.epoch, self._skip_batches, self._restored = int(state["epoch"]), done, True
-        if hasattr(self.sampler, "set_epoch"):
-            self.sampler.set_epoch(self.epoch)
+    def _resumed_skip(self, batches_done: int, saved_batch_size: int) -> int:
+        if saved_batch_size == self.batch_size:
+            return batches_done
+        # Same order of windows, cut into other batches: skip the windows already trained on (rounded down).
+        skip = batches_done * saved_batch_size // self.batch_size
+        log.warning("resuming with data.batch_size=%d (checkpoint: %d): the cut epoch continues after its first "
+                    "%d windows", self.batch_size, saved_batch_size, skip * self.batch_size)
+        return skip
 
 
 def split_episodes(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:

@@ -48,7 +48,58 @@ def assign_longest_first(lengths: Sequence[int], order: Sequence[int], bins: int
     return fill_slots(sorted(order, key=lambda item: (-lengths[item], position[item])), lengths, bins)
 
 
-class EpisodeContinuousBatchSampler(Sampler[list[int]]):
+class ResumableEpochs:
+    """Mid-epoch resume for a batch sampler whose order is a function of ``(seed, epoch)``.
+
+    ``state_dict(batches_done)`` records the epoch and how many of its batches were trained on;
+    after ``load_state_dict`` the next iteration rebuilds that epoch and starts at its next batch.
+    Subclasses set ``seed`` and ``batch_size``, call ``_start_epochs()`` in ``__init__``, take
+    ``_take_skip()`` batches off the front in ``__iter__``, and may refine ``_resumed_skip``.
+    """
+
+    seed: int
+    batch_size: int
+
+    def _start_epochs(self) -> None:
+        self.epoch = 0
+        self._skip_batches = 0  # set by load_state_dict: batches of `epoch` already trained on
+        self._restored = False
+
+    def set_epoch(self, epoch: int) -> None:
+        if self._restored:
+            # The first epoch after load_state_dict is the one the checkpoint was cut in: its exact position
+            # comes from the data module's state; Lightning's epoch counter may already be one further (a
+            # checkpoint written at train end counts the cut epoch as processed).
+            self._restored = False
+            return
+        if epoch != self.epoch:
+            self._skip_batches = 0
+        self.epoch = epoch
+        self._epoch_changed(epoch)
+
+    def _epoch_changed(self, epoch: int) -> None:
+        """Hook: the epoch to iterate next is ``epoch``."""
+
+    def _take_skip(self) -> int:
+        skip, self._skip_batches = self._skip_batches, 0
+        return skip
+
+    def state_dict(self, batches_done: int = 0) -> dict[str, int]:
+        return {"epoch": self.epoch, "batches_done": batches_done, "seed": self.seed, "batch_size": self.batch_size}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        if state.get("seed", self.seed) != self.seed:
+            raise ValueError(f"resuming with data seed {self.seed}, but the checkpoint was made with {state['seed']}")
+        self._skip_batches = self._resumed_skip(int(state["batches_done"]), int(state.get("batch_size", self.batch_size)))
+        self.epoch, self._restored = int(state["epoch"]), True
+        self._epoch_changed(self.epoch)
+
+    def _resumed_skip(self, batches_done: int, saved_batch_size: int) -> int:
+        """Batches to skip in the cut epoch, given the checkpoint's count and batch size."""
+        return batches_done
+
+
+class EpisodeContinuousBatchSampler(ResumableEpochs, Sampler[list[int]]):
     """Yields lists of ``batch_size`` window indices (``PAD`` for padding) for one rank.
 
     ``episode_windows[e]`` lists the dataset indices of episode ``e``'s windows in temporal order.
@@ -72,9 +123,7 @@ class EpisodeContinuousBatchSampler(Sampler[list[int]]):
         self.shuffle = shuffle
         self.seed = seed
         self._rank, self._world_size = rank, world_size
-        self.epoch = 0
-        self._skip_batches = 0  # set by load_state_dict: batches of `epoch` already trained on
-        self._restored = False
+        self._start_epochs()
 
     # -- distributed context ------------------------------------------------------------------------
     @property
@@ -90,17 +139,6 @@ class EpisodeContinuousBatchSampler(Sampler[list[int]]):
         return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
     # -- the plan for one epoch -----------------------------------------------------------------------
-    def set_epoch(self, epoch: int) -> None:
-        if self._restored:
-            # The first epoch after load_state_dict is the one the checkpoint was cut in: its exact position
-            # comes from the data module's state; Lightning's epoch counter may already be one further (a
-            # checkpoint written at train end counts the cut epoch as processed).
-            self._restored = False
-            return
-        if epoch != self.epoch:
-            self._skip_batches = 0
-        self.epoch = epoch
-
     def slot_plan(self, epoch: int | None = None) -> list[list[list[int]]]:
         """``plan[rank][slot]`` = that slot's episodes, in the order it serves them."""
         epoch = self.epoch if epoch is None else epoch
@@ -133,25 +171,17 @@ class EpisodeContinuousBatchSampler(Sampler[list[int]]):
         for slot in plan[self.rank]:
             windows = [w for e in slot for w in self.episode_windows[e]]
             streams.append(windows + [PAD] * (num_batches - len(windows)))
-        skip, self._skip_batches = self._skip_batches, 0
-        for i in range(skip, num_batches):
+        for i in range(self._take_skip(), num_batches):
             yield [stream[i] for stream in streams]
 
     # -- resume --------------------------------------------------------------------------------------
-    def state_dict(self, batches_done: int = 0) -> dict[str, int]:
-        return {"epoch": self.epoch, "batches_done": batches_done, "seed": self.seed, "batch_size": self.batch_size}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        if state.get("seed", self.seed) != self.seed:
-            raise ValueError(f"resuming with data seed {self.seed}, but the checkpoint was made with {state['seed']}")
-        if state.get("batch_size", self.batch_size) != self.batch_size:
+    def _resumed_skip(self, batches_done: int, saved_batch_size: int) -> int:
+        if saved_batch_size != self.batch_size:
             # The slots' episode plan depends on the batch size: the checkpoint's position means nothing in another.
             raise ValueError(f"resuming episode-continuous batches with data.batch_size={self.batch_size}, but the "
-                             f"checkpoint was made with {state['batch_size']}: resume with data.batch_size="
-                             f"{state['batch_size']}")
-        self.epoch = int(state["epoch"])
-        self._skip_batches = int(state["batches_done"])
-        self._restored = True
+                             f"checkpoint was made with {saved_batch_size}: resume with data.batch_size="
+                             f"{saved_batch_size}")
+        return batches_done
 
 
 class RandomWindowSampler(Sampler):

@@ -126,3 +126,10 @@ def test_resume_with_another_batch_size_is_refused_by_name():
     resumed = EpisodeContinuousBatchSampler([[0, 1], [2]], 3, seed=0, rank=0, world_size=1)
     with pytest.raises(ValueError, match="data.batch_size=3, but the checkpoint was made with 2"):
         resumed.load_state_dict(sampler.state_dict(batches_done=1))
+
+
+def test_resume_on_another_number_of_ranks_is_refused_by_name():
+    sampler = EpisodeContinuousBatchSampler([[0, 1], [2]], 2, seed=0, rank=0, world_size=2)
+    resumed = EpisodeContinuousBatchSampler([[0, 1], [2]], 2, seed=0, rank=0, world_size=1)
+    with pytest.raises(ValueError, match="resuming on 1 rank\\(s\\) a run whose checkpoint was made on 2"):
+        resumed.load_state_dict(sampler.state_dict(batches_done=1))

@@ -84,12 +84,23 @@ class ResumableEpochs:
         skip, self._skip_batches = self._skip_batches, 0
         return skip
 
+    @property
+    def world_size(self) -> int:
+        """The DDP world size the epoch's order is made for."""
+        return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
     def state_dict(self, batches_done: int = 0) -> dict[str, int]:
-        return {"epoch": self.epoch, "batches_done": batches_done, "seed": self.seed, "batch_size": self.batch_size}
+        return {"epoch": self.epoch, "batches_done": batches_done, "seed": self.seed, "batch_size": self.batch_size,
+                "world_size": self.world_size}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         if state.get("seed", self.seed) != self.seed:
             raise ValueError(f"resuming with data seed {self.seed}, but the checkpoint was made with {state['seed']}")
+        if state.get("world_size", self.world_size) != self.world_size:
+            # Each rank's share of the epoch depends on the world size: the cut position does not carry over.
+            raise ValueError(f"resuming on {self.world_size} rank(s) a run whose checkpoint was made on "
+                             f"{state['world_size']}: the cut epoch's batches differ; resume with the same number "
+                             f"of devices (trainer.devices x trainer.num_nodes)")
         self._skip_batches = self._resumed_skip(int(state["batches_done"]), int(state.get("batch_size", self.batch_size)))
         self.epoch, self._restored = int(state["epoch"]), True
         self._epoch_changed(self.epoch)

@@ -265,7 +265,7 @@ class Batches(ResumableEpochs, BatchSampler):
             self.sampler.set_epoch(epoch)
 
     def __iter__(self) -> Iterator[list[Any]]:
-        return itertools.islice(super().__iter__(), self._take_skip(), None)
+        return itertools.islice(super().__iter__(), self._skip(), None)
 
     def _resumed_skip(self, batches_done: int, saved_batch_size: int) -> int:
         if saved_batch_size == self.batch_size:
@@ -453,8 +453,10 @@ class MineDataModule(L.LightningDataModule):
     def state_dict(self) -> dict[str, Any]:
         if self._train_sampler is None or self.trainer is None:
             return {}
-        # Batches *trained on* in this epoch, not the sampler's own position: workers prefetch ahead.
-        done = self.trainer.fit_loop.epoch_loop.batch_progress.current.completed
+        # Batches *trained on* in this epoch, not the sampler's own position: workers prefetch ahead. `processed`
+        # (not `completed`) also counts a batch whose on_train_batch_end hooks are running when the checkpoint is
+        # written (ModelCheckpoint(every_n_train_steps), a preemption save).
+        done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
         return {"train_sampler": self._train_sampler.state_dict(batches_done=int(done))}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

@@ -3,16 +3,17 @@
 With a memory policy (e.g. VPT's Transformer-XL), the trainer carries slot ``b``'s state from
 batch ``i`` to batch ``i+1`` (truncated back-propagation through time). That only works if
 slot ``b`` of batch ``i+1`` really is the next window of the episode slot ``b`` held in batch
-``i``. This sampler guarantees it:
+``i``. This sampler guarantees it, and these invariants, whatever an epoch's shuffle:
 
-* episodes go to ranks whole, balanced by length (longest first to the least-loaded rank);
-* on each rank, episodes go to the slot that becomes free first, and each slot emits its
-  episodes' windows in order;
 * every window is served exactly once per epoch, none dropped, none twice;
-* slots (and ranks) that run out are padded with ``PAD`` (a fully masked window) rather than
-  borrowing another slot's episode, and every rank yields the same number of batches (DDP must
-  not hang);
-* the episode order is shuffled with ``seed + epoch``;
+* every epoch has the same number of batches on every rank: ``ceil(windows / (batch_size * ranks))``.
+  Lightning fixes the epoch length from the first epoch, and DDP ranks must step together, so the
+  length cannot depend on the shuffle;
+* the slots of all ranks are filled in the epoch's shuffled episode order, each episode whole into the
+  slot with the most room left; an episode that fits whole nowhere is cut at a window boundary into
+  the slots' remaining room (its later part starts with a fresh memory, as a policy must after any
+  cut). At most ``batch_size * ranks - 1`` windows of padding (``PAD``, fully masked) end the slots;
+* the episode order is shuffled with ``(seed, epoch)``;
 * ``state_dict()/load_state_dict()`` let a resumed run continue at the exact next batch.
 """
 
@@ -29,32 +30,43 @@ from torch.utils.data import Sampler
 PAD = -1
 
 
-def fill_slots(items: Sequence[int], lengths: Sequence[int], bins: int) -> list[list[int]]:
-    """Items in the given order, each to the bin that is lightest so far (ties: lowest bin).
-
-    For slots this is "the slot that becomes free first takes the next episode"."""
-    heap = [(0, b) for b in range(bins)]
-    assigned: list[list[int]] = [[] for _ in range(bins)]
-    for item in items:
-        load, b = heapq.heappop(heap)
-        assigned[b].append(item)
-        heapq.heappush(heap, (load + lengths[item], b))
-    return assigned
-
-
-def assign_longest_first(lengths: Sequence[int], order: Sequence[int], bins: int) -> list[list[int]]:
-    """Greedy balancing: items taken longest first (ties in ``order``), each to the lightest bin."""
-    position = {item: i for i, item in enumerate(order)}
-    return fill_slots(sorted(order, key=lambda item: (-lengths[item], position[item])), lengths, bins)
+def pack_episodes(lengths: Sequence[int], order: Sequence[int], slots: int) -> list[list[tuple[int, int, int]]]:
+    """Pieces ``(episode, first window, end window)`` per slot, every slot holding at most
+    ``ceil(sum(lengths) / slots)`` windows: episodes in ``order``, each whole into the slot with the most room
+    (ties: lowest slot); those that fit nowhere whole are then cut into the largest rooms left."""
+    capacity = -(-sum(lengths) // slots) if slots else 0
+    room = [(-capacity, s) for s in range(slots)]  # a max-heap of room left
+    pieces: list[list[tuple[int, int, int]]] = [[] for _ in range(slots)]
+    cut = []
+    for episode in order:
+        n = lengths[episode]
+        free, s = room[0]
+        if n == 0:
+            continue
+        if -free >= n:
+            heapq.heapreplace(room, (free + n, s))
+            pieces[s].append((episode, 0, n))
+        else:
+            cut.append(episode)
+    for episode in cut:
+        start, n = 0, lengths[episode]
+        while start < n:  # total room >= windows left, so the largest room is never 0 here
+            free, s = room[0]
+            take = min(-free, n - start)
+            heapq.heapreplace(room, (free + take, s))
+            pieces[s].append((episode, start, start + take))
+            start += take
+    return pieces
 
 
 class ResumableEpochs:
     """Mid-epoch resume for a batch sampler whose order is a function of ``(seed, epoch)``.
 
     ``state_dict(batches_done)`` records the epoch and how many of its batches were trained on;
-    after ``load_state_dict`` the next iteration rebuilds that epoch and starts at its next batch.
-    Subclasses set ``seed`` and ``batch_size``, call ``_start_epochs()`` in ``__init__``, take
-    ``_take_skip()`` batches off the front in ``__iter__``, and may refine ``_resumed_skip``.
+    after ``load_state_dict`` every iteration of that epoch starts at its next batch, until the epoch changes.
+    (Not consumed by the first iteration: a multiprocess DataLoader calls ``iter()`` on its sampler twice.)
+    Subclasses set ``seed`` and ``batch_size``, call ``_start_epochs()`` in ``__init__``, start ``__iter__`` at
+    ``_skip()`` batches, and may refine ``_resumed_skip``.
     """
 
     seed: int
@@ -62,27 +74,22 @@ class ResumableEpochs:
 
     def _start_epochs(self) -> None:
         self.epoch = 0
-        self._skip_batches = 0  # set by load_state_dict: batches of `epoch` already trained on
-        self._restored = False
+        self._resume: tuple[int, int] | None = None  # (epoch, batches of it already trained on)
 
     def set_epoch(self, epoch: int) -> None:
-        if self._restored:
-            # The first epoch after load_state_dict is the one the checkpoint was cut in: its exact position
-            # comes from the data module's state; Lightning's epoch counter may already be one further (a
-            # checkpoint written at train end counts the cut epoch as processed).
-            self._restored = False
-            return
         if epoch != self.epoch:
-            self._skip_batches = 0
+            self._resume = None
         self.epoch = epoch
         self._epoch_changed(epoch)
 
     def _epoch_changed(self, epoch: int) -> None:
         """Hook: the epoch to iterate next is ``epoch``."""
 
-    def _take_skip(self) -> int:
-        skip, self._skip_batches = self._skip_batches, 0
-        return skip
+    def _skip(self) -> int:
+        """Batches of the current epoch to leave out: those trained on before the checkpoint."""
+        if self._resume is not None and self._resume[0] == self.epoch:
+            return self._resume[1]
+        return 0
 
     @property
     def world_size(self) -> int:
@@ -101,9 +108,10 @@ class ResumableEpochs:
             raise ValueError(f"resuming on {self.world_size} rank(s) a run whose checkpoint was made on "
                              f"{state['world_size']}: the cut epoch's batches differ; resume with the same number "
                              f"of devices (trainer.devices x trainer.num_nodes)")
-        self._skip_batches = self._resumed_skip(int(state["batches_done"]), int(state.get("batch_size", self.batch_size)))
-        self.epoch, self._restored = int(state["epoch"]), True
-        self._epoch_changed(self.epoch)
+        epoch = int(state["epoch"])
+        skip = self._resumed_skip(int(state["batches_done"]), int(state.get("batch_size", self.batch_size)))
+        self.epoch, self._resume = epoch, (epoch, skip)
+        self._epoch_changed(epoch)
 
     def _resumed_skip(self, batches_done: int, saved_batch_size: int) -> int:
         """Batches to skip in the cut epoch, given the checkpoint's count and batch size."""
@@ -150,39 +158,28 @@ class EpisodeContinuousBatchSampler(ResumableEpochs, Sampler[list[int]]):
         return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
     # -- the plan for one epoch -----------------------------------------------------------------------
-    def slot_plan(self, epoch: int | None = None) -> list[list[list[int]]]:
-        """``plan[rank][slot]`` = that slot's episodes, in the order it serves them."""
+    def slot_plan(self, epoch: int | None = None) -> list[list[list[tuple[int, int, int]]]]:
+        """``plan[rank][slot]`` = that slot's pieces ``(episode, first window, end window)``, in serving order."""
         epoch = self.epoch if epoch is None else epoch
         n = len(self.episode_windows)
         order = list(range(n))
         if self.shuffle:
             order = np.random.default_rng((self.seed, epoch)).permutation(n).tolist()
-        lengths = [len(w) for w in self.episode_windows]
-        per_rank = assign_longest_first(lengths, order, self.world_size)
-        position = {episode: i for i, episode in enumerate(order)}  # (order.index would be quadratic)
-        plan = []
-        for episodes in per_rank:
-            # keep the shuffled order within a rank: slots meet episodes in random order
-            episodes = sorted(episodes, key=position.__getitem__)
-            plan.append(fill_slots(episodes, lengths, self.batch_size))
-        return plan
-
-    def _num_batches(self, plan: list[list[list[int]]]) -> int:
-        return max(
-            (sum(len(self.episode_windows[e]) for e in slot) for rank in plan for slot in rank), default=0
-        )
+        pieces = pack_episodes([len(w) for w in self.episode_windows], order, self.batch_size * self.world_size)
+        return [pieces[r * self.batch_size:(r + 1) * self.batch_size] for r in range(self.world_size)]
 
     def __len__(self) -> int:
-        return self._num_batches(self.slot_plan()) - self._skip_batches
+        """Batches per epoch: the same for every epoch and rank (also while a resumed epoch is served)."""
+        windows = sum(len(w) for w in self.episode_windows)
+        return -(-windows // (self.batch_size * self.world_size))
 
     def __iter__(self) -> Iterator[list[int]]:
-        plan = self.slot_plan()
-        num_batches = self._num_batches(plan)
+        num_batches = len(self)
         streams = []
-        for slot in plan[self.rank]:
-            windows = [w for e in slot for w in self.episode_windows[e]]
+        for slot in self.slot_plan()[self.rank]:
+            windows = [w for e, a, b in slot for w in self.episode_windows[e][a:b]]
             streams.append(windows + [PAD] * (num_batches - len(windows)))
-        for i in range(self._take_skip(), num_batches):
+        for i in range(self._skip(), num_batches):
             yield [stream[i] for stream in streams]
 
     # -- resume --------------------------------------------------------------------------------------

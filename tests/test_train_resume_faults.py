@@ -1,0 +1,169 @@
+"""Fault injection: real training processes (Hydra entry point, loader worker processes) are killed at seeded random
+steps, crossing epoch ends, and resumed with ``ckpt_path=last``; every later step must train the same batch with the
+same loss as the uninterrupted run, and the final weights, optimizer state and carried memory must be equal."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from minesweep.data.datamodule import MineDataModule
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+#: 7 training episodes of 96 frames = 42 windows of 16 frames: 11 batches of 4 per epoch; 40 steps cross 3 epoch ends.
+BASE = [
+    "policy.hidsize=64", "data.win_len=16", "data.batch_size=4", "data.num_workers=2", "data.demo=null",
+    "trainer.accelerator=cpu", "trainer.max_steps=40", "trainer.val_check_interval=5", "trainer.limit_val_batches=1",
+    "callbacks.progress_bar=null", "callbacks.lr_monitor=null", "~logger", "optim.learning_rate=1e-3",
+    "optim.warmup_steps=12", "log_freq=1",
+]
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory) -> list[Path]:
+    roots = []
+    for seed in (1, 2):
+        root = tmp_path_factory.mktemp(f"demo{seed}") / "store"
+        MineDataModule(root=str(root), demo={"episodes": 8, "frames": 96, "width": 160, "height": 90,
+                                             "seed": seed}).prepare_data()
+        roots.append(root)
+    return roots
+
+
+def start(run_dir: Path, record: Path, overrides: list[str]) -> subprocess.Popen:
+    env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.train_child", str(record), "--", *overrides, f"hydra.run.dir={run_dir}"],
+        cwd=REPO, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+
+
+def records(record: Path, rank: int = 0) -> list[dict]:
+    path = Path(f"{record}.rank{rank}")
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def run_to_end(run_dir: Path, record: Path, overrides: list[str]) -> str:
+    proc = start(run_dir, record, overrides)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-4000:]
+    return out
+
+
+def run_and_kill(run_dir: Path, record: Path, overrides: list[str], at_step: int, sig: int) -> tuple[int, str]:
+    """Start a run, send ``sig`` once it has trained ``at_step`` (SIGKILL: to its whole process group, as a node
+    failure would; else to the main process), wait for it to end; return its exit code and output."""
+    proc = start(run_dir, record, overrides)
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        done = records(record)
+        if done and done[-1]["step"] >= at_step:
+            if sig == signal.SIGKILL:
+                os.killpg(proc.pid, signal.SIGKILL)
+            else:
+                os.kill(proc.pid, sig)
+            break
+        time.sleep(0.01)
+    out, _ = proc.communicate(timeout=600)
+    try:  # orphaned loader workers of a killed run
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    return proc.returncode, out
+
+
+def saved_step(run_dir: Path) -> int:
+    return int(torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"])
+
+
+def assert_same_state(a: Path, b: Path) -> None:
+    """Bitwise equal weights, optimizer and scheduler state, carried memory, loop position."""
+    x = torch.load(a / "checkpoints" / "last.ckpt", weights_only=True)
+    y = torch.load(b / "checkpoints" / "last.ckpt", weights_only=True)
+    assert x["global_step"] == y["global_step"]
+
+    def same(u, v, where):
+        if isinstance(u, torch.Tensor):
+            assert torch.equal(u, v), f"{where} differs"
+        elif isinstance(u, dict):
+            assert u.keys() == v.keys(), where
+            for k in u:
+                same(u[k], v[k], f"{where}.{k}")
+        elif isinstance(u, (list, tuple)):
+            assert len(u) == len(v), where
+            for i, (p, q) in enumerate(zip(u, v)):
+                same(p, q, f"{where}[{i}]")
+        else:
+            assert u == v, f"{where}: {u} != {v}"
+
+    for key in ("state_dict", "optimizer_states", "lr_schedulers", "minesweep_train_memory"):
+        assert (key in x) == (key in y), key
+        if key in x:
+            same(x[key], y[key], key)
+
+
+def check_resumed_chain(tmp_path: Path, overrides: list[str], kills: list[int], sig: int = signal.SIGKILL) -> None:
+    straight_dir, straight_rec = tmp_path / "straight", tmp_path / "straight.jsonl"
+    run_to_end(straight_dir, straight_rec, overrides)
+    expected = {r["step"]: r for r in records(straight_rec)}
+    assert sorted(expected) == list(range(1, 41)), "the uninterrupted run trains steps 1..40 once each"
+
+    cut_dir = tmp_path / "cut"
+    trained: dict[int, dict] = {}
+    for segment, at_step in enumerate([*kills, None]):
+        record = tmp_path / f"segment{segment}.jsonl"
+        resume = ["ckpt_path=last"] if segment else []
+        if at_step is None:
+            run_to_end(cut_dir, record, overrides + resume)
+        else:
+            code, out = run_and_kill(cut_dir, record, overrides + resume, at_step, sig)
+            assert code != 0, f"the run was not interrupted at step {at_step}:\n{out[-2000:]}"
+        got = records(record)
+        first = got[0]["step"]
+        # a resumed segment starts right after the checkpoint's step
+        if segment:
+            assert first == resumed_from + 1, (first, resumed_from)
+        for r in got:
+            trained[r["step"]] = r
+            e = expected[r["step"]]
+            assert (r["epoch"], r["episode"], r["window"], r["start"]) == (e["epoch"], e["episode"], e["window"], e["start"]), \
+                f"step {r['step']}: trained another batch than the uninterrupted run\n got {r}\n expected {e}"
+            assert r["loss"] == e["loss"], f"step {r['step']}: loss {float.fromhex(r['loss'])} != {float.fromhex(e['loss'])}"
+        if at_step is not None:
+            resumed_from = saved_step(cut_dir)
+            assert resumed_from <= got[-1]["step"]
+    assert sorted(trained) == list(range(1, 41))
+    assert_same_state(straight_dir, cut_dir)
+
+
+def kill_steps(seed: int, n: int = 2) -> list[int]:
+    """Seeded random kill points, one before and one after an epoch end (11 batches per epoch)."""
+    rng = random.Random(seed)
+    return sorted([rng.randint(6, 14), rng.randint(21, 34)][:n])
+
+
+@pytest.mark.parametrize("mode", [
+    ["data.sampling=grid"],
+    ["data.sampling=frames"],
+    ["data.sampling=episodes", "data.num_workers=0"],
+    ["data.episode_continuous_batch=true"],
+    ["data.episode_continuous_batch=true", "data.num_workers=0", "data.frame_skip=2", "data.win_len=8"],
+], ids=["grid", "frames", "episodes-0workers", "continuous", "continuous-frameskip2-0workers"])
+def test_sigkill_at_random_steps_then_resume_trains_exactly_what_the_uninterrupted_run_trains(stores, tmp_path, mode):
+    check_resumed_chain(tmp_path, [*BASE, f"data.root={stores[0]}", *mode], kill_steps(hash(tuple(mode)) % 1000))
+
+
+def test_sigkill_with_a_store_mixture(stores, tmp_path):
+    mixture = [f"data.root=[{stores[0]},{stores[1]}]", "+data.weights=[0.7,0.3]", "data.sampling=frames"]
+    check_resumed_chain(tmp_path, [*BASE, *mixture], kill_steps(7))

@@ -167,3 +167,29 @@ def test_sigkill_at_random_steps_then_resume_trains_exactly_what_the_uninterrupt
 def test_sigkill_with_a_store_mixture(stores, tmp_path):
     mixture = [f"data.root=[{stores[0]},{stores[1]}]", "+data.weights=[0.7,0.3]", "data.sampling=frames"]
     check_resumed_chain(tmp_path, [*BASE, *mixture], kill_steps(7))
+
+
+@pytest.mark.parametrize("mode", [["data.sampling=grid"], ["data.episode_continuous_batch=true"]],
+                         ids=["grid", "continuous"])
+def test_a_finished_run_extended_to_more_steps_continues_exactly(stores, tmp_path, mode):
+    """max_steps reached mid-epoch: last.ckpt at train end; the same command with a larger max_steps continues."""
+    overrides = [*BASE, f"data.root={stores[0]}", *mode]
+    run_to_end(tmp_path / "straight", tmp_path / "straight.jsonl", overrides)
+    expected = {r["step"]: r for r in records(tmp_path / "straight.jsonl")}
+    short = [o for o in overrides if not o.startswith("trainer.max_steps")] + ["trainer.max_steps=15"]
+    run_to_end(tmp_path / "cut", tmp_path / "short.jsonl", short)
+    assert saved_step(tmp_path / "cut") == 15
+    run_to_end(tmp_path / "cut", tmp_path / "extended.jsonl", overrides + ["ckpt_path=last"])
+    got = records(tmp_path / "extended.jsonl")
+    assert [r["step"] for r in got] == list(range(16, 41))
+    for r in got:
+        e = expected[r["step"]]
+        assert (r["episode"], r["window"], r["start"], r["loss"]) == (e["episode"], e["window"], e["start"], e["loss"]), r["step"]
+    assert_same_state(tmp_path / "straight", tmp_path / "cut")
+
+
+@pytest.mark.parametrize("mode", [["data.sampling=grid"], ["data.episode_continuous_batch=true"]],
+                         ids=["grid", "continuous"])
+def test_sigkill_after_a_checkpoint_written_at_an_epoch_end(stores, tmp_path, mode):
+    """Checkpoints every 11 steps = at every epoch end (11 batches per epoch): the resumed run starts the next epoch."""
+    check_resumed_chain(tmp_path, [*BASE, f"data.root={stores[0]}", *mode, "trainer.val_check_interval=11"], [13, 25])

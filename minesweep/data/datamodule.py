@@ -457,7 +457,8 @@ class MineDataModule(L.LightningDataModule):
         # (not `completed`) also counts a batch whose on_train_batch_end hooks are running when the checkpoint is
         # written (ModelCheckpoint(every_n_train_steps), a preemption save).
         done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
-        return {"train_sampler": self._train_sampler.state_dict(batches_done=int(done))}
+        return {"train_sampler": self._train_sampler.state_dict(batches_done=int(done),
+                                                                trainer_epoch=int(self.trainer.current_epoch))}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._resume_state = state_dict.get("train_sampler")

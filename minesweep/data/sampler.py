@@ -73,10 +73,13 @@ class ResumableEpochs:
     batch_size: int
 
     def _start_epochs(self) -> None:
-        self.epoch = 0
+        self.epoch = 0  # the data epoch: its order is a function of (seed, epoch)
         self._resume: tuple[int, int] | None = None  # (epoch, batches of it already trained on)
+        self._epoch_offset = 0  # data epoch - Lightning's epoch counter (not 0 after some resumes, see load_state_dict)
 
     def set_epoch(self, epoch: int) -> None:
+        """Lightning's epoch counter; the data epoch is that plus the offset a resume may have set."""
+        epoch += self._epoch_offset
         if epoch != self.epoch:
             self._resume = None
         self.epoch = epoch
@@ -96,9 +99,11 @@ class ResumableEpochs:
         """The DDP world size the epoch's order is made for."""
         return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
-    def state_dict(self, batches_done: int = 0) -> dict[str, int]:
+    def state_dict(self, batches_done: int = 0, trainer_epoch: int | None = None) -> dict[str, int]:
+        """The cut position: data epoch, batches of it trained on, and Lightning's epoch counter at that moment."""
         return {"epoch": self.epoch, "batches_done": batches_done, "seed": self.seed, "batch_size": self.batch_size,
-                "world_size": self.world_size}
+                "world_size": self.world_size,
+                "trainer_epoch": self.epoch - self._epoch_offset if trainer_epoch is None else trainer_epoch}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         if state.get("seed", self.seed) != self.seed:
@@ -109,7 +114,16 @@ class ResumableEpochs:
                              f"{state['world_size']}: the cut epoch's batches differ; resume with the same number "
                              f"of devices (trainer.devices x trainer.num_nodes)")
         epoch = int(state["epoch"])
+        trainer_epoch = int(state.get("trainer_epoch", epoch))
+        self.epoch = epoch
+        self._epoch_changed(epoch)
         skip = self._resumed_skip(int(state["batches_done"]), int(state.get("batch_size", self.batch_size)))
+        if skip >= len(self) and trainer_epoch > epoch:
+            # Cut after the epoch's last batch and Lightning already counted it: it goes on with the next epoch.
+            epoch, skip = epoch + 1, 0
+        # Lightning's counter runs one ahead of the data epoch after a checkpoint written at train end in mid-epoch
+        # (it counts the cut epoch as done, then replays nothing of it): the rest of that epoch is Lightning's next.
+        self._epoch_offset = epoch - trainer_epoch
         self.epoch, self._resume = epoch, (epoch, skip)
         self._epoch_changed(epoch)
 

@@ -203,13 +203,15 @@ def test_batches_resume_the_cut_epoch_at_its_next_batch():
     straight.set_epoch(3)
     epoch3 = list(straight)
     straight.set_epoch(4)
-    assert list(straight) != epoch3  # a new order each epoch
+    epoch4 = list(straight)
+    assert epoch4 != epoch3  # a new order each epoch
     resumed = batches()
-    resumed.load_state_dict({"epoch": 3, "batches_done": 2, "seed": 5})
-    resumed.set_epoch(4)  # Lightning's counter may be one ahead after a train-end checkpoint
+    resumed.load_state_dict({"epoch": 3, "batches_done": 2, "seed": 5, "trainer_epoch": 4})
+    resumed.set_epoch(4)  # Lightning's counter is one ahead after a train-end checkpoint
     assert list(resumed) == epoch3[2:]
-    resumed.set_epoch(3)
-    assert list(resumed) == epoch3, "the skip applies to the resumed epoch only"
+    assert list(resumed) == epoch3[2:], "not used up by a first, discarded iter() (multiprocess DataLoader)"
+    resumed.set_epoch(5)
+    assert list(resumed) == epoch4, "the skip applies to the resumed epoch only"
     with pytest.raises(ValueError, match="data seed 6, but the checkpoint was made with 5"):
         batches(seed=6).load_state_dict({"epoch": 3, "batches_done": 2, "seed": 5})
 

@@ -5,15 +5,18 @@ batch ``i`` to batch ``i+1`` (truncated back-propagation through time). That onl
 slot ``b`` of batch ``i+1`` really is the next window of the episode slot ``b`` held in batch
 ``i``. This sampler guarantees it, and these invariants, whatever an epoch's shuffle:
 
-* every window is served exactly once per epoch, none dropped, none twice;
-* every epoch has the same number of batches on every rank: ``ceil(windows / (batch_size * ranks))``.
-  Lightning fixes the epoch length from the first epoch, and DDP ranks must step together, so the
-  length cannot depend on the shuffle;
-* the slots of all ranks are filled in the epoch's shuffled episode order, each episode whole into the
-  slot with the most room left; an episode that fits whole nowhere is cut at a window boundary into
-  the slots' remaining room (its later part starts with a fresh memory, as a policy must after any
-  cut). At most ``batch_size * ranks - 1`` windows of padding (``PAD``, fully masked) end the slots;
-* the episode order is shuffled with ``(seed, epoch)``;
+* every window is served exactly once per epoch, none dropped, none twice; every episode whole,
+  in one slot, in order (its memory is carried from its first window to its last);
+* every epoch has the same number of batches, on every rank. Lightning fixes the epoch length from
+  the first epoch and DDP ranks must step together, so the length must not depend on the shuffle.
+  It is the longest slot of a longest-first packing, which depends on the episode lengths only;
+* episodes go to ranks whole, balanced by length (longest first to the least-loaded rank), the
+  same every epoch;
+* on each rank, the episodes of an epoch are taken in a shuffled order (``seed``, ``epoch``), each
+  by the slot that becomes free first; a shuffle whose packing would be longer than the fixed length
+  is drawn again (a few times), then the longest-first packing is used, its slots' order shuffled;
+* slots that run out are padded with ``PAD`` (a fully masked window), never borrowing another
+  slot's episode;
 * ``state_dict()/load_state_dict()`` let a resumed run continue at the exact next batch.
 """
 
@@ -30,33 +33,27 @@ from torch.utils.data import Sampler
 PAD = -1
 
 
-def pack_episodes(lengths: Sequence[int], order: Sequence[int], slots: int) -> list[list[tuple[int, int, int]]]:
-    """Pieces ``(episode, first window, end window)`` per slot, every slot holding at most
-    ``ceil(sum(lengths) / slots)`` windows: episodes in ``order``, each whole into the slot with the most room
-    (ties: lowest slot); those that fit nowhere whole are then cut into the largest rooms left."""
-    capacity = -(-sum(lengths) // slots) if slots else 0
-    room = [(-capacity, s) for s in range(slots)]  # a max-heap of room left
-    pieces: list[list[tuple[int, int, int]]] = [[] for _ in range(slots)]
-    cut = []
-    for episode in order:
-        n = lengths[episode]
-        free, s = room[0]
-        if n == 0:
-            continue
-        if -free >= n:
-            heapq.heapreplace(room, (free + n, s))
-            pieces[s].append((episode, 0, n))
-        else:
-            cut.append(episode)
-    for episode in cut:
-        start, n = 0, lengths[episode]
-        while start < n:  # total room >= windows left, so the largest room is never 0 here
-            free, s = room[0]
-            take = min(-free, n - start)
-            heapq.heapreplace(room, (free + take, s))
-            pieces[s].append((episode, start, start + take))
-            start += take
-    return pieces
+def fill_slots(items: Sequence[int], lengths: Sequence[int], bins: int) -> list[list[int]]:
+    """Items in the given order, each to the bin that is lightest so far (ties: lowest bin).
+
+    For slots this is "the slot that becomes free first takes the next episode"."""
+    heap = [(0, b) for b in range(bins)]
+    assigned: list[list[int]] = [[] for _ in range(bins)]
+    for item in items:
+        load, b = heapq.heappop(heap)
+        assigned[b].append(item)
+        heapq.heappush(heap, (load + lengths[item], b))
+    return assigned
+
+
+def assign_longest_first(lengths: Sequence[int], order: Sequence[int], bins: int) -> list[list[int]]:
+    """Greedy balancing: items taken longest first (ties in ``order``), each to the lightest bin."""
+    position = {item: i for i, item in enumerate(order)}
+    return fill_slots(sorted(order, key=lambda item: (-lengths[item], position[item])), lengths, bins)
+
+
+def longest(bins: Sequence[Sequence[int]], lengths: Sequence[int]) -> int:
+    return max((sum(lengths[i] for i in items) for items in bins), default=0)
 
 
 class ResumableEpochs:
@@ -156,6 +153,7 @@ class EpisodeContinuousBatchSampler(ResumableEpochs, Sampler[list[int]]):
         self.shuffle = shuffle
         self.seed = seed
         self._rank, self._world_size = rank, world_size
+        self._num_batches: dict[int, int] = {}
         self._start_epochs()
 
     # -- distributed context ------------------------------------------------------------------------
@@ -172,26 +170,53 @@ class EpisodeContinuousBatchSampler(ResumableEpochs, Sampler[list[int]]):
         return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
     # -- the plan for one epoch -----------------------------------------------------------------------
-    def slot_plan(self, epoch: int | None = None) -> list[list[list[tuple[int, int, int]]]]:
-        """``plan[rank][slot]`` = that slot's pieces ``(episode, first window, end window)``, in serving order."""
-        epoch = self.epoch if epoch is None else epoch
-        n = len(self.episode_windows)
-        order = list(range(n))
-        if self.shuffle:
-            order = np.random.default_rng((self.seed, epoch)).permutation(n).tolist()
-        pieces = pack_episodes([len(w) for w in self.episode_windows], order, self.batch_size * self.world_size)
-        return [pieces[r * self.batch_size:(r + 1) * self.batch_size] for r in range(self.world_size)]
+    #: Shuffles drawn per rank and epoch before falling back to the longest-first packing.
+    ATTEMPTS = 16
+
+    def _lengths(self) -> list[int]:
+        return [len(w) for w in self.episode_windows]
+
+    def rank_episodes(self) -> list[list[int]]:
+        """Each rank's episodes: longest first to the least-loaded rank, independent of the epoch."""
+        lengths = self._lengths()
+        return assign_longest_first(lengths, list(range(len(lengths))), self.world_size)
 
     def __len__(self) -> int:
-        """Batches per epoch: the same for every epoch and rank (also while a resumed epoch is served)."""
-        windows = sum(len(w) for w in self.episode_windows)
-        return -(-windows // (self.batch_size * self.world_size))
+        """Batches per epoch: the longest slot of the longest-first packing of every rank; the same in every
+        epoch and on every rank (also while a resumed epoch is served: Lightning counts the restored batches)."""
+        if self.world_size not in self._num_batches:  # the world size is known once the process group is up
+            lengths = self._lengths()
+            self._num_batches[self.world_size] = max(
+                (longest(assign_longest_first(lengths, episodes, self.batch_size), lengths)
+                 for episodes in self.rank_episodes()), default=0)
+        return self._num_batches[self.world_size]
+
+    def slot_plan(self, epoch: int | None = None) -> list[list[list[int]]]:
+        """``plan[rank][slot]`` = that slot's episodes, in the order it serves them; no slot longer than ``len``."""
+        epoch = self.epoch if epoch is None else epoch
+        lengths, num_batches = self._lengths(), len(self)
+        rng = np.random.default_rng((self.seed, epoch))
+        plan = []
+        for episodes in self.rank_episodes():
+            slots = None
+            for _ in range(self.ATTEMPTS if self.shuffle else 1):
+                order = rng.permutation(episodes).tolist() if self.shuffle else episodes
+                slots = fill_slots(order, lengths, self.batch_size)
+                if longest(slots, lengths) <= num_batches:
+                    break
+            else:  # no shuffle packed short enough: the longest-first packing, its slots in a shuffled order
+                slots = [rng.permutation(slot).tolist() if self.shuffle else slot
+                         for slot in assign_longest_first(lengths, episodes, self.batch_size)]
+                if self.shuffle:
+                    slots = [slots[i] for i in rng.permutation(len(slots))]
+            plan.append(slots)
+        return plan
 
     def __iter__(self) -> Iterator[list[int]]:
         num_batches = len(self)
         streams = []
         for slot in self.slot_plan()[self.rank]:
-            windows = [w for e, a, b in slot for w in self.episode_windows[e][a:b]]
+            windows = [w for e in slot for w in self.episode_windows[e]]
             streams.append(windows + [PAD] * (num_batches - len(windows)))
         for i in range(self._skip(), num_batches):
             yield [stream[i] for stream in streams]

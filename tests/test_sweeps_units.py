@@ -162,7 +162,7 @@ def test_preemption_signal_saves_last_ckpt_at_a_batch_end_then_hands_over_to_sub
     handler that was there before (submitit's: requeue and exit; here one that records)."""
     import lightning as L
 
-    from minesweep.sweeps import preemption
+    from minesweep.graceful_stop import GracefulStop, RequeueRequested
     from minesweep.train import build
 
     last = tmp_path / "checkpoints" / "last.ckpt"
@@ -176,13 +176,13 @@ def test_preemption_signal_saves_last_ckpt_at_a_batch_end_then_hands_over_to_sub
             if trainer.global_step == 3:
                 os.kill(os.getpid(), signal.SIGUSR2)  # arrives during the step, like SLURM's
 
-    monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")  # the hook adds the callback under submitit only
-    monkeypatch.setattr(preemption, "REQUEUE_REQUESTED", False)
+    monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")  # the callback takes the preemption signal under submitit only
+    monkeypatch.setattr(RequeueRequested, "value", False)
     with initialize_config_dir(config_dir=str(CONF_DIR)):
         cfg = compose("train", overrides=[*SMALL, f"data.root={store}", f"paths.output_dir={tmp_path}",
                                           "trainer.max_steps=6", "trainer.val_check_interval=100"])
     trainer, module, datamodule = build(cfg)
-    assert any(isinstance(cb, preemption.CheckpointOnSignal) for cb in trainer.callbacks)
+    assert any(isinstance(cb, GracefulStop) for cb in trainer.callbacks)
     trainer.callbacks.append(SendSignal())
     previous = signal.signal(signal.SIGUSR2, submitit_handler)
     try:
@@ -191,7 +191,7 @@ def test_preemption_signal_saves_last_ckpt_at_a_batch_end_then_hands_over_to_sub
     finally:
         signal.signal(signal.SIGUSR2, previous)
     assert handed_over == [(signal.SIGUSR2, 4)], "saved at the end of the signalled step, then handed over"
-    assert preemption.REQUEUE_REQUESTED
+    assert RequeueRequested.value
     assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0), "the fallback timer is disarmed"
     assert trainer.global_step == 6  # the recording handler does not exit: training went on
 

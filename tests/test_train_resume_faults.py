@@ -62,15 +62,16 @@ def run_to_end(run_dir: Path, record: Path, overrides: list[str]) -> str:
 
 
 def run_and_kill(run_dir: Path, record: Path, overrides: list[str], at_step: int, sig: int) -> tuple[int, str]:
-    """Start a run, send ``sig`` once it has trained ``at_step`` (SIGKILL: to its whole process group, as a node
-    failure would; else to the main process), wait for it to end; return its exit code and output."""
+    """Start a run, send ``sig`` once it has trained ``at_step`` (SIGKILL, SIGINT: to its whole process group, as a
+    node failure or a terminal's Ctrl-C would; else to the main process), wait for it to end; return its exit code
+    and output."""
     proc = start(run_dir, record, overrides)
     deadline = time.time() + 600
     while time.time() < deadline and proc.poll() is None:
         done = records(record)
         if done and done[-1]["step"] >= at_step:
-            if sig == signal.SIGKILL:
-                os.killpg(proc.pid, signal.SIGKILL)
+            if sig in (signal.SIGKILL, signal.SIGINT):  # a node failure; Ctrl-C in a terminal
+                os.killpg(proc.pid, sig)
             else:
                 os.kill(proc.pid, sig)
             break
@@ -143,6 +144,11 @@ def check_resumed_chain(tmp_path: Path, overrides: list[str], kills: list[int], 
         if at_step is not None:
             resumed_from = saved_step(cut_dir)
             assert resumed_from <= got[-1]["step"]
+            if sig != signal.SIGKILL:  # a graceful stop: the batch in progress finishes, nothing trained is lost
+                assert code == 128 + sig, out[-3000:]
+                assert resumed_from == got[-1]["step"] >= at_step
+                assert f"stopped by {signal.Signals(sig).name} after step {resumed_from}" in out
+                assert json.loads((cut_dir / "job.json").read_text())["state"] == "stopped"
     assert sorted(trained) == list(range(1, 41))
     assert_same_state(straight_dir, cut_dir)
 
@@ -193,3 +199,13 @@ def test_a_finished_run_extended_to_more_steps_continues_exactly(stores, tmp_pat
 def test_sigkill_after_a_checkpoint_written_at_an_epoch_end(stores, tmp_path, mode):
     """Checkpoints every 11 steps = at every epoch end (11 batches per epoch): the resumed run starts the next epoch."""
     check_resumed_chain(tmp_path, [*BASE, f"data.root={stores[0]}", *mode, "trainer.val_check_interval=11"], [13, 25])
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT-to-the-process-group"])
+def test_graceful_stop_saves_the_step_it_ends_at_and_resumes_exactly(stores, tmp_path, sig):
+    check_resumed_chain(tmp_path, [*BASE, f"data.root={stores[0]}", "data.sampling=grid"], kill_steps(3), sig=sig)
+
+
+def test_graceful_stop_in_continuous_mode(stores, tmp_path):
+    check_resumed_chain(tmp_path, [*BASE, f"data.root={stores[0]}", "data.episode_continuous_batch=true"],
+                        kill_steps(4), sig=signal.SIGTERM)

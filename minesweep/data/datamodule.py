@@ -49,6 +49,7 @@ from minesweep.data.mixture import StoreMixture
 from minesweep.data.sampler import PAD, EpisodeContinuousBatchSampler, RandomWindowSampler, ResumableEpochs
 from minesweep.data.segmentation import empty_segmentation
 from minesweep.data.store import MANIFEST, EpisodeStore
+from minesweep.graceful_stop import ignore_stop_signals
 
 __all__ = ["WindowDataset", "MineDataModule", "split_episodes"]
 
@@ -428,7 +429,8 @@ class MineDataModule(L.LightningDataModule):
         # as the sampler, with batch_size=None. The DataLoader keeps batch order with any number of workers, so
         # continuous slots stay continuous.
         return DataLoader(dataset, sampler=batches, batch_size=None, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0)
+                          persistent_workers=self.num_workers > 0,
+                          worker_init_fn=ignore_stop_signals if self.num_workers > 0 else None)
 
     def _random_windows(self, dataset: WindowDataset) -> RandomWindowSampler:
         lengths = dataset.lengths[dataset.episode_indices]

@@ -1,6 +1,7 @@
 """The record each job leaves in its folder, for people and for ``minesweep-sweep-report``.
 
-- ``job.json``: state (``running``, ``completed``, ``pruned``, ``failed``, ``requeued`` while waiting to
+- ``job.json``: state (``running``, ``completed``, ``pruned``, ``failed``, ``stopped`` by SIGTERM/Ctrl-C with
+  ``last.ckpt`` saved, ``requeued`` while waiting to
   run again), overrides, job number and SLURM job id, host, start/end/duration of every run of the job
   (a requeued job runs several times: ``restarts`` counts them), the checkpoint it resumed from and
   its step, the optimised metric's value, the final metrics, the checkpoints and the Optuna trial.
@@ -131,11 +132,12 @@ class JobRecorder:
         return cls(HydraConfig.get()) if HydraConfig.initialized() else None
 
     def start(self, cfg: DictConfig) -> None:
-        from minesweep.sweeps import preemption, pruning
+        from minesweep.graceful_stop import RequeueRequested
+        from minesweep.sweeps import pruning
         from minesweep.sweeps.launcher import restart_count
         from minesweep.sweeps.trial import trial_number
 
-        preemption.REQUEUE_REQUESTED = False
+        RequeueRequested.value = False
         pruning.LAST_PRUNED_AT_STEP = None
         self._started = time.time()
         if not is_rank_zero():
@@ -167,7 +169,8 @@ class JobRecorder:
             self._trial_call("set_user_attr", "job_dir", str(self.job_dir))
 
     def end(self, cfg: DictConfig, value: Any = None, error: BaseException | None = None) -> None:
-        from minesweep.sweeps import preemption, pruning
+        from minesweep.graceful_stop import RequeueRequested, StopRequested
+        from minesweep.sweeps import pruning
 
         if not is_rank_zero():
             return
@@ -180,8 +183,10 @@ class JobRecorder:
             except (TypeError, ValueError):
                 number = None
         pruned_at = pruning.LAST_PRUNED_AT_STEP
-        if error is not None and not isinstance(error, Exception) and preemption.REQUEUE_REQUESTED:
+        if error is not None and not isinstance(error, Exception) and RequeueRequested.value:
             state = "requeued"  # submitit's SystemExit after scontrol requeue: the job runs again
+        elif isinstance(error, StopRequested):
+            state = "stopped"  # SIGTERM or Ctrl-C: last.ckpt saved, ckpt_path=last continues
         elif error is not None:
             state = "failed"
         else:
@@ -202,9 +207,12 @@ class JobRecorder:
         if state == "failed":
             (self.job_dir / ERROR_FILE).write_text("".join(traceback.format_exception(error)))
             record["error"] = ERROR_FILE
+        if state in ("failed", "stopped"):
+            record["reason"] = f"{type(error).__name__}: {error}".splitlines()[0][:500]
         write_json(self.job_dir / JOB_FILE, record)
         if record.get("trial") is not None and state != "requeued":
-            self._trial_call("tell", {"completed": "complete", "pruned": "pruned", "failed": "fail"}[state], number)
+            outcome = {"completed": "complete", "pruned": "pruned", "failed": "fail", "stopped": "fail"}[state]
+            self._trial_call("tell", outcome, number)
 
     def _trial_call(self, method: str, *args: Any) -> None:
         """Annotate or finish this job's Optuna trial; the sweeper covers for a job that cannot."""

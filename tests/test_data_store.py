@@ -59,7 +59,7 @@ def store_root(tmp_path_factory):
 
 def test_manifest_index_and_journal(store_root):
     manifest = json.loads((store_root / "manifest.json").read_text())
-    assert manifest["format_version"] == 2 and manifest["codec"] == "h264" and manifest["action_space_version"]
+    assert manifest["format_version"] == 3 and manifest["codec"] == "h264" and manifest["action_space_version"]
     assert manifest["fps"] == FPS and manifest["resolution"] == [H, W] and manifest["chunk_size"] == 32
     assert manifest["num_episodes"] == 3 and manifest["num_frames"] == T + 40 + 33
     assert [s["file"] for s in manifest["shards"]] == ["shards/shard-00000.bin"]

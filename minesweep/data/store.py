@@ -923,6 +923,10 @@ class EpisodeStore:
         record = self.episodes[position]
         self._actions.pop(position, None)  # check the bytes on disk, not a cached copy
         try:
+            data = os.pread(self._fd(record.shard), record.actions_size, record.actions_offset)
+            if _crc(data) != record.actions_crc:  # here whatever _verify_reads says
+                raise self._corrupt(position, record, "actions", None, "CRC32 mismatch" if len(data) ==
+                                    record.actions_size else f"the shard ends {record.actions_size - len(data)} bytes early")
             self.read_actions(position)
         except CorruptDataError as err:
             return [err]  # the per-unit sums of the rest are in the damaged block: nothing more can be checked

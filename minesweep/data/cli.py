@@ -85,7 +85,8 @@ def _parser() -> argparse.ArgumentParser:
     minestudio.add_argument("dst")
     minestudio.add_argument("--resolution", type=_resolution, default=(128, 128), help="N or HxW (default 128)")
 
-    verify = commands.add_parser("verify", help="check every episode of a store against its checksums (exit 1: damaged)")
+    verify = commands.add_parser("verify",
+                                 help="check every episode of a store against its checksums (exit 1: damaged)")
     verify.add_argument("store")
     verify.add_argument("--json", action="store_true", help="print a machine-readable report instead of a table")
     return parser

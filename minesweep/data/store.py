@@ -828,7 +828,7 @@ class EpisodeStore:
             try:
                 with np.load(io.BytesIO(data)) as npz:
                     everything = {k: npz[k] for k in npz.files}
-            except (ValueError, OSError, EOFError, KeyError) as err:  # unverified reads only (a sum would have caught it)
+            except (ValueError, OSError, EOFError, KeyError) as err:  # unverified reads only: a sum catches it first
                 raise self._corrupt(position, record, "actions", None, f"cannot be parsed: {err}") from err
             prefix = f"{_INTEGRITY}."
             cached = ({k: v for k, v in everything.items() if not k.startswith(prefix)},
@@ -925,8 +925,9 @@ class EpisodeStore:
         try:
             data = os.pread(self._fd(record.shard), record.actions_size, record.actions_offset)
             if _crc(data) != record.actions_crc:  # here whatever _verify_reads says
-                raise self._corrupt(position, record, "actions", None, "CRC32 mismatch" if len(data) ==
-                                    record.actions_size else f"the shard ends {record.actions_size - len(data)} bytes early")
+                missing = record.actions_size - len(data)
+                raise self._corrupt(position, record, "actions", None,
+                                    f"the shard ends {missing} bytes early" if missing else "CRC32 mismatch")
             self.read_actions(position)
         except CorruptDataError as err:
             return [err]  # the per-unit sums of the rest are in the damaged block: nothing more can be checked

@@ -862,13 +862,15 @@ class EpisodeStore:
         """Frames per checksummed video unit: a GOP for h264 (the decoding unit), a frame for raw (one pread)."""
         return self.chunk_size if self.codec == "h264" else 1
 
-    def _video_bounds(self, position: int, record: EpisodeRecord) -> np.ndarray:
-        """Byte offsets of the video units in the episode's video, ``(units + 1,)``."""
-        integrity = self._sums(position)
+    def _video_bounds(self, position: int, record: EpisodeRecord, first: int = 0,
+                      last: int | None = None) -> np.ndarray:
+        """Byte offsets in the episode's video where units ``first..last`` (default: to the end) start, and where
+        the last one ends."""
+        stop = None if last is None else last + 2
         if self.codec == "h264":
-            return integrity["video_bounds"]
-        frame_bytes = self.resolution[0] * self.resolution[1] * 3
-        return np.arange(record.length + 1, dtype=np.int64) * frame_bytes
+            return self._sums(position)["video_bounds"][first:stop]
+        frame_bytes = self.resolution[0] * self.resolution[1] * 3  # raw: a unit is a frame, no table needed
+        return np.arange(first, record.length + 1 if stop is None else stop, dtype=np.int64) * frame_bytes
 
     def _check_units(self, position: int, record: EpisodeRecord, what: str, data: bytes | memoryview,
                      bounds: np.ndarray, crcs: np.ndarray, first: int, unit_frames: int = 1,
@@ -909,7 +911,7 @@ class EpisodeStore:
         ``[start, stop)`` already read) is given."""
         unit = self._video_unit_frames()
         first, last = start // unit, (stop - 1) // unit
-        bounds = self._video_bounds(position, record)[first:last + 2]
+        bounds = self._video_bounds(position, record, first, last)
         if data is None:
             data = os.pread(self._fd(record.shard), int(bounds[-1] - bounds[0]), record.video_offset + int(bounds[0]))
         self._check_units(position, record, "video", data, bounds,
@@ -984,8 +986,8 @@ class EpisodeStore:
             got = os.preadv(self._fd(record.shard), [memoryview(out).cast("B")],
                             record.video_offset + start * frame_bytes)
             if got != length * frame_bytes:
-                raise RuntimeError(f"episode {record.id!r}: shard {self.root / _shard_name(record.shard)} is shorter "
-                                   "than the index says")
+                raise self._corrupt(position, record, "video", (start, start + length),
+                                    "the shard is shorter than the index says")
             if self._verify_reads:  # per frame: exactly the bytes just read, no extra read
                 self._check_frames(position, record, start, start + length, memoryview(out).cast("B"))
             self.decoded_frames = length

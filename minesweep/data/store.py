@@ -790,7 +790,8 @@ class EpisodeStore:
 
     def read_segmentation(self, episode: int | str, start: int, length: int) -> dict[str, np.ndarray] | None:
         """Segmentation of frames ``[start, start + length)``: mask (length, h, w) bool, object_id int32,
-        interaction int8, valid bool (length,); None when the episode has none. The masks are one read."""
+        interaction int8, valid bool (length,); None when the episode has none. The masks are one read, each row
+        checked against its CRC32 (:class:`CorruptDataError` on a mismatch)."""
         self._own_handles()
         position = self.position(episode)
         record = self.episodes[position]
@@ -814,7 +815,8 @@ class EpisodeStore:
 
     def read_actions(self, episode: int | str) -> dict[str, np.ndarray]:
         """The env actions of an episode: buttons (T, 20) uint8, camera (T, 2) float32, is_null, esc (T,) bool
-        (and the segmentation modality's per-frame ids, ``segmentation.*``, where the episode has it)."""
+        (and the segmentation modality's per-frame ids, ``segmentation.*``, where the episode has it). The block is
+        checked against its CRC32 when read from the shard (:class:`CorruptDataError`), then cached."""
         self._own_handles()
         position = self.position(episode)
         cached = self._actions.pop(position, None)
@@ -963,7 +965,8 @@ class EpisodeStore:
 
     def read_frames(self, episode: int | str, start: int, length: int, out: np.ndarray | None = None) -> np.ndarray:
         """Frames ``[start, start + length)`` of an episode as uint8 ``(length, H, W, 3)``, written into ``out`` (a
-        C-contiguous array of that shape, e.g. a slice of a shared-memory batch) when given."""
+        C-contiguous array of that shape, e.g. a slice of a shared-memory batch) when given. The chunks read are
+        checked against their CRC32 first (h264: the GOPs decoded; raw: the frames): :class:`CorruptDataError`."""
         self._own_handles()
         position = self.position(episode)
         record = self.episodes[position]

@@ -291,3 +291,11 @@ def test_button_mapping_is_by_name() -> None:
     del acts["hotbar.3"]
     with pytest.raises(ms.MineStudioFormatError, match="hotbar.3"):
         ms._action_chunk(pickle.dumps(acts), 64, Path("p"))
+
+
+def test_report_lines_stay_whole_when_not_a_terminal(dataset: Fixture, tmp_path: Path, capsys) -> None:
+    ms.import_minestudio(dataset.root, tmp_path / "store", resolution=(H, W))
+    lines = capsys.readouterr().out.splitlines()
+    bad = [line for line in lines if line.startswith("ep-count-mismatch\t")]
+    assert len(bad) == 1 and "has 8 frames but the action chunk has 10" in bad[0], lines
+    assert any(line.startswith("imported 4 episode(s)") and str(tmp_path / "store") in line for line in lines)

@@ -386,8 +386,19 @@ def print_report(report: ImportReport) -> None:
     from rich.table import Table
 
     console = Console()
-    console.print(f"imported {len(report.ingested)} episode(s) from {report.src} into {report.dst}; "
-                  f"skipped {len(report.skipped)}")
+    summary = f"imported {len(report.ingested)} episode(s) from {report.src} into {report.dst}; " \
+              f"skipped {len(report.skipped)}"
+    if not console.is_terminal:
+        # A log file: plain tab-separated lines, never wrapped, so names and paths stay whole for grep.
+        print(summary)
+        if report.skipped:
+            print("skipped\nepisode\tfile\tframe\treason")
+            for s in report.skipped:
+                print(f"{s['episode']}\t{s['file']}\t{'' if s['frame'] is None else s['frame']}\t{s['reason']}")
+        for note in report.notes:
+            print(f"note: {note['episode']}: {note['note']}")
+        return
+    console.print(summary)
     if report.skipped:
         table = Table(title="skipped")
         for column in ("episode", "file", "frame", "reason"):

@@ -14,7 +14,8 @@ memory bandwidth than the read itself).
 
 measures instead what verifying the stores' CRC32 sums on every read costs: the same loader with verification on
 and off (an internal switch, ``EpisodeStore._verify_reads``, for this benchmark only), runs interleaved on/off so
-that a drifting machine affects both alike, medians of ``--runs``.
+that a drifting machine affects both alike, medians of ``--runs``; and the share of ``read_frames`` time spent in
+the checks, timed directly (on a shared machine the frames/s of two runs differ by more than the checks cost).
 """
 
 from __future__ import annotations
@@ -120,6 +121,38 @@ def measure_reads(store: EpisodeStore, win_len: int, windows: int, batch_size: i
     return frames / (time.perf_counter() - start)
 
 
+def check_share(store: EpisodeStore, win_len: int, windows: int, seed: int) -> tuple[float, float]:
+    """(ms per window in read_frames, ms of it in the checksum checks): the cost measured directly, which a busy
+    machine's run-to-run noise does not blur as it blurs frames/s."""
+    spent = [0.0]
+    originals = {name: getattr(EpisodeStore, name) for name in ("_check_frames", "_check_header")}
+
+    def timed(original):
+        def wrapper(self, *args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return original(self, *args, **kwargs)
+            finally:
+                spent[0] += time.perf_counter() - start
+        return wrapper
+
+    rng = np.random.default_rng(seed)
+    out = np.empty((win_len, RES, RES, 3), np.uint8)
+    try:
+        for name, original in originals.items():
+            setattr(EpisodeStore, name, timed(original))
+        start = time.perf_counter()
+        for _ in range(windows):
+            episode = int(rng.integers(len(store)))
+            first = int(rng.integers(0, store.lengths[episode] - win_len + 1))
+            store.read_frames(episode, first, win_len, out=out)
+        total = time.perf_counter() - start
+    finally:
+        for name, original in originals.items():
+            setattr(EpisodeStore, name, original)
+    return total * 1e3 / windows, spent[0] * 1e3 / windows
+
+
 def checksum_cost(args: argparse.Namespace, tmp: str) -> None:
     """Loader frames/s with the checksum verification on and off, per codec (one store each, runs interleaved)."""
     for codec in ("h264", "raw"):
@@ -138,6 +171,10 @@ def checksum_cost(args: argparse.Namespace, tmp: str) -> None:
               f"{', '.join(f'{r:.0f}' for r in rates[False])})")
         print(f"{codec:4s} in-process batches:  checksums on {on_reads:9.0f} frames/s, off {off_reads:9.0f} "
               f"frames/s: cost {100 * (1 - on_reads / off_reads):+.1f}%")
+        store._verify_reads = True
+        window_ms, check_ms = check_share(store, args.win_len, args.windows, seed=0)
+        print(f"{codec:4s} read_frames: {window_ms:.2f} ms per {args.win_len}-frame window, of which {check_ms:.3f} ms "
+              f"in the checksum checks ({100 * check_ms / window_ms:.1f}%)")
 
 
 def main() -> None:

@@ -46,9 +46,10 @@ import torch.distributed as dist
 
 from minesweep.actions import CAMERA_NULL_INDEX, NULL_BUTTONS_INDEX, env_to_agent
 from minesweep.data.mixture import StoreMixture
+from minesweep.data.store import CorruptDataError
 from minesweep.data.sampler import PAD, EpisodeContinuousBatchSampler, RandomWindowSampler, ResumableEpochs
 from minesweep.data.segmentation import empty_segmentation
-from minesweep.data.store import MANIFEST, CorruptDataError, EpisodeStore
+from minesweep.data.store import MANIFEST, EpisodeStore
 
 __all__ = ["WindowDataset", "MineDataModule", "split_episodes"]
 

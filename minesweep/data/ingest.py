@@ -7,7 +7,7 @@ Re-running skips episodes already in the store (verified by the writer), so a ki
 episodes that were in flight.
 
 Bad input never stops the run: an unpaired file, a name that is not UTF-8, an unreadable or bad ``.jsonl`` line, a
-missing key, an undecodable or truncated video, a frame/action count mismatch, an empty episode. Each is reported
+missing key, a NaN, Infinity or absurd number (bounds: ``contractor.NUMBER_LIMITS``), an undecodable or truncated video, a frame/action count mismatch, an empty episode. Each is reported
 once with its file, the reason and, where it applies, the frame index. ``on_error="skip"`` drops such an episode;
 ``on_error="prefix"`` keeps its valid prefix (the frames and steps before the first problem). The report goes to
 ``<dst>/ingest_report.json`` and is printed as a table.

@@ -9,6 +9,13 @@ larger (the same episodes appended ten times under new ids): the RSS must not gr
 the rate of building the same batches in this process: the worker's own work, without handing each batch to the
 training process through shared memory (for raw frames that hand-over, a fresh shared buffer per batch, costs more
 memory bandwidth than the read itself).
+
+    python benchmarks/loader_throughput.py --checksum-cost [--episodes 4 --frames 600 --windows 200 --runs 5]
+
+measures instead what verifying the stores' CRC32 sums on every read costs: the same loader with verification on
+and off (an internal switch, ``EpisodeStore._verify_reads``, for this benchmark only), runs interleaved on/off so
+that a drifting machine affects both alike, medians of ``--runs``; and the share of ``read_frames`` time spent in
+the checks, timed directly (on a shared machine the frames/s of two runs differ by more than the checks cost).
 """
 
 from __future__ import annotations
@@ -114,6 +121,62 @@ def measure_reads(store: EpisodeStore, win_len: int, windows: int, batch_size: i
     return frames / (time.perf_counter() - start)
 
 
+def check_share(store: EpisodeStore, win_len: int, windows: int, seed: int) -> tuple[float, float]:
+    """(ms per window in read_frames, ms of it in the checksum checks): the cost measured directly, which a busy
+    machine's run-to-run noise does not blur as it blurs frames/s."""
+    spent = [0.0]
+    originals = {name: getattr(EpisodeStore, name) for name in ("_check_frames", "_check_header")}
+
+    def timed(original):
+        def wrapper(self, *args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return original(self, *args, **kwargs)
+            finally:
+                spent[0] += time.perf_counter() - start
+        return wrapper
+
+    rng = np.random.default_rng(seed)
+    out = np.empty((win_len, RES, RES, 3), np.uint8)
+    try:
+        for name, original in originals.items():
+            setattr(EpisodeStore, name, timed(original))
+        start = time.perf_counter()
+        for _ in range(windows):
+            episode = int(rng.integers(len(store)))
+            first = int(rng.integers(0, store.lengths[episode] - win_len + 1))
+            store.read_frames(episode, first, win_len, out=out)
+        total = time.perf_counter() - start
+    finally:
+        for name, original in originals.items():
+            setattr(EpisodeStore, name, original)
+    return total * 1e3 / windows, spent[0] * 1e3 / windows
+
+
+def checksum_cost(args: argparse.Namespace, tmp: str) -> None:
+    """Loader frames/s with the checksum verification on and off, per codec (one store each, runs interleaved)."""
+    for codec in ("h264", "raw"):
+        store = build(Path(tmp) / f"cost-{codec}", codec, args.episodes, args.frames, 1)
+        rates: dict[bool, list[float]] = {True: [], False: []}
+        reads: dict[bool, list[float]] = {True: [], False: []}
+        for seed in range(args.runs):
+            for verify in (True, False) if seed % 2 == 0 else (False, True):
+                store._verify_reads = verify  # an instance attribute: pickled into the loader worker
+                rates[verify].append(measure(store, args.win_len, args.windows, args.batch_size, seed)[0])
+                reads[verify].append(measure_reads(store, args.win_len, args.windows, args.batch_size, seed))
+        on, off = statistics.median(rates[True]), statistics.median(rates[False])
+        on_reads, off_reads = statistics.median(reads[True]), statistics.median(reads[False])
+        print(f"{codec:4s} loader (1 worker): checksums on {on:9.0f} frames/s, off {off:9.0f} frames/s: cost "
+              f"{100 * (1 - on / off):+.1f}% (runs on: {', '.join(f'{r:.0f}' for r in rates[True])}; off: "
+              f"{', '.join(f'{r:.0f}' for r in rates[False])})")
+        print(f"{codec:4s} in-process batches:  checksums on {on_reads:9.0f} frames/s, off {off_reads:9.0f} "
+              f"frames/s: cost {100 * (1 - on_reads / off_reads):+.1f}%")
+        store._verify_reads = True
+        window_ms, check_ms = check_share(store, args.win_len, args.windows, seed=0)
+        print(f"{codec:4s} read_frames: {window_ms:.2f} ms per {args.win_len}-frame window, of which {check_ms:.3f} ms "
+              f"in the checksum checks ({100 * check_ms / window_ms:.1f}%)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--episodes", type=int, default=16)
@@ -122,11 +185,16 @@ def main() -> None:
     parser.add_argument("--windows", type=int, default=400)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--checksum-cost", action="store_true",
+                        help="measure frames/s with the per-chunk checksum verification on vs off instead")
     args = parser.parse_args()
     print(f"command: {' '.join([sys.executable, *sys.argv])}")
     print(f"machine: {cpu_model()}; {os.cpu_count()} cores; torch {torch.__version__} "
           f"({torch.get_num_threads()} threads); python {platform.python_version()}")
     with tempfile.TemporaryDirectory() as tmp:
+        if args.checksum_cost:
+            checksum_cost(args, tmp)
+            return
         for codec in ("h264", "raw"):
             for copies in (1, 10):
                 store = build(Path(tmp) / f"{codec}-{copies}", codec, args.episodes, args.frames, copies)

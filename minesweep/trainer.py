@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -12,6 +13,8 @@ import torch
 
 from minesweep.objectives.base import ObjectiveCallback, missing_latent
 from minesweep.policies.base import MinePolicy
+
+log = logging.getLogger(__name__)
 
 
 class SlotMemory(NamedTuple):
@@ -214,6 +217,19 @@ class MineLightning(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self.last_validated_step = self.global_step
+
+    def on_train_epoch_end(self) -> None:
+        # data.on_corrupt=skip: windows whose data failed its checksum were trained on as padding; say how many
+        # per epoch (the datasets count across their loader workers).
+        datamodule = getattr(self.trainer, "datamodule", None)
+        total = sum(getattr(getattr(datamodule, name, None), "corrupt_windows", 0) for name in ("train_set", "val_set"))
+        new = total - getattr(self, "_corrupt_windows_seen", 0)
+        self._corrupt_windows_seen = total
+        if new > 0:
+            log.warning("epoch %d: %d window(s) with corrupt data were replaced by masked padding "
+                        "(data.on_corrupt=skip); run `minesweep-data verify STORE` to list the damaged episodes",
+                        self.current_epoch, new)
+            self.log("data/corrupt_windows", float(new), on_epoch=True, on_step=False)
 
     def configure_gradient_clipping(
         self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,

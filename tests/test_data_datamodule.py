@@ -233,3 +233,62 @@ def test_batches_resumed_with_another_batch_size_skip_the_windows_already_traine
     resumed.set_epoch(2)
     assert [w for batch in resumed for w in batch] == windows[12:]
     assert "data.batch_size=6 (checkpoint: 4)" in caplog.text
+
+
+# --------------------------------------------------------------------------- data.on_corrupt
+
+
+@pytest.fixture
+def corrupt_root(root, tmp_path):
+    """A copy of the store with one byte flipped in GOP 1 (frames [32, 64)) of episode ep2 (64 frames)."""
+    import shutil
+
+    copy = tmp_path / "store"
+    shutil.copytree(root, copy)
+    store = EpisodeStore(copy)
+    position = store.position("ep2")
+    record = store.episodes[position]
+    offset = record.video_offset + int(store._video_bounds(position, record)[1]) + 100
+    with open(copy / "shards/shard-00000.bin", "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    return copy, position
+
+
+def test_on_corrupt_raise_is_the_default(corrupt_root):
+    from minesweep.data.store import CorruptDataError
+
+    copy, position = corrupt_root
+    dataset = WindowDataset(copy, win_len=WIN)
+    with pytest.raises(CorruptDataError, match=r"'ep2'.*frames \[32, 64\)"):
+        dataset[[(position, 40)]]
+
+
+def test_on_corrupt_skip_pads_the_window_counts_and_names_it(corrupt_root, caplog):
+    copy, position = corrupt_root
+    dataset = WindowDataset(copy, win_len=WIN, on_corrupt="skip")
+    keys = [(position, 0), (position, 40), (0, 5)]
+    with caplog.at_level(logging.WARNING, logger="minesweep.data.datamodule"):
+        batch = dataset[keys]
+    assert tuple(batch["image"].shape) == (3, WIN, 64, 64, 3)
+    assert batch["episode"].tolist() == [position, -1, 0]
+    assert batch["mask"][1].sum() == 0 and batch["mask"][0].sum() == WIN and batch["mask"][2].sum() == WIN
+    assert not batch["image"][1].any() and batch["image"][0].any()
+    assert dataset.corrupt_windows == 1
+    assert "'ep2'" in caplog.text and "frames [32, 64)" in caplog.text
+    # the good windows are exactly what a clean read gives
+    clean = WindowDataset(copy, win_len=WIN)[[(position, 0), (0, 5)]]
+    torch.testing.assert_close(batch["image"][[0, 2]], clean["image"])
+
+
+def test_on_corrupt_skip_counts_across_loader_workers(corrupt_root):
+    copy, position = corrupt_root
+    dm = MineDataModule(str(copy), win_len=WIN, batch_size=2, num_workers=1, val_fraction=0.0,
+                        on_corrupt="skip")
+    masked = sum(int((batch["episode"] == -1).sum()) for batch in dm.train_dataloader())
+    # grid windows of ep2: [0, 32) and [32, 64); the second is corrupt, each epoch
+    assert masked == 1 and dm.train_set.corrupt_windows == 1
+    with pytest.raises(ValueError, match="data.on_corrupt"):
+        MineDataModule(str(copy), on_corrupt="ignore")

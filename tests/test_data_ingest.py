@@ -282,3 +282,92 @@ def test_killed_ingest_resumes_to_the_same_store(tmp_path):
     assert report["already"] >= 3 and len(report["ingested"]) + report["already"] == 10
     for name in ("manifest.json", "index.npy", "episodes.jsonl", "shards/shard-00000.bin"):
         assert (killed / name).read_bytes() == (tmp_path / "whole" / name).read_bytes(), name
+
+
+# --------------------------------------------------------------------------- numbers, logs, counts
+
+
+def one_recording(raw, name="rec", n=30, segmentation=False):
+    raw.mkdir(parents=True, exist_ok=True)
+    write_synthetic_episode(raw, name, n, seed=7, width=SRC_W, height=SRC_H, segmentation=segmentation)
+    return raw / f"{name}.jsonl"
+
+
+@pytest.mark.parametrize("field,text", [
+    ("dx", "NaN"), ("dx", "Infinity"), ("dy", "-Infinity"), ("dx", "1e300"), ("dy", "1" + "0" * 40),
+    ("dx", "12000"), ("x", "NaN"), ("y", "1e9"),
+])
+@pytest.mark.parametrize("on_error", ["skip", "prefix"])
+def test_non_finite_or_absurd_numbers_are_bad_steps(tmp_path, field, text, on_error):
+    jsonl = one_recording(tmp_path / "raw")
+
+    def poison(lines):  # Python's json reads NaN/Infinity and huge numbers, so the text is written as is
+        step = json.loads(lines[3])
+        step["mouse"][field] = "@@"
+        return lines[:3] + [json.dumps(step).replace('"@@"', text)] + lines[4:]
+
+    edit_jsonl(jsonl, poison)
+    report = ingest(tmp_path / "raw", tmp_path / "store", resolution=RES, on_error=on_error, print_summary=False,
+                    progress=False)
+    # prefix: the video then has more frames than the kept steps, which is reported after (as for any bad line)
+    problem = report.skipped[0]
+    assert len(report.skipped) == (1 if on_error == "skip" else 2), report.skipped
+    assert problem["file"] == str(jsonl) and problem["frame"] == 3, problem
+    assert f"step 3: 'mouse.{field}'" in problem["reason"] and str(jsonl) in problem["reason"], problem
+    if on_error == "skip":
+        assert report.ingested == [] and problem["kept"] == 0
+    else:  # the steps before the bad one are kept, and they are the recording's own
+        assert report.ingested == ["rec"] and problem["kept"] == 3
+        actions = EpisodeStore(tmp_path / "store").read_actions("rec")
+        expected = contractor_to_env([json.loads(line) for line in jsonl.read_text().splitlines()[:3]])
+        np.testing.assert_array_equal(actions["camera"], expected.camera)
+        assert np.isfinite(actions["camera"]).all()
+
+
+def test_report_lines_keep_long_names_whole_when_not_a_terminal(src, tmp_path, capsys):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    name = "contractor-" + "x" * 28 + "-2024-01-02-03"  # a 53-character recording name
+    assert len(name) == 53
+    copy_episode(src, "mismatch", str(raw / name))
+    ingest(raw, tmp_path / "store", resolution=RES, progress=False)
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if name in line]
+    assert lines, out  # grep NAME finds the problem line
+    assert str(raw / f"{name}.mp4") in lines[0] and "40 frames" in lines[0] and "35 steps" in lines[0]
+
+
+def test_jsonl_shorter_than_the_video_is_a_count_mismatch_not_a_bad_sidecar(tmp_path):
+    from minesweep.data.segmentation import read_sidecar, resize_masks
+
+    raw = tmp_path / "raw"
+    jsonl = one_recording(raw, n=40, segmentation=True)
+    edit_jsonl(jsonl, lambda lines: lines[:33])
+    report = ingest(raw, tmp_path / "skip", resolution=RES, print_summary=False, progress=False)
+    (problem,) = report.skipped
+    assert problem["file"] == str(raw / "rec.mp4"), problem
+    assert "40 frames" in problem["reason"] and "rec.jsonl has only 33 steps" in problem["reason"], problem
+    assert "segmentation" not in problem["reason"]
+
+    report = ingest(raw, tmp_path / "prefix", resolution=RES, on_error="prefix", print_summary=False, progress=False)
+    (problem,) = report.skipped
+    assert problem["file"] == str(raw / "rec.mp4") and problem["kept"] == 33, problem
+    store = EpisodeStore(tmp_path / "prefix")
+    masks = store.read_segmentation("rec", 0, 33)
+    assert masks is not None, "the kept prefix lost its masks"
+    source = read_sidecar(raw / "rec.segmentation.npz")
+    np.testing.assert_array_equal(masks["mask"], resize_masks(source["mask"][:33], RES))
+    np.testing.assert_array_equal(masks["object_id"], source["object_id"][:33])
+
+
+def test_a_sidecar_longer_than_video_and_steps_is_still_blamed_on_the_sidecar(tmp_path):
+    from minesweep.data.segmentation import read_sidecar
+
+    raw = tmp_path / "raw"
+    one_recording(raw, n=30, segmentation=True)
+    sidecar = raw / "rec.segmentation.npz"
+    seg = read_sidecar(sidecar)
+    np.savez(sidecar, **{k: np.concatenate([v, v[:5]]) for k, v in seg.items()})  # 35 frames for 30
+    report = ingest(raw, tmp_path / "store", resolution=RES, print_summary=False, progress=False)
+    (problem,) = report.skipped
+    assert report.ingested == [] and problem["file"] == str(sidecar) and "35 frames" in problem["reason"], problem

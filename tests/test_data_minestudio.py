@@ -181,6 +181,10 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Fixture:
     broken["action"][32] = pickle.dumps({k: v[32:42] for k, v in _actions(9, 42).items()})  # 10 actions, 8 frames
     broken = fx.add("ep-evil-pickle", 32, seed=10)
     broken["action"][0] = pickle.dumps(os.system)  # a global the restricted unpickler must refuse (never called)
+    broken = fx.add("ep-huge-camera", 40, seed=11)
+    huge = _actions(11, 40)
+    huge["camera"][35] = (0.0, 1e9)  # finite, but no mouse turns 1e9 degrees in a step
+    broken["action"][32] = pickle.dumps({k: v[32:40] for k, v in huge.items()})
     fx.write()
     return fx
 
@@ -188,7 +192,8 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Fixture:
 GOOD = ["ep-extra", "ep-full", "ep-short", "ep-tail"]
 BAD = {"ep-missing-chunk": ("video chunk (", 32), "ep-bad-video": ("cannot be decoded", 32),
        "ep-no-video": ("no video data", None), "ep-count-mismatch": ("has 8 frames but the action chunk has 10", 32),
-       "ep-evil-pickle": ("refusing to load", 0)}
+       "ep-evil-pickle": ("refusing to load", 0),
+       "ep-huge-camera": ("[0.0, 1000000000.0] at frame 35 is out of range", 32)}
 
 
 def test_import_round_trips_every_frame_and_action(dataset: Fixture, tmp_path: Path, monkeypatch) -> None:
@@ -286,3 +291,11 @@ def test_button_mapping_is_by_name() -> None:
     del acts["hotbar.3"]
     with pytest.raises(ms.MineStudioFormatError, match="hotbar.3"):
         ms._action_chunk(pickle.dumps(acts), 64, Path("p"))
+
+
+def test_report_lines_stay_whole_when_not_a_terminal(dataset: Fixture, tmp_path: Path, capsys) -> None:
+    ms.import_minestudio(dataset.root, tmp_path / "store", resolution=(H, W))
+    lines = capsys.readouterr().out.splitlines()
+    bad = [line for line in lines if line.startswith("ep-count-mismatch\t")]
+    assert len(bad) == 1 and "has 8 frames but the action chunk has 10" in bad[0], lines
+    assert any(line.startswith("imported 4 episode(s)") and str(tmp_path / "store") in line for line in lines)

@@ -59,7 +59,7 @@ def store_root(tmp_path_factory):
 
 def test_manifest_index_and_journal(store_root):
     manifest = json.loads((store_root / "manifest.json").read_text())
-    assert manifest["format_version"] == 2 and manifest["codec"] == "h264" and manifest["action_space_version"]
+    assert manifest["format_version"] == 3 and manifest["codec"] == "h264" and manifest["action_space_version"]
     assert manifest["fps"] == FPS and manifest["resolution"] == [H, W] and manifest["chunk_size"] == 32
     assert manifest["num_episodes"] == 3 and manifest["num_frames"] == T + 40 + 33
     assert [s["file"] for s in manifest["shards"]] == ["shards/shard-00000.bin"]
@@ -241,3 +241,168 @@ def test_encoding_is_reproducible_across_processes():
     digests = {subprocess.run([sys.executable, "-c", code.format(root=root)], capture_output=True, text=True,
                               check=True).stdout.strip() for _ in range(2)}
     assert len(digests) == 1 and encode_episode("x", make_frames(40), make_actions(40), (H, W)).sha256 in digests
+
+
+# --------------------------------------------------------------------------- integrity: the attack
+
+
+def corrupt_store(tmp_path, codec="h264", segmentation=False):
+    """Three episodes (the middle one is the victim); returns the store root."""
+    root = tmp_path / f"store-{codec}"
+    with StoreWriter(root, resolution=(H, W), fps=FPS, codec=codec) as writer:
+        for i, n in enumerate((70, 90, 40)):
+            seg = None
+            if segmentation:
+                from minesweep.data.segmentation import empty_segmentation
+                seg = empty_segmentation(n, (H, W))
+                seg["mask"][:, 10:20, 10:30] = True
+                seg["valid"][:] = True
+            writer.add_episode(f"e{i}", make_frames(n, seed=i), make_actions(n, seed=i), segmentation=seg)
+    return root
+
+
+def flip(root, offset, count=1):
+    """XOR ``count`` bytes of shard 0 at ``offset`` with 0xff (an attacker's or a disk's edit)."""
+    with open(root / "shards/shard-00000.bin", "r+b") as f:
+        f.seek(offset)
+        data = f.read(count)
+        f.seek(offset)
+        f.write(bytes(b ^ 0xFF for b in data))
+
+
+def test_one_flipped_byte_in_a_gop_raises_naming_the_episode_and_its_frames(tmp_path):
+    from minesweep.data.store import CorruptDataError
+
+    root = corrupt_store(tmp_path)
+    store = EpisodeStore(root)
+    record = store.episodes[1]
+    bounds = store._video_bounds(1, record)
+    before = store.read_frames("e1", 64, 26).copy()
+    flip(root, record.video_offset + int(bounds[1]) + 200)  # inside GOP 1: frames [32, 64)
+    store = EpisodeStore(root)
+    with pytest.raises(CorruptDataError) as caught:
+        store.read_frames("e1", 40, 8)
+    message = str(caught.value)
+    for part in (str(root), "shard-00000.bin", "'e1'", "position 1", "frames [32, 64)"):
+        assert part in message, message
+    assert caught.value.episode == "e1" and caught.value.frames == (32, 64) and isinstance(caught.value, ValueError)
+    with pytest.raises(CorruptDataError, match=r"frames \[32, 64\)"):
+        store.read_frames("e1", 20, 20)  # a window that reaches into the GOP
+    with pytest.raises(CorruptDataError):
+        store.read_video_bytes("e1")
+    # the other GOPs of the episode and the other episodes still read, and read right
+    np.testing.assert_array_equal(store.read_frames("e1", 64, 26), before)
+    assert store.read_frames("e1", 0, 32).shape == (32, H, W, 3)
+    for other in ("e0", "e2"):
+        n = store.episode(other).length
+        assert np.abs(store.read_frames(other, 0, n).astype(int) - make_frames(n, seed=int(other[1]))).mean() < 3
+
+
+def test_flipped_container_metadata_is_caught_when_the_video_is_opened(tmp_path):
+    from minesweep.data.store import CorruptDataError
+
+    root = corrupt_store(tmp_path)
+    record = EpisodeStore(root).episodes[1]
+    flip(root, record.video_offset + record.video_size - 30)  # in the moov box at the end of the mp4
+    with pytest.raises(CorruptDataError, match="'e1'.*video header"):
+        EpisodeStore(root).read_frames("e1", 0, 4)
+
+
+def test_one_flipped_byte_in_a_raw_frame_names_that_frame(tmp_path):
+    from minesweep.data.store import CorruptDataError
+
+    root = corrupt_store(tmp_path, codec="raw")
+    record = EpisodeStore(root).episodes[1]
+    flip(root, record.video_offset + 50 * H * W * 3 + 7)
+    store = EpisodeStore(root)
+    with pytest.raises(CorruptDataError, match=r"'e1' \(position 1\), video frames \[50, 51\)"):
+        store.read_frames("e1", 40, 20)
+    np.testing.assert_array_equal(store.read_frames("e1", 0, 50), make_frames(90, seed=1)[:50])
+    np.testing.assert_array_equal(store.read_frames("e2", 0, 40), make_frames(40, seed=2))
+
+
+def test_sixteen_flipped_bytes_in_an_action_block_name_the_episode(tmp_path):
+    from minesweep.data.store import CorruptDataError
+
+    root = corrupt_store(tmp_path)
+    record = EpisodeStore(root).episodes[1]
+    flip(root, record.actions_offset + record.actions_size // 2, count=16)
+    store = EpisodeStore(root)
+    for read in (lambda: store.read_actions("e1"), lambda: store.read_frames("e1", 0, 4)):
+        with pytest.raises(CorruptDataError, match=r"'e1' \(position 1\), actions, in shard .*shard-00000.bin"):
+            read()
+    np.testing.assert_array_equal(store.read_actions("e2")["camera"], make_actions(40, seed=2)["camera"])
+    assert not any(k.startswith("integrity") for k in store.read_actions("e2"))  # the sums are not actions
+
+
+def test_one_flipped_byte_in_the_masks_names_the_episode_and_frame(tmp_path):
+    from minesweep.data.store import CorruptDataError
+
+    root = corrupt_store(tmp_path, segmentation=True)
+    record = EpisodeStore(root).episodes[1]
+    row = record.segmentation_size // record.length
+    flip(root, record.segmentation_offset + 33 * row + 3)
+    store = EpisodeStore(root)
+    with pytest.raises(CorruptDataError, match=r"'e1' \(position 1\), segmentation masks of frames \[33, 34\)"):
+        store.read_segmentation("e1", 30, 8)
+    assert store.read_segmentation("e1", 0, 33)["mask"][:, 10:20, 10:30].all()
+    assert store.read_segmentation("e2", 0, 40)["mask"].sum() == 40 * 10 * 20
+
+
+def test_truncated_shard_is_corrupt_not_garbage(tmp_path):
+    from minesweep.data.store import CorruptDataError
+
+    root = corrupt_store(tmp_path, codec="raw")
+    record = EpisodeStore(root).episodes[2]
+    os.truncate(root / "shards/shard-00000.bin", record.actions_offset + 10)
+    with pytest.raises(CorruptDataError, match=r"'e2'.*actions.*the shard ends \d+ bytes early"):
+        EpisodeStore(root).read_actions("e2")
+
+
+@pytest.mark.parametrize("damage", ["truncate", "shape", "garbage"])
+def test_damaged_index_is_named(tmp_path, damage):
+    from minesweep.data.store import CorruptDataError
+
+    root = corrupt_store(tmp_path)
+    index = root / "index.npy"
+    if damage == "truncate":
+        index.write_bytes(index.read_bytes()[:-100])
+    elif damage == "shape":
+        np.save(index, np.zeros((3, 2)))
+    else:
+        index.write_bytes(b"\x00" * 50)
+    with pytest.raises(CorruptDataError, match=r"index\.npy") as caught:
+        EpisodeStore(root)
+    assert str(index) in str(caught.value)
+
+
+def test_damaged_manifest_and_old_format_are_named(tmp_path):
+    from minesweep.data.store import CorruptDataError
+
+    root = corrupt_store(tmp_path)
+    manifest = root / "manifest.json"
+    text = manifest.read_text()
+    manifest.write_text(text[: len(text) // 2])
+    with pytest.raises(CorruptDataError, match=r"manifest\.json: not valid JSON.*truncated"):
+        EpisodeStore(root)
+    data = json.loads(text)
+    manifest.write_text(json.dumps({**data, "chunk_size": "32"}))
+    with pytest.raises(CorruptDataError, match=r"manifest\.json: 'chunk_size'"):
+        EpisodeStore(root)
+    manifest.write_text(json.dumps({**data, "format_version": 2}))
+    with pytest.raises(ValueError, match=r"manifest\.json: a format-2 store.*[Rr]e-ingest"):
+        EpisodeStore(root)
+
+
+def test_corrupt_error_survives_a_dataloader_worker(tmp_path):
+    """Raised in a worker, re-raised in the training process with its message (constructible from it alone)."""
+    from torch.utils.data import DataLoader
+
+    from minesweep.data.datamodule import WindowDataset
+
+    root = corrupt_store(tmp_path, codec="raw")
+    record = EpisodeStore(root).episodes[1]
+    flip(root, record.video_offset + 3)
+    loader = DataLoader(WindowDataset(root, episodes=[1], win_len=8), batch_size=None, num_workers=1)
+    with pytest.raises(Exception, match=r"'e1' \(position 1\), video frames \[0, 1\)"):
+        next(iter(loader))

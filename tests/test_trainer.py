@@ -109,3 +109,23 @@ def test_adamw_uses_the_fused_kernel_unless_told_not_to(fused_optimizer, expecte
     before = [p.detach().clone() for p in policy.parameters()]
     optimizer.step()
     assert any(not torch.equal(b, p) for b, p in zip(before, policy.parameters()))
+
+
+def test_corrupt_windows_are_logged_once_per_epoch(caplog):
+    """data.on_corrupt=skip: MineLightning warns with the number of windows replaced in the epoch just ended."""
+    import logging
+    from types import SimpleNamespace
+
+    dataset = SimpleNamespace(corrupt_windows=0)
+    logged = []
+    fake = SimpleNamespace(trainer=SimpleNamespace(datamodule=SimpleNamespace(train_set=dataset, val_set=None)),
+                           current_epoch=0, log=lambda name, value, **kw: logged.append((name, value)))
+    with caplog.at_level(logging.WARNING, logger="minesweep.trainer"):
+        MineLightning.on_train_epoch_end(fake)  # nothing corrupt: silent
+        assert caplog.text == "" and logged == []
+        dataset.corrupt_windows, fake.current_epoch = 3, 1
+        MineLightning.on_train_epoch_end(fake)
+        dataset.corrupt_windows, fake.current_epoch = 5, 2
+        MineLightning.on_train_epoch_end(fake)
+    assert "epoch 1: 3 window(s) with corrupt data" in caplog.text and "epoch 2: 2 window(s)" in caplog.text
+    assert logged == [("data/corrupt_windows", 3.0), ("data/corrupt_windows", 2.0)]

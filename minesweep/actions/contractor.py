@@ -10,6 +10,7 @@ hotbar tracking). Unlike the loader, null steps are kept and flagged in
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ __all__ = [
     "EnvActions",
     "MOUSE_COUNTS_TO_DEGREES",
     "KEYBOARD_BUTTON_MAPPING",
+    "NUMBER_LIMITS",
+    "check_number",
     "contractor_to_env",
     "read_jsonl",
     "read_jsonl_prefix",
@@ -108,12 +111,35 @@ def _get_list(step: Mapping, dotted: str, source: str, index: int) -> list:
     return list(value)
 
 
-def _get_number(step: Mapping, dotted: str, source: str, index: int) -> float:
-    value = _get(step, dotted, source, index)
+#: Largest believable magnitude of each numeric field; beyond it a value is a recording glitch, not input, and
+#: would become a garbage camera bin or cursor position. Python's json also accepts NaN and Infinity: rejected too.
+#: ``mouse.dx/dy`` are mouse counts in one 50 ms step (2400 counts = 360 degrees): 10 000 is over four full
+#: turns in a step, far beyond any human flick. ``mouse.x/y`` are GUI cursor pixels: 100 000 is beyond any
+#: screen (an 8K display is 7680 wide).
+NUMBER_LIMITS: dict[str, float] = {"mouse.dx": 10_000.0, "mouse.dy": 10_000.0, "mouse.x": 100_000.0,
+                                   "mouse.y": 100_000.0}
+
+
+def check_number(value: Any, dotted: str, source: str, index: int) -> float:
+    """``value`` as a float if it is a finite number within ``NUMBER_LIMITS[dotted]``; else a
+    ContractorFormatError naming ``source``, the step and the field (``step=index``: the steps before are valid)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ContractorFormatError(
             f"{source}: step {index}: {dotted!r} must be a number, got {value!r}", step=index)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ContractorFormatError(
+            f"{source}: step {index}: {dotted!r} is {value!r}, not a finite number", step=index)
+    limit = NUMBER_LIMITS.get(dotted, math.inf)
+    if abs(value) > limit:  # compared before float(): a huge int would overflow
+        shown = f"{value:.6g}" if isinstance(value, float) or value.bit_length() < 64 else \
+            f"an integer of {value.bit_length()} bits"  # str() of a huge int can itself fail
+        raise ContractorFormatError(
+            f"{source}: step {index}: {dotted!r} is {shown}, out of range (|{dotted}| <= {limit:g})", step=index)
     return float(value)
+
+
+def _get_number(step: Mapping, dotted: str, source: str, index: int) -> float:
+    return check_number(_get(step, dotted, source, index), dotted, source, index)
 
 
 def contractor_to_env(

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["MineDataModule", "EpisodeStore"]
+__all__ = ["CorruptDataError", "MineDataModule", "EpisodeStore"]
 
 if TYPE_CHECKING:
     from minesweep.data.datamodule import MineDataModule
-    from minesweep.data.store import EpisodeStore
+    from minesweep.data.store import CorruptDataError, EpisodeStore
 
 
 def __getattr__(name: str) -> Any:
@@ -20,8 +20,8 @@ def __getattr__(name: str) -> Any:
         from minesweep.data.datamodule import MineDataModule
 
         return MineDataModule
-    if name == "EpisodeStore":
-        from minesweep.data.store import EpisodeStore
+    if name in ("EpisodeStore", "CorruptDataError"):
+        from minesweep.data import store
 
-        return EpisodeStore
+        return getattr(store, name)
     raise AttributeError(f"module 'minesweep.data' has no attribute {name!r}")

@@ -31,7 +31,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from minesweep.actions.contractor import ContractorFormatError
+from minesweep.actions.contractor import ContractorFormatError, check_number
 
 __all__ = ["CURSOR_SIZE", "MINEREC_ORIGINAL_HEIGHT", "cursor_sprite", "draw_cursor", "cursor_inputs"]
 
@@ -131,13 +131,10 @@ def draw_cursor(frames: np.ndarray, x: np.ndarray, y: np.ndarray, gui_open: np.n
 def _number(step: Mapping, key: str, index: int, source: str) -> float:
     mouse = step.get("mouse")
     if not isinstance(mouse, Mapping):
-        raise ContractorFormatError(f"{source}: step {index}: missing key 'mouse'")
+        raise ContractorFormatError(f"{source}: step {index}: missing key 'mouse'", step=index)
     if key not in mouse:
-        raise ContractorFormatError(f"{source}: step {index}: missing key 'mouse.{key}'")
-    value = mouse[key]
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ContractorFormatError(f"{source}: step {index}: 'mouse.{key}' must be a number, got {value!r}")
-    return float(value)
+        raise ContractorFormatError(f"{source}: step {index}: missing key 'mouse.{key}'", step=index)
+    return check_number(mouse[key], f"mouse.{key}", source, index)  # finite and in range
 
 
 def cursor_inputs(steps: Sequence[Mapping], source: str | os.PathLike | None = None
@@ -155,12 +152,14 @@ def cursor_inputs(steps: Sequence[Mapping], source: str | os.PathLike | None = N
     gui = np.zeros(n, bool)
     for i, step in enumerate(steps):
         if not isinstance(step, Mapping):
-            raise ContractorFormatError(f"{where}: step {i}: expected a JSON object, got {type(step).__name__}")
+            raise ContractorFormatError(f"{where}: step {i}: expected a JSON object, got {type(step).__name__}",
+                                        step=i)
         if "isGuiOpen" not in step:
-            raise ContractorFormatError(f"{where}: step {i}: missing key 'isGuiOpen'")
+            raise ContractorFormatError(f"{where}: step {i}: missing key 'isGuiOpen'", step=i)
         flag = step["isGuiOpen"]
         if not isinstance(flag, bool):
-            raise ContractorFormatError(f"{where}: step {i}: 'isGuiOpen' must be true or false, got {flag!r}")
+            raise ContractorFormatError(f"{where}: step {i}: 'isGuiOpen' must be true or false, got {flag!r}",
+                                        step=i)
         gui[i] = flag
         x[i] = _number(step, "x", i, where)
         y[i] = _number(step, "y", i, where)

@@ -46,6 +46,7 @@ import torch.distributed as dist
 
 from minesweep.actions import CAMERA_NULL_INDEX, NULL_BUTTONS_INDEX, env_to_agent
 from minesweep.data.mixture import StoreMixture
+from minesweep.data.store import CorruptDataError
 from minesweep.data.sampler import PAD, EpisodeContinuousBatchSampler, RandomWindowSampler, ResumableEpochs
 from minesweep.data.segmentation import empty_segmentation
 from minesweep.data.store import MANIFEST, EpisodeStore
@@ -64,6 +65,7 @@ _HOW_TO_CREATE = ("create one with `minesweep-data ingest SRC DST` (contractor .
 RANDOM_WINDOW = -2
 SAMPLING = ("grid", "frames", "episodes")
 REFERENCE_WINDOWS = ("same", "other")
+ON_CORRUPT = ("raise", "skip")
 
 
 class WindowDataset(Dataset):
@@ -74,17 +76,25 @@ class WindowDataset(Dataset):
 
     ``segmentation``: add the ``segment_*`` keys (None: when the store has the modality).
     ``reference_window``: ``"other"`` adds a reference video from another window of the same episode (GROOT).
+    ``on_corrupt``: a window whose stored bytes fail their checksum (:class:`CorruptDataError`) stops the run
+    (``"raise"``), or (``"skip"``) is replaced by a fully masked padding window (mask 0, episode -1), so batch
+    shapes stay fixed; each one is logged and counted in ``corrupt_windows`` (all loader workers together).
     """
 
     def __init__(self, store: EpisodeStore | StoreMixture | str | Path, episodes: Sequence[int] | None = None,
                  win_len: int = 32, frame_skip: int = 1, drop_null_actions: bool = False,
-                 segmentation: bool | None = None, reference_window: str = "same") -> None:
+                 segmentation: bool | None = None, reference_window: str = "same", on_corrupt: str = "raise") -> None:
         if win_len <= 0:
             raise ValueError(f"win_len must be positive, got {win_len}")
         if frame_skip <= 0:
             raise ValueError(f"frame_skip must be positive, got {frame_skip}")
         if reference_window not in REFERENCE_WINDOWS:
             raise ValueError(f"reference_window must be one of {REFERENCE_WINDOWS}, got {reference_window!r}")
+        if on_corrupt not in ON_CORRUPT:
+            raise ValueError(f"on_corrupt must be one of {ON_CORRUPT}, got {on_corrupt!r}")
+        self.on_corrupt = on_corrupt
+        # In shared memory: loader workers (forked or spawned) count into the same number the trainer reads.
+        self._corrupt_count = torch.zeros(1, dtype=torch.int64).share_memory_()
         self.store = store if isinstance(store, (EpisodeStore, StoreMixture)) else EpisodeStore(store)
         self.segmentation = self.store.has_segmentation if segmentation is None else bool(segmentation)
         self.reference_window = reference_window
@@ -140,8 +150,27 @@ class WindowDataset(Dataset):
         rest = default_collate([self._window(key, pixels[b]) for b, key in enumerate(keys)])
         return {"image": image, **rest}
 
+    @property
+    def corrupt_windows(self) -> int:
+        """Windows replaced by padding because their data is corrupt (``on_corrupt="skip"``), so far."""
+        return int(self._corrupt_count[0])
+
     def _window(self, key: int | tuple[int, int], image: np.ndarray) -> dict[str, Any]:
         """Everything of one window but the image, which is written into ``image`` ``(T, H, W, 3)``."""
+        try:
+            return self._read_window(key, image)
+        except CorruptDataError as err:
+            if self.on_corrupt == "raise":
+                raise
+            self._corrupt_count += 1  # rare: a lost update between workers would only undercount
+            log.warning("data.on_corrupt=skip: window %s replaced by a masked padding window (%d so far): %s",
+                        key, self.corrupt_windows, err)
+            image[:] = 0
+            padding = self._padding()
+            del padding["image"]
+            return padding
+
+    def _read_window(self, key: int | tuple[int, int], image: np.ndarray) -> dict[str, Any]:
         if isinstance(key, (tuple, list)):
             episode, start = int(key[0]), int(key[1])
             window_index = RANDOM_WINDOW
@@ -306,8 +335,11 @@ class MineDataModule(L.LightningDataModule):
                  val_fraction: float = 0.125, episode_continuous_batch: bool = False, seed: int = 0,
                  demo: dict | None = None, frame_skip: int = 1, sampling: str = "grid",
                  weights: Sequence[float] | None = None, samples_per_epoch: int | None = None,
-                 drop_null_actions: bool = False, reference_window: str = "same") -> None:
+                 drop_null_actions: bool = False, reference_window: str = "same", on_corrupt: str = "raise") -> None:
         super().__init__()
+        if on_corrupt not in ON_CORRUPT:
+            raise ValueError(f"data.on_corrupt must be one of {ON_CORRUPT}, got {on_corrupt!r}")
+        self.on_corrupt = on_corrupt  # what a window whose data fails its checksum does (WindowDataset)
         if sampling not in SAMPLING:
             raise ValueError(f"data.sampling must be one of {SAMPLING}, got {sampling!r}")
         if reference_window not in REFERENCE_WINDOWS:
@@ -398,9 +430,9 @@ class MineDataModule(L.LightningDataModule):
         # Decided once for the store, so that train and val batches have the same keys.
         segmentation = self.store.has_segmentation
         self.train_set = WindowDataset(self.store, train, self.win_len, self.frame_skip, self.drop_null_actions,
-                                       segmentation, self.reference_window)
+                                       segmentation, self.reference_window, self.on_corrupt)
         self.val_set = WindowDataset(self.store, val, self.win_len, self.frame_skip, self.drop_null_actions,
-                                     segmentation, self.reference_window)
+                                     segmentation, self.reference_window, self.on_corrupt)
 
     # -- loaders --------------------------------------------------------------------------------------------
     def _loader(self, dataset: WindowDataset, shuffle: bool) -> DataLoader:

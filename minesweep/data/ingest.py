@@ -7,7 +7,7 @@ Re-running skips episodes already in the store (verified by the writer), so a ki
 episodes that were in flight.
 
 Bad input never stops the run: an unpaired file, a name that is not UTF-8, an unreadable or bad ``.jsonl`` line, a
-missing key, an undecodable or truncated video, a frame/action count mismatch, an empty episode. Each is reported
+missing key, a NaN, Infinity or absurd number (bounds: ``contractor.NUMBER_LIMITS``), an undecodable or truncated video, a frame/action count mismatch, an empty episode. Each is reported
 once with its file, the reason and, where it applies, the frame index. ``on_error="skip"`` drops such an episode;
 ``on_error="prefix"`` keeps its valid prefix (the frames and steps before the first problem). The report goes to
 ``<dst>/ingest_report.json`` and is printed as a table.
@@ -33,7 +33,8 @@ from av.video.reformatter import VideoReformatter
 
 from minesweep.actions.contractor import ContractorFormatError, contractor_to_env, read_jsonl_prefix
 from minesweep.data.resize import resize_bilinear
-from minesweep.data.segmentation import SegmentationError, read_sidecar, resize_masks, sidecar_path
+from minesweep.data.segmentation import (SegmentationError, check_segmentation, read_sidecar, resize_masks,
+                                         sidecar_path)
 from minesweep.data.store import DEFAULT_SHARD_SIZE, EncodedEpisode, EpisodeLengthError, StoreWriter, encode_episode
 
 __all__ = ["IngestReport", "ingest", "print_report"]
@@ -205,13 +206,16 @@ def _encode(job: _Job, settings: _Settings) -> tuple[EncodedEpisode | None, list
             problem(job.jsonl, "no steps in the .jsonl")
         return None, problems
     segmentation = None
+    segmentation_frames = 0  # frames in the sidecar; more than the steps is judged once the video is counted
     sidecar = sidecar_path(job.mp4)
     if sidecar.is_file():
         try:
-            segmentation = read_sidecar(sidecar, length=len(env_actions) if not prefix or not problems else None)
-            if len(segmentation["valid"]) < len(env_actions):
-                raise SegmentationError(f"{sidecar}: segmentation has {len(segmentation['valid'])} frames, "
-                                        f"{job.jsonl.name} has {len(env_actions)} steps")
+            segmentation = read_sidecar(sidecar)
+            segmentation_frames = len(segmentation["valid"])
+            if segmentation_frames < len(env_actions):
+                check_segmentation(segmentation, str(sidecar), length=len(env_actions))  # raises, naming both counts
+            # Longer than the steps: a .jsonl shorter than the video (reported as that, below) or a sidecar with
+            # extra frames; either way its first frames belong to the steps kept.
             segmentation = {k: v[:len(env_actions)] for k, v in segmentation.items()}
             segmentation["mask"] = resize_masks(segmentation["mask"], settings.resolution)
         except SegmentationError as err:
@@ -242,10 +246,19 @@ def _encode(job: _Job, settings: _Settings) -> tuple[EncodedEpisode | None, list
             problem(job.mp4, str(decode_error[0]), frame=decode_error[0].frame)
         elif err.frames == 0:
             problem(job.mp4, "video has no frames", frame=0)
+        elif err.frames > err.actions:
+            problem(job.mp4, f"video has {err.frames} frames but {job.jsonl.name} has only {err.actions} steps "
+                    "(truncated .jsonl or mismatched recording)", frame=err.actions)
         else:
             problem(job.mp4, f"video has {err.frames} frames but {job.jsonl.name} has {err.actions} steps "
                     "(truncated video or mismatched recording)", frame=min(err.frames, err.actions))
         return None, problems
+    if segmentation_frames > encoded.length and encoded.frames_seen == encoded.length and not decode_error:
+        # The video matches the steps: the sidecar alone has extra frames.
+        problem(sidecar, f"{sidecar}: segmentation has {segmentation_frames} frames, {job.mp4.name} and "
+                f"{job.jsonl.name} have {encoded.length}", frame=encoded.length)
+        if not prefix:
+            return None, problems
     if decode_error:
         problem(job.mp4, str(decode_error[0]), frame=decode_error[0].frame)
     elif encoded.length < len(env_actions):
@@ -349,9 +362,19 @@ def print_report(report: IngestReport) -> None:
 
     console = Console()
     rate = report.frames / report.seconds if report.seconds else 0.0
-    console.print(f"ingested {len(report.ingested)} episode(s), {report.frames} frames ({rate:.0f} frames/s) from "
-                  f"{report.src} into {report.dst}; {report.already} already there; "
-                  f"{len(report.skipped)} problem(s)")
+    summary = (f"ingested {len(report.ingested)} episode(s), {report.frames} frames ({rate:.0f} frames/s) from "
+               f"{report.src} into {report.dst}; {report.already} already there; {len(report.skipped)} problem(s)")
+    if not console.is_terminal:
+        # A log file: plain tab-separated lines, never wrapped, so every name and path stays whole for grep.
+        print(summary)
+        if report.skipped:
+            print("problems (kept > 0: the valid prefix was ingested)")
+            print("episode\tfile\tframe\tkept\treason")
+            for s in report.skipped:
+                print(f"{s['episode']}\t{s['file']}\t{'' if s['frame'] is None else s['frame']}\t{s['kept']}\t"
+                      f"{s['reason']}")
+        return
+    console.print(summary)
     if report.skipped:
         table = Table(title="problems (kept > 0: the valid prefix was ingested)", show_lines=False)
         for column in ("episode", "file", "frame", "kept", "reason"):

@@ -43,9 +43,13 @@ import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
+from minesweep.actions.contractor import MOUSE_COUNTS_TO_DEGREES, NUMBER_LIMITS
 from minesweep.actions.space import BUTTONS
 from minesweep.data.resize import resize_bilinear
 from minesweep.data.store import EpisodeLengthError, StoreWriter
+
+#: The contractor bound on mouse counts per step, in degrees (1500: over four turns in a step is a glitch).
+CAMERA_LIMIT_DEGREES = NUMBER_LIMITS["mouse.dx"] * MOUSE_COUNTS_TO_DEGREES
 
 __all__ = ["ImportReport", "MineStudioFormatError", "import_minestudio", "restricted_loads", "REPORT"]
 
@@ -212,6 +216,11 @@ def _action_chunk(raw: bytes, start: int, part: Path) -> dict[str, np.ndarray]:
     if camera.shape != (n, 2) or not np.issubdtype(camera.dtype, np.number) or not np.isfinite(camera).all():
         raise MineStudioFormatError(f"action chunk at frame {start} ({part}): 'camera' must be finite numbers of "
                                     f"shape (n, 2), got {camera.dtype}{list(camera.shape)}", frame=start, file=part)
+    if (np.abs(camera) > CAMERA_LIMIT_DEGREES).any():
+        bad = int(np.flatnonzero((np.abs(camera) > CAMERA_LIMIT_DEGREES).any(1))[0])
+        raise MineStudioFormatError(f"action chunk at frame {start} ({part}): 'camera' {camera[bad].tolist()} at "
+                                    f"frame {start + bad} is out of range (|degrees| <= {CAMERA_LIMIT_DEGREES:g})",
+                                    frame=start, file=part)
 
     def column(key: str) -> np.ndarray:
         value = np.asarray(data[key])
@@ -377,8 +386,19 @@ def print_report(report: ImportReport) -> None:
     from rich.table import Table
 
     console = Console()
-    console.print(f"imported {len(report.ingested)} episode(s) from {report.src} into {report.dst}; "
-                  f"skipped {len(report.skipped)}")
+    summary = f"imported {len(report.ingested)} episode(s) from {report.src} into {report.dst}; " \
+              f"skipped {len(report.skipped)}"
+    if not console.is_terminal:
+        # A log file: plain tab-separated lines, never wrapped, so names and paths stay whole for grep.
+        print(summary)
+        if report.skipped:
+            print("skipped\nepisode\tfile\tframe\treason")
+            for s in report.skipped:
+                print(f"{s['episode']}\t{s['file']}\t{'' if s['frame'] is None else s['frame']}\t{s['reason']}")
+        for note in report.notes:
+            print(f"note: {note['episode']}: {note['note']}")
+        return
+    console.print(summary)
     if report.skipped:
         table = Table(title="skipped")
         for column in ("episode", "file", "frame", "reason"):

@@ -13,6 +13,15 @@ Layout of a store folder::
                       episodes that have the segmentation modality, its masks (bit-packed rows, one per frame,
                       so a window's masks are one read; the per-frame ids are in the actions .npz).
 
+Integrity (format 3): every read is checked against a CRC32 per decoding unit, so damaged bytes raise
+:class:`CorruptDataError` instead of decoding into wrong frames or actions. The units are: each ``chunk_size``-frame
+GOP of an h264 video (the bytes from its keyframe to the next; a window decodes whole GOPs) plus the container
+metadata around them, checked when a video is opened; each frame of a raw video and each mask row (a window reads
+exactly its frames, so per-frame sums never make a read bigger); the actions block as a whole (read once per
+episode, then cached). The per-unit sums live in the actions .npz (``integrity.*`` arrays, never returned by
+:meth:`EpisodeStore.read_actions`); the actions block's own CRC is in the index row. The sha256 sums (per episode
+in the index, per shard in the manifest) cover whole files and are checked by ``minesweep-data verify``.
+
 Video codecs (one per store):
 
 * ``h264``: each episode is an mp4 (H.264 yuv420p) with a keyframe exactly every ``chunk_size`` frames and pts =
@@ -30,9 +39,10 @@ import hashlib
 import io
 import json
 import os
+import zlib
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Iterator
@@ -44,17 +54,19 @@ from av.video.reformatter import VideoReformatter
 from minesweep.data.segmentation import SegmentationError, check_segmentation
 
 __all__ = [
-    "ACTION_SPACE_VERSION", "CODECS", "EncodedEpisode", "EpisodeLengthError", "EpisodeRecord", "EpisodeStore",
-    "FORMAT_VERSION", "H264Writer", "StoreWriter", "encode_episode",
+    "ACTION_SPACE_VERSION", "CODECS", "CorruptDataError", "EncodedEpisode", "EpisodeLengthError", "EpisodeRecord",
+    "EpisodeStore", "FORMAT_VERSION", "H264Writer", "StoreWriter", "encode_episode", "verify_store",
 ]
 
-FORMAT_VERSION = 2
+#: 3: per-chunk CRC32 sums checked on every read (2 had none: a flipped byte decoded silently).
+FORMAT_VERSION = 3
 #: Bump when the meaning of stored actions changes (button order, camera units).
 ACTION_SPACE_VERSION = "vpt-20buttons-camera-degrees-1"
 CODECS = ("h264", "raw")
 MANIFEST, INDEX, JOURNAL, SHARDS = "manifest.json", "index.npy", "episodes.jsonl", "shards"
 DEFAULT_SHARD_SIZE = 256 << 20
 _SEGMENTATION = "segmentation"  # prefix of the segmentation modality's per-frame arrays in the actions .npz
+_INTEGRITY = "integrity"  # prefix of the per-unit checksum arrays in the actions .npz (module docstring)
 ACTION_KEYS = {"buttons": (np.uint8, (20,)), "camera": (np.float32, (2,)), "is_null": (np.bool_, ()),
                "esc": (np.bool_, ())}
 
@@ -65,6 +77,21 @@ class EpisodeLengthError(ValueError):
     def __init__(self, episode_id: str, frames: int, actions: int) -> None:
         super().__init__(f"episode {episode_id!r}: video has {frames} frames but there are {actions} actions")
         self.episode_id, self.frames, self.actions = episode_id, frames, actions
+
+
+class CorruptDataError(ValueError):
+    """Stored bytes do not match their checksum (or a store file is damaged). The message names the store, the
+    shard file, the episode (id and position) and what is damaged: frames ``[a, b)``, ``actions`` or
+    ``segmentation``. Constructible from the message alone, so it survives DataLoader workers' re-raise."""
+
+    def __init__(self, message: str, *, episode: str | None = None, position: int | None = None,
+                 what: str | None = None, frames: tuple[int, int] | None = None, shard: str | None = None) -> None:
+        super().__init__(message)
+        self.episode, self.position, self.what, self.frames, self.shard = episode, position, what, frames, shard
+
+
+def _crc(data: bytes | memoryview) -> int:
+    return zlib.crc32(data)  # cheap (GB/s) and catches every burst error up to 32 bits
 
 
 @dataclass(frozen=True)
@@ -80,6 +107,7 @@ class EpisodeRecord:
     source: str = ""
     segmentation_offset: int = 0
     segmentation_size: int = 0  # 0: the episode has no segmentation
+    actions_crc: int = 0  # CRC32 of the actions bytes (which hold the checksums of everything else)
 
 
 def _shard_name(shard: int) -> str:
@@ -193,6 +221,10 @@ class EncodedEpisode:
     def sha256(self) -> str:
         return hashlib.sha256(self.video + self.actions + self.segmentation).hexdigest()
 
+    @property
+    def actions_crc(self) -> int:
+        return _crc(self.actions)
+
 
 def validate_episode_id(episode_id: str) -> None:
     if not episode_id or any(c in episode_id for c in "/\\\0\n") or episode_id.startswith("."):
@@ -257,10 +289,51 @@ def encode_episode(episode_id: str, frames: Iterable[np.ndarray] | np.ndarray, e
     if segmentation is not None:
         actions.update({f"{_SEGMENTATION}.{k}": v for k, v in segmentation.items() if k != "mask"})
         packed = np.packbits(segmentation["mask"].reshape(n_actions, -1), axis=1).tobytes()
+    actions.update(_checksums(episode_id, codec, video_bytes, n_actions, chunk_size, packed))
     npz = io.BytesIO()
     np.savez(npz, **actions)
     return EncodedEpisode(episode_id, n_actions, video_bytes, npz.getvalue(), str(source), frames_seen=seen,
                           segmentation=packed)
+
+
+def _h264_chunk_bounds(episode_id: str, video: bytes, length: int, chunk_size: int) -> np.ndarray:
+    """Byte offsets in ``video`` where each GOP's packets start, and the end of the last: ``(chunks + 1,)``. With
+    one stream and closed GOPs the packets of GOP k (frames ``[k * chunk_size, (k + 1) * chunk_size)``) lie
+    back to back from its keyframe to the next one."""
+    starts, end, total = [], 0, 0
+    with av.open(io.BytesIO(video)) as container:
+        for packet in container.demux(container.streams.video[0]):
+            if packet.size == 0:
+                continue  # the demuxer's final empty packet
+            if packet.is_keyframe:
+                starts.append(packet.pos)
+            end, total = max(end, packet.pos + packet.size), total + packet.size
+    chunks = -(-length // chunk_size)
+    if len(starts) != chunks or starts != sorted(starts) or (starts and end - starts[0] != total):
+        raise RuntimeError(f"episode {episode_id!r}: the encoded video does not have {chunks} contiguous "
+                           f"{chunk_size}-frame GOPs (keyframes at bytes {starts[:8]}...); cannot checksum it")
+    return np.array(starts + [end], np.int64)
+
+
+def _checksums(episode_id: str, codec: str, video: bytes, length: int, chunk_size: int,
+               masks: bytes) -> dict[str, np.ndarray]:
+    """The ``integrity.*`` arrays of an episode (module docstring): CRC32 per video unit, per mask row and, for
+    h264, of the container metadata outside the GOPs."""
+    view = memoryview(video)
+    out: dict[str, np.ndarray] = {}
+    if codec == "h264":
+        bounds = _h264_chunk_bounds(episode_id, video, length, chunk_size)
+        out[f"{_INTEGRITY}.video_bounds"] = bounds
+        out[f"{_INTEGRITY}.header_crc"] = np.uint32(_crc(view[:bounds[0]].tobytes() + view[bounds[-1]:].tobytes()))
+    else:
+        bounds = np.arange(length + 1, dtype=np.int64) * (len(video) // length)
+    out[f"{_INTEGRITY}.video_crc"] = np.array([_crc(view[a:b]) for a, b in zip(bounds[:-1], bounds[1:])], np.uint32)
+    if masks:
+        row = len(masks) // length
+        rows = memoryview(masks)
+        out[f"{_INTEGRITY}.segmentation_crc"] = np.array([_crc(rows[i * row:(i + 1) * row]) for i in range(length)],
+                                                         np.uint32)
+    return out
 
 
 # --------------------------------------------------------------------------- writing
@@ -285,10 +358,16 @@ def _index_array(records: Sequence[EpisodeRecord]) -> np.ndarray:
     source_width = max((len(r.source) for r in records), default=1) or 1
     dtype = np.dtype([("id", f"U{id_width}"), ("length", "<i8"), ("shard", "<i4"), ("video_offset", "<i8"),
                       ("video_size", "<i8"), ("actions_offset", "<i8"), ("actions_size", "<i8"), ("sha256", "S64"),
-                      ("source", f"U{source_width}"), ("segmentation_offset", "<i8"), ("segmentation_size", "<i8")])
+                      ("source", f"U{source_width}"), ("segmentation_offset", "<i8"), ("segmentation_size", "<i8"),
+                      ("actions_crc", "<u4")])
     return np.array([(r.id, r.length, r.shard, r.video_offset, r.video_size, r.actions_offset, r.actions_size,
-                      r.sha256.encode("ascii"), r.source, r.segmentation_offset, r.segmentation_size)
+                      r.sha256.encode("ascii"), r.source, r.segmentation_offset, r.segmentation_size, r.actions_crc)
                      for r in records], dtype=dtype)
+
+
+#: Fields every index row must have (a file without them is not this format's index).
+_INDEX_FIELDS = ("id", "length", "shard", "video_offset", "video_size", "actions_offset", "actions_size", "sha256",
+                 "source", "segmentation_offset", "segmentation_size", "actions_crc")
 
 
 class StoreWriter:
@@ -417,7 +496,7 @@ class StoreWriter:
         actions_offset = offset + len(episode.video)
         record = EpisodeRecord(episode.id, episode.length, shard, offset, len(episode.video), actions_offset,
                                len(episode.actions), episode.sha256, episode.source,
-                               actions_offset + len(episode.actions), len(episode.segmentation))
+                               actions_offset + len(episode.actions), len(episode.segmentation), episode.actions_crc)
         self._journal.write(json.dumps(asdict(record)) + "\n")
         self._journal.flush()
         os.fsync(self._journal.fileno())
@@ -456,6 +535,9 @@ class StoreWriter:
             **self._settings(),
             "num_episodes": len(self.episodes),
             "num_frames": int(sum(e.length for e in self.episodes)),
+            # size: checked on every open (cheap); sha256: by `minesweep-data verify` (reads the whole index)
+            "index": {"file": INDEX, "size": (self.root / INDEX).stat().st_size,
+                      "sha256": _file_sha256(self.root / INDEX)},
             "shards": [{"file": _shard_name(s), "size": (self.root / _shard_name(s)).stat().st_size,
                         "sha256": _file_sha256(self.root / _shard_name(s))} for s in shards],
         })
@@ -540,7 +622,62 @@ class _Episodes(Sequence):
         return EpisodeRecord(str(row["id"]), int(row["length"]), int(row["shard"]), int(row["video_offset"]),
                              int(row["video_size"]), int(row["actions_offset"]), int(row["actions_size"]),
                              row["sha256"].decode("ascii"), str(row["source"]), int(row["segmentation_offset"]),
-                             int(row["segmentation_size"]))
+                             int(row["segmentation_size"]), int(row["actions_crc"]))
+
+
+_MANIFEST_KEYS = {"format_version": int, "fps": int, "resolution": list, "chunk_size": int, "codec": str,
+                  "num_episodes": int, "shards": list}
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    """``manifest.json``, with errors that name it and say what is wrong (and what to do)."""
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise CorruptDataError(f"{path}: not valid JSON ({err}): the manifest is truncated or damaged; re-ingest the "
+                               "store, or restore the file") from err
+    if not isinstance(manifest, dict):
+        raise CorruptDataError(f"{path}: expected a JSON object, got {type(manifest).__name__}: the manifest is "
+                               "damaged; re-ingest the store, or restore the file")
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        if isinstance(version, int) and version < FORMAT_VERSION:
+            raise ValueError(f"{path}: a format-{version} store; this version of minesweep reads format "
+                             f"{FORMAT_VERSION}, which checksums every chunk so that damaged data cannot be read "
+                             "silently. Re-ingest the recordings into a new folder (`minesweep-data ingest SRC DST` "
+                             "or `minesweep-data import-minestudio SRC DST`)")
+        raise ValueError(f"{path}: format_version {version!r}, expected {FORMAT_VERSION} "
+                         "(re-ingest the recordings with this version of minesweep)")
+    for key, kind in _MANIFEST_KEYS.items():
+        if not isinstance(manifest.get(key), kind):
+            raise CorruptDataError(f"{path}: {key!r} is {manifest.get(key)!r}, expected a {kind.__name__}: the "
+                                   "manifest is damaged; re-ingest the store, or restore the file")
+    return manifest
+
+
+def _load_index(root: Path, manifest: Mapping[str, Any]) -> np.ndarray:
+    """``index.npy``, memory-mapped, checked against the manifest (size, fields, rows) without reading it all."""
+    path = root / INDEX
+    expected = manifest.get("index", {}).get("size") if isinstance(manifest.get("index"), dict) else None
+    try:
+        size = path.stat().st_size
+        if expected is not None and size != expected:
+            raise ValueError(f"it is {size} bytes, the manifest says {expected} (truncated or replaced)")
+        index = np.load(path, mmap_mode="r")
+        fields = index.dtype.names or ()
+        missing = [f for f in _INDEX_FIELDS if f not in fields]
+        if index.ndim != 1 or missing:
+            raise ValueError(f"expected one row per episode with fields {list(_INDEX_FIELDS)}, got shape "
+                             f"{index.shape} with fields {list(fields)}")
+    except FileNotFoundError:
+        raise CorruptDataError(f"{path} is missing: the store is incomplete; re-ingest it") from None
+    except (ValueError, OSError, EOFError) as err:
+        raise CorruptDataError(f"{path}: not a valid store index: {err}. Restore the file or re-ingest the store"
+                               ) from err
+    if len(index) != manifest["num_episodes"]:
+        raise CorruptDataError(f"{path} has {len(index)} episodes, the manifest says {manifest['num_episodes']}: "
+                               "restore the file or re-ingest the store")
+    return index
 
 
 class EpisodeStore:
@@ -549,6 +686,8 @@ class EpisodeStore:
 
     max_open = 16  # open mp4 containers kept per process (LRU)
     max_cached_actions = 256  # episodes whose action arrays are kept per process (LRU)
+    #: Internal, for benchmarks/loader_throughput.py only (the cost of checking): False skips every checksum.
+    _verify_reads = True
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
@@ -557,19 +696,13 @@ class EpisodeStore:
             hint = (" (an ingest into it did not finish: run it again to resume)" if (self.root / JOURNAL).exists()
                     else "")
             raise FileNotFoundError(f"no store at {self.root}: {path} does not exist{hint}")
-        manifest = json.loads(path.read_text())
-        if manifest.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{path}: format_version {manifest.get('format_version')!r}, expected {FORMAT_VERSION} "
-                             "(re-ingest the recordings with this version of minesweep)")
+        manifest = _read_manifest(path)
         self.manifest = manifest
         self.fps: int = int(manifest["fps"])
         self.resolution: tuple[int, int] = tuple(manifest["resolution"])
         self.chunk_size: int = int(manifest["chunk_size"])
         self.codec: str = manifest["codec"]
-        self.index = np.load(self.root / INDEX, mmap_mode="r")
-        if len(self.index) != manifest["num_episodes"]:
-            raise ValueError(f"{self.root / INDEX} has {len(self.index)} episodes, the manifest says "
-                             f"{manifest['num_episodes']}")
+        self.index = _load_index(self.root, manifest)
         self.episodes = _Episodes(self.index)
         self._by_id: dict[str, int] | None = None  # built on first lookup by id
         self._pid = os.getpid()
@@ -610,7 +743,7 @@ class EpisodeStore:
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
-        self.index = np.load(self.root / INDEX, mmap_mode="r")
+        self.index = _load_index(self.root, self.manifest)
         self.episodes = _Episodes(self.index)
 
     def _own_handles(self) -> None:
@@ -628,6 +761,8 @@ class EpisodeStore:
     def _video(self, position: int, record: EpisodeRecord) -> _OpenVideo:
         video = self._videos.pop(position, None)
         if video is None:
+            if self._verify_reads:
+                self._check_header(position, record)
             try:
                 video = _OpenVideo(_ByteRange(self._fd(record.shard), record.video_offset, record.video_size))
             except av.error.FFmpegError as err:
@@ -655,7 +790,8 @@ class EpisodeStore:
 
     def read_segmentation(self, episode: int | str, start: int, length: int) -> dict[str, np.ndarray] | None:
         """Segmentation of frames ``[start, start + length)``: mask (length, h, w) bool, object_id int32,
-        interaction int8, valid bool (length,); None when the episode has none. The masks are one read."""
+        interaction int8, valid bool (length,); None when the episode has none. The masks are one read, each row
+        checked against its CRC32 (:class:`CorruptDataError` on a mismatch)."""
         self._own_handles()
         position = self.position(episode)
         record = self.episodes[position]
@@ -666,39 +802,171 @@ class EpisodeStore:
                              f"[0, {record.length})")
         h, w = self.resolution
         row = -(-h * w // 8)
+        actions = self.read_actions(position)
         data = os.pread(self._fd(record.shard), row * length, record.segmentation_offset + row * start)
+        if self._verify_reads:
+            self._check_units(position, record, "segmentation", data, np.arange(start, start + length + 1) * row,
+                              self._sums(position)["segmentation_crc"][start:start + length], start)
         packed = np.frombuffer(data, np.uint8).reshape(length, row)
         out = {"mask": np.unpackbits(packed, axis=1, count=h * w).reshape(length, h, w).astype(bool)}
-        actions = self.read_actions(position)
         for key in ("object_id", "interaction", "valid"):
             out[key] = actions[f"{_SEGMENTATION}.{key}"][start:start + length]
         return out
 
     def read_actions(self, episode: int | str) -> dict[str, np.ndarray]:
         """The env actions of an episode: buttons (T, 20) uint8, camera (T, 2) float32, is_null, esc (T,) bool
-        (and the segmentation modality's per-frame ids, ``segmentation.*``, where the episode has it)."""
+        (and the segmentation modality's per-frame ids, ``segmentation.*``, where the episode has it). The block is
+        checked against its CRC32 when read from the shard (:class:`CorruptDataError`), then cached."""
         self._own_handles()
         position = self.position(episode)
-        actions = self._actions.pop(position, None)
-        if actions is None:
+        cached = self._actions.pop(position, None)
+        if cached is None:
             record = self.episodes[position]
             data = os.pread(self._fd(record.shard), record.actions_size, record.actions_offset)
-            with np.load(io.BytesIO(data)) as npz:
-                actions = {k: npz[k] for k in npz.files}
+            if self._verify_reads and (len(data) != record.actions_size or _crc(data) != record.actions_crc):
+                raise self._corrupt(position, record, "actions", None,
+                                    "CRC32 mismatch" if len(data) == record.actions_size else
+                                    f"the shard ends {record.actions_size - len(data)} bytes early")
+            try:
+                with np.load(io.BytesIO(data)) as npz:
+                    everything = {k: npz[k] for k in npz.files}
+            except (ValueError, OSError, EOFError, KeyError) as err:  # unverified reads only: a sum catches it first
+                raise self._corrupt(position, record, "actions", None, f"cannot be parsed: {err}") from err
+            prefix = f"{_INTEGRITY}."
+            cached = ({k: v for k, v in everything.items() if not k.startswith(prefix)},
+                      {k[len(prefix):]: v for k, v in everything.items() if k.startswith(prefix)})
             while len(self._actions) >= self.max_cached_actions:
                 self._actions.popitem(last=False)
-        self._actions[position] = actions
-        return actions
+        self._actions[position] = cached
+        return cached[0]
+
+    # -- integrity -------------------------------------------------------------------------------------------
+    def _sums(self, position: int) -> dict[str, np.ndarray]:
+        """The ``integrity.*`` arrays of an episode (read with, and verified like, its actions)."""
+        cached = self._actions.get(position)
+        if cached is None:
+            self.read_actions(position)
+            cached = self._actions[position]
+        return cached[1]
+
+    def _corrupt(self, position: int, record: EpisodeRecord, what: str, frames: tuple[int, int] | None,
+                 why: str) -> CorruptDataError:
+        shard = self.root / _shard_name(record.shard)
+        kind = what
+        if frames is not None:  # video frames [a, b) / segmentation masks of frames [a, b)
+            kind = f"{'segmentation masks of' if what == 'segmentation' else what} frames [{frames[0]}, {frames[1]})"
+        return CorruptDataError(
+            f"corrupt data in store {self.root}: episode {record.id!r} (position {position}), {kind}, in shard "
+            f"{shard}: {why}. Restore the shard or re-ingest; `minesweep-data verify {self.root}` lists every damaged "
+            "episode", episode=record.id, position=position, what=what, frames=frames, shard=str(shard))
+
+    def _video_unit_frames(self) -> int:
+        """Frames per checksummed video unit: a GOP for h264 (the decoding unit), a frame for raw (one pread)."""
+        return self.chunk_size if self.codec == "h264" else 1
+
+    def _video_bounds(self, position: int, record: EpisodeRecord, first: int = 0,
+                      last: int | None = None) -> np.ndarray:
+        """Byte offsets in the episode's video where units ``first..last`` (default: to the end) start, and where
+        the last one ends."""
+        stop = None if last is None else last + 2
+        if self.codec == "h264":
+            return self._sums(position)["video_bounds"][first:stop]
+        frame_bytes = self.resolution[0] * self.resolution[1] * 3  # raw: a unit is a frame, no table needed
+        return np.arange(first, record.length + 1 if stop is None else stop, dtype=np.int64) * frame_bytes
+
+    def _check_units(self, position: int, record: EpisodeRecord, what: str, data: bytes | memoryview,
+                     bounds: np.ndarray, crcs: np.ndarray, first: int, unit_frames: int = 1,
+                     collect: list[CorruptDataError] | None = None, base: int | None = None) -> None:
+        """Check ``data`` (the bytes from offset ``base``, default ``bounds[0]``, on) unit by unit against ``crcs``.
+        Unit ``j`` is ``data[bounds[j] - base:bounds[j + 1] - base]``, frames from ``(first + j) * unit_frames``.
+        Raises the first mismatch, or appends every one to ``collect``."""
+        view = memoryview(data)
+        base = int(bounds[0]) if base is None else base
+        short = len(view) < int(bounds[-1]) - base
+        for j, crc in enumerate(crcs.tolist()):
+            a, b = int(bounds[j]) - base, int(bounds[j + 1]) - base
+            if b > len(view) or _crc(view[a:b]) != crc:
+                frames = ((first + j) * unit_frames, min((first + j + 1) * unit_frames, record.length))
+                error = self._corrupt(position, record, what, frames,
+                                      "the shard ends early" if short and b > len(view) else "CRC32 mismatch")
+                if collect is None:
+                    raise error
+                collect.append(error)
+
+    def _check_header(self, position: int, record: EpisodeRecord,
+                      collect: list[CorruptDataError] | None = None) -> None:
+        """The h264 container metadata (the bytes around the GOPs: ftyp, the mdat header, moov)."""
+        bounds = self._video_bounds(position, record)
+        fd = self._fd(record.shard)
+        head = os.pread(fd, int(bounds[0]), record.video_offset)
+        tail = os.pread(fd, record.video_size - int(bounds[-1]), record.video_offset + int(bounds[-1]))
+        if _crc(head + tail) != int(self._sums(position)["header_crc"]):
+            error = self._corrupt(position, record, "video header", None,
+                                  "CRC32 mismatch in the mp4 container metadata (all frames)")
+            if collect is None:
+                raise error
+            collect.append(error)
+
+    def _check_frames(self, position: int, record: EpisodeRecord, start: int, stop: int,
+                      data: bytes | memoryview | None = None) -> None:
+        """Check the video units holding frames ``[start, stop)``: reads their bytes unless ``data`` (raw frames
+        ``[start, stop)`` already read) is given."""
+        unit = self._video_unit_frames()
+        first, last = start // unit, (stop - 1) // unit
+        bounds = self._video_bounds(position, record, first, last)
+        if data is None:
+            data = os.pread(self._fd(record.shard), int(bounds[-1] - bounds[0]), record.video_offset + int(bounds[0]))
+        self._check_units(position, record, "video", data, bounds,
+                          self._sums(position)["video_crc"][first:last + 1], first, unit)
+
+    def verify_episode(self, episode: int | str) -> list[CorruptDataError]:
+        """Every damaged part of an episode (all video units, the header, the actions, all mask rows), as errors;
+        ``[]`` when it is intact. Reads all its bytes."""
+        self._own_handles()
+        position = self.position(episode)
+        record = self.episodes[position]
+        self._actions.pop(position, None)  # check the bytes on disk, not a cached copy
+        try:
+            data = os.pread(self._fd(record.shard), record.actions_size, record.actions_offset)
+            if _crc(data) != record.actions_crc:  # here whatever _verify_reads says
+                missing = record.actions_size - len(data)
+                raise self._corrupt(position, record, "actions", None,
+                                    f"the shard ends {missing} bytes early" if missing else "CRC32 mismatch")
+            self.read_actions(position)
+        except CorruptDataError as err:
+            return [err]  # the per-unit sums of the rest are in the damaged block: nothing more can be checked
+        problems: list[CorruptDataError] = []
+        if self.codec == "h264":
+            self._check_header(position, record, collect=problems)
+        bounds = self._video_bounds(position, record)
+        data = os.pread(self._fd(record.shard), record.video_size, record.video_offset)
+        self._check_units(position, record, "video", data, bounds, self._sums(position)["video_crc"], 0,
+                          self._video_unit_frames(), collect=problems, base=0)
+        if record.segmentation_size:
+            data = os.pread(self._fd(record.shard), record.segmentation_size, record.segmentation_offset)
+            row = record.segmentation_size // record.length
+            self._check_units(position, record, "segmentation", data, np.arange(record.length + 1) * row,
+                              self._sums(position)["segmentation_crc"], 0, collect=problems)
+        return problems
 
     def read_video_bytes(self, episode: int | str) -> bytes:
         """The stored video of an episode as is: an mp4 (``h264``) or raw frames (``raw``), e.g. to export it."""
         self._own_handles()
-        record = self.episode(episode)
-        return os.pread(self._fd(record.shard), record.video_size, record.video_offset)
+        position = self.position(episode)
+        record = self.episodes[position]
+        data = os.pread(self._fd(record.shard), record.video_size, record.video_offset)
+        if self._verify_reads:
+            self.read_actions(position)  # verifies the block holding the sums
+            if self.codec == "h264":
+                self._check_header(position, record)
+            self._check_units(position, record, "video", data, self._video_bounds(position, record),
+                              self._sums(position)["video_crc"], 0, self._video_unit_frames(), base=0)
+        return data
 
     def read_frames(self, episode: int | str, start: int, length: int, out: np.ndarray | None = None) -> np.ndarray:
         """Frames ``[start, start + length)`` of an episode as uint8 ``(length, H, W, 3)``, written into ``out`` (a
-        C-contiguous array of that shape, e.g. a slice of a shared-memory batch) when given."""
+        C-contiguous array of that shape, e.g. a slice of a shared-memory batch) when given. The chunks read are
+        checked against their CRC32 first (h264: the GOPs decoded; raw: the frames): :class:`CorruptDataError`."""
         self._own_handles()
         position = self.position(episode)
         record = self.episodes[position]
@@ -714,19 +982,27 @@ class EpisodeStore:
         self.decoded_frames = 0
         if length == 0:
             return out
+        if self._verify_reads:
+            self.read_actions(position)  # loads (and verifies) the sums of this episode's units
         if self.codec == "raw":
             frame_bytes = h * w * 3
             got = os.preadv(self._fd(record.shard), [memoryview(out).cast("B")],
                             record.video_offset + start * frame_bytes)
             if got != length * frame_bytes:
-                raise RuntimeError(f"episode {record.id!r}: shard {self.root / _shard_name(record.shard)} is shorter "
-                                   "than the index says")
+                raise self._corrupt(position, record, "video", (start, start + length),
+                                    "the shard is shorter than the index says")
+            if self._verify_reads:  # per frame: exactly the bytes just read, no extra read
+                self._check_frames(position, record, start, start + length, memoryview(out).cast("B"))
             self.decoded_frames = length
             return out
+        if self._verify_reads:  # the GOPs the decoder will use, before it sees them
+            self._check_frames(position, record, start - start % self.chunk_size, start + length)
         video = self._video(position, record)
         keyframe = start - start % self.chunk_size
         got = self._decode_into(video, keyframe, start, out)
         if got < 0:  # the seek landed after `start` (unexpected file layout): decode from the beginning instead
+            if self._verify_reads:
+                self._check_frames(position, record, 0, start + length)
             got = self._decode_into(video, 0, start, out)
         if got != length:
             raise RuntimeError(f"episode {record.id!r} ({self.root / _shard_name(record.shard)}): decoded only "
@@ -752,3 +1028,64 @@ class EpisodeStore:
             if index + 1 >= end:
                 break
         return filled
+
+
+# --------------------------------------------------------------------------- verifying
+
+
+@dataclass
+class VerifyReport:
+    """What :func:`verify_store` found: ``problems`` is empty for an intact store."""
+
+    root: str
+    episodes: int = 0
+    frames: int = 0
+    # {episode (id or None for a file), position, shard, what, frames ([a, b) or None), message}
+    problems: list[dict] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def verify_store(root: str | Path) -> VerifyReport:
+    """Check a whole store: the index's size and sha256 and each shard's against the manifest, and every episode's
+    video units, container metadata, actions and mask rows against their CRC32 sums. A store that cannot be opened
+    (damaged manifest or index) is one problem."""
+    report = VerifyReport(str(root))
+
+    def problem(what: str, message: str, episode: str | None = None, position: int | None = None,
+                shard: str | None = None, frames: tuple[int, int] | None = None) -> None:
+        report.problems.append({"episode": episode, "position": position, "shard": shard, "what": what,
+                                "frames": list(frames) if frames else None, "message": message})
+
+    try:
+        store = EpisodeStore(root)
+    except (ValueError, OSError) as err:
+        problem("store", str(err))
+        return report
+    try:
+        index = store.manifest.get("index")
+        if isinstance(index, dict) and index.get("sha256") != _file_sha256(store.root / INDEX):
+            problem("index", f"{store.root / INDEX}: sha256 does not match the manifest", shard=INDEX)
+        for shard in store.manifest["shards"]:
+            path = store.root / shard["file"]
+            if not path.is_file():
+                problem("shard", f"{path} is missing", shard=shard["file"])
+            elif path.stat().st_size != shard["size"] or _file_sha256(path) != shard["sha256"]:
+                problem("shard", f"{path}: size or sha256 does not match the manifest (the episodes in it are "
+                        "checked one by one below)", shard=shard["file"])
+        for position in range(len(store)):
+            record = store.episodes[position]
+            report.episodes += 1
+            report.frames += record.length
+            try:
+                errors = store.verify_episode(position)
+            except OSError as err:
+                errors = [store._corrupt(position, record, "episode", None, f"cannot be read: {err}")]
+            for err in errors:
+                problem(err.what or "episode", str(err), episode=err.episode, position=err.position,
+                        shard=_shard_name(record.shard), frames=err.frames)
+    finally:
+        store.close()
+    return report

@@ -6,7 +6,7 @@ import hashlib
 import logging
 import math
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +17,11 @@ from hydra.errors import InstantiationException
 from hydra.utils import execution_whitelist, instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from minesweep.checkpoint_io import AtomicCheckpointIO
 from minesweep.host_memory import retain_freed_memory
 from minesweep.policies.base import MinePolicy
 from minesweep.policies.weights import load_policy_weights
+from minesweep.run_lock import owns_run_folder, run_lock
 from minesweep.sweeps.hooks import trainer_extras
 from minesweep.sweeps.jobs import record_job, save_final_metrics
 from minesweep.trainer import MineLightning
@@ -120,6 +122,9 @@ def build(cfg: DictConfig) -> tuple[L.Trainer, MineLightning, L.LightningDataMod
         callbacks = [instantiate(node) for node in (cfg.get("callbacks") or {}).values() if node]
         callbacks += sweep_callbacks  # sweep hook
         extra = dict(sweep_trainer_kwargs)  # sweep hook
+        if not cfg.trainer.get("plugins"):
+            # Checkpoints are written to a temporary file and renamed: never a partial file under a final name.
+            extra["plugins"] = [*extra.get("plugins", []), AtomicCheckpointIO()]
         if getattr(datamodule, "splits_ranks_itself", False):
             # The continuous and random-window samplers split the data across ranks themselves.
             extra["use_distributed_sampler"] = False
@@ -133,6 +138,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """Train once as ``cfg`` says; return the final metrics (train/*, val/* on the final weights)."""
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    # One run per folder: a second run with the same overrides (or another max_steps) is refused by name.
+    with run_lock(output_dir) if owns_run_folder() else nullcontext():
+        return _train(cfg, output_dir)
+
+
+def _train(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
     # Every run folder holds the composed config, also when train() is called without Hydra.
     OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
     L.seed_everything(cfg.seed, workers=True)

@@ -41,8 +41,8 @@ def stores(tmp_path_factory) -> list[Path]:
     return roots
 
 
-def start(run_dir: Path, record: Path, overrides: list[str]) -> subprocess.Popen:
-    env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+def start(run_dir: Path, record: Path, overrides: list[str], **env_vars: str) -> subprocess.Popen:
+    env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), **env_vars}
     return subprocess.Popen(
         [sys.executable, "-m", "tests.train_child", str(record), "--", *overrides, f"hydra.run.dir={run_dir}"],
         cwd=REPO, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -209,3 +209,45 @@ def test_graceful_stop_saves_the_step_it_ends_at_and_resumes_exactly(stores, tmp
 def test_graceful_stop_in_continuous_mode(stores, tmp_path):
     check_resumed_chain(tmp_path, [*BASE, f"data.root={stores[0]}", "data.episode_continuous_batch=true"],
                         kill_steps(4), sig=signal.SIGTERM)
+
+
+def test_a_second_run_in_the_same_folder_is_refused_while_the_first_trains(stores, tmp_path):
+    overrides = [*BASE, f"data.root={stores[0]}", "trainer.max_steps=1000"]
+    first = start(tmp_path / "run", tmp_path / "first.jsonl", overrides)
+    try:
+        deadline = time.time() + 300
+        while not records(tmp_path / "first.jsonl") and time.time() < deadline:
+            time.sleep(0.05)
+        # the same folder with another max_steps (not part of the folder name): refused, naming the holder
+        second = start(tmp_path / "run", tmp_path / "second.jsonl", [*overrides[:-1], "trainer.max_steps=20"])
+        out, _ = second.communicate(timeout=300)
+        assert second.returncode != 0
+        assert f"in use by another run (host {os.uname().nodename}, PID {first.pid}" in out, out[-2000:]
+        assert not records(tmp_path / "second.jsonl"), "the second run trained"
+        lock = json.loads((tmp_path / "run" / "run.lock").read_text())
+        assert lock["pid"] == first.pid, "the refused run must not touch the holder's lock"
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+    # the holder is gone (killed): its stale lock is taken over with a warning, and the run resumes
+    out = run_to_end(tmp_path / "run", tmp_path / "third.jsonl",
+                     [*overrides[:-1], "trainer.max_steps=12", "ckpt_path=last"])
+    assert "taking over the lock of a run that is gone" in out
+    assert not (tmp_path / "run" / "run.lock").exists(), "the lock is released at the end"
+
+
+def test_a_full_disk_while_checkpointing_leaves_no_partial_checkpoint_and_says_so_in_job_json(stores, tmp_path):
+    run_dir = tmp_path / "run"
+    # a checkpoint of this policy is ~2.5 MB: the limit lets logs and records be written, not a checkpoint
+    # (no loader workers: their shared-memory batches are files too)
+    proc = start(run_dir, tmp_path / "rec.jsonl", [*BASE, f"data.root={stores[0]}", "data.num_workers=0"],
+                 TEST_FILE_SIZE_LIMIT="400000")
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode != 0
+    checkpoints = list((run_dir / "checkpoints").iterdir()) if (run_dir / "checkpoints").exists() else []
+    for path in checkpoints:
+        assert not path.name.startswith("."), f"temporary file left behind: {path}"
+        torch.load(path, weights_only=True)  # anything under a final name is whole
+    job = json.loads((run_dir / "job.json").read_text())
+    assert job["state"] == "failed"
+    assert "could not save checkpoint" in job["reason"] and "checkpoints/" in job["reason"], job["reason"]

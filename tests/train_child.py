@@ -35,8 +35,20 @@ class BatchRecord(L.Callback):
             os.fsync(f.fileno())
 
 
+def limit_file_size(limit: int) -> None:
+    """Fault injection: no file written by this process may grow past ``limit`` bytes (EFBIG, as a full disk
+    gives ENOSPC: the write fails part way)."""
+    import resource
+    import signal
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # fail the write instead of killing the process
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+
 def main() -> None:
     record, overrides = sys.argv[1], sys.argv[3:]
+    if os.environ.get("TEST_FILE_SIZE_LIMIT"):
+        limit_file_size(int(os.environ["TEST_FILE_SIZE_LIMIT"]))
     build = train_module.build
 
     def build_with_record(cfg):

@@ -475,11 +475,24 @@ class MineDataModule(L.LightningDataModule):
         return RandomWindowSampler(lengths, dataset.span, num_samples, mode=self.sampling, episode_weights=weights,
                                    seed=self.seed, episodes=dataset.episode_indices)
 
+    def _check_trainer(self) -> None:
+        """Lightning's default DDP sampler wrapping would give each rank a shuffled subset of our batches (continuous
+        slots broken, windows dropped): refuse it by name. (``minesweep.train`` builds its Trainer without it.)"""
+        trainer = self.trainer
+        connector = getattr(trainer, "_accelerator_connector", None)
+        if trainer is not None and trainer.world_size > 1 and getattr(connector, "use_distributed_sampler", False):
+            raise RuntimeError(
+                f"MineDataModule gives each of the {trainer.world_size} DDP ranks its own batches itself; Lightning's "
+                f"default would wrap them in a DistributedSampler and break them. Build the trainer with "
+                f"L.Trainer(..., use_distributed_sampler=False)")
+
     def train_dataloader(self) -> DataLoader:
+        self._check_trainer()
         self.setup("fit")
         return self._loader(self.train_set, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
+        self._check_trainer()
         self.setup("validate")
         return self._loader(self.val_set, shuffle=False)
 

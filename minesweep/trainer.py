@@ -143,16 +143,36 @@ class MineLightning(L.LightningModule):
             del self._memory[key]
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Every DDP rank carries the memory of its own slots, and rank 0 writes the checkpoint: gather them all
+        # (saving is collective, so every rank is here) and keep them by rank.
         memory = self._memory.get("train")
         if memory is not None:
+            world = self.trainer.world_size if self._trainer is not None else 1
+
+            def by_rank(tensor: torch.Tensor) -> torch.Tensor:
+                if world == 1:
+                    return tensor.unsqueeze(0)
+                return self.trainer.strategy.all_gather(tensor).cpu()
+
             checkpoint["minesweep_train_memory"] = {
-                "state": list(memory.state), "episode": memory.episode, "window_index": memory.window_index
+                "ranks": world, "state": [by_rank(s) for s in memory.state],
+                "episode": by_rank(memory.episode), "window_index": by_rank(memory.window_index),
             }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         saved = checkpoint.get("minesweep_train_memory")
-        if saved is not None:
+        if saved is None:
+            return
+        if "ranks" not in saved:  # written before memory was kept per rank: one process
             self._memory["train"] = SlotMemory(list(saved["state"]), saved["episode"], saved["window_index"])
+            return
+        world = self.trainer.world_size if self._trainer is not None else 1
+        if saved["ranks"] != world:
+            raise ValueError(f"the checkpoint carries the memory of {saved['ranks']} rank(s), this run has {world}: "
+                             f"resume with the same number of devices (trainer.devices x trainer.num_nodes)")
+        rank = self.trainer.global_rank if self._trainer is not None else 0
+        self._memory["train"] = SlotMemory([s[rank] for s in saved["state"]], saved["episode"][rank],
+                                           saved["window_index"][rank])
 
     def on_train_end(self) -> None:
         # Lightning refreshes last.ckpt only after a validation; make it hold the final step, so a

@@ -114,11 +114,13 @@ def assert_same_state(a: Path, b: Path) -> None:
             same(x[key], y[key], key)
 
 
-def check_resumed_chain(tmp_path: Path, overrides: list[str], kills: list[int], sig: int = signal.SIGKILL) -> None:
+def check_resumed_chain(tmp_path: Path, overrides: list[str], kills: list[int], sig: int = signal.SIGKILL,
+                        ranks: int = 1) -> None:
     straight_dir, straight_rec = tmp_path / "straight", tmp_path / "straight.jsonl"
     run_to_end(straight_dir, straight_rec, overrides)
     expected = {r["step"]: r for r in records(straight_rec)}
     assert sorted(expected) == list(range(1, 41)), "the uninterrupted run trains steps 1..40 once each"
+    expected_ranks = [{r["step"]: r for r in records(straight_rec, rank)} for rank in range(ranks)]
 
     cut_dir = tmp_path / "cut"
     trained: dict[int, dict] = {}
@@ -130,6 +132,11 @@ def check_resumed_chain(tmp_path: Path, overrides: list[str], kills: list[int], 
         else:
             code, out = run_and_kill(cut_dir, record, overrides + resume, at_step, sig)
             assert code != 0, f"the run was not interrupted at step {at_step}:\n{out[-2000:]}"
+        for rank in range(1, ranks):  # every rank trains what it trained in the uninterrupted run
+            for r in records(record, rank):
+                e = expected_ranks[rank][r["step"]]
+                assert (r["episode"], r["window"], r["start"], r["loss"]) == (e["episode"], e["window"], e["start"], e["loss"]), \
+                    f"rank {rank}, step {r['step']}: another batch or loss than the uninterrupted run"
         got = records(record)
         first = got[0]["step"]
         # a resumed segment starts right after the checkpoint's step
@@ -251,3 +258,27 @@ def test_a_full_disk_while_checkpointing_leaves_no_partial_checkpoint_and_says_s
     job = json.loads((run_dir / "job.json").read_text())
     assert job["state"] == "failed"
     assert "could not save checkpoint" in job["reason"] and "checkpoints/" in job["reason"], job["reason"]
+
+
+def test_sigkill_of_a_two_rank_ddp_run_then_resume(stores, tmp_path):
+    """Both ranks (ddp_spawn, gloo) are killed with the whole process group; resumed on two ranks, each continues
+    with its own next batch (continuous mode: each rank's slots carry memory)."""
+    ddp = ["trainer.strategy=ddp_spawn_find_unused_parameters_true", "trainer.devices=2", "data.num_workers=0",
+           "data.episode_continuous_batch=true", "data.batch_size=2"]
+    check_resumed_chain(tmp_path, [*BASE, f"data.root={stores[0]}", *ddp], kill_steps(11, n=1), ranks=2)
+
+
+def test_a_plain_lightning_trainer_under_ddp_is_refused_with_the_setting_to_change(stores, tmp_path):
+    import lightning as L
+
+    from minesweep.objectives import BehaviorCloneCallback
+    from minesweep.policies.tiny import TinyPolicy
+    from minesweep.trainer import MineLightning
+
+    dm = MineDataModule(str(stores[0]), win_len=8, batch_size=2, num_workers=0, episode_continuous_batch=True)
+    module = MineLightning(TinyPolicy(hidsize=32), {"bc": BehaviorCloneCallback()})
+    trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn_find_unused_parameters_true", max_steps=2,
+                        logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        default_root_dir=str(tmp_path))  # Lightning's default: use_distributed_sampler=True
+    with pytest.raises(Exception, match="use_distributed_sampler=False"):
+        trainer.fit(module, datamodule=dm)

@@ -41,6 +41,20 @@ def stores(tmp_path_factory) -> list[Path]:
     return roots
 
 
+@pytest.fixture(scope="module")
+def varied_store(tmp_path_factory) -> Path:
+    """Episodes of different lengths: packings (and, naively, epoch lengths) differ from epoch to epoch."""
+    from minesweep.data.ingest import ingest
+    from minesweep.data.synth import write_synthetic_episode
+
+    raw = tmp_path_factory.mktemp("varied_raw")
+    for i, frames in enumerate([37, 22, 51, 64, 15, 80, 33, 47, 29, 70]):
+        write_synthetic_episode(raw, f"ep{i}", frames=frames, seed=i, width=96, height=64)
+    root = tmp_path_factory.mktemp("varied") / "store"
+    ingest(raw, root, resolution=(64, 64), print_summary=False)
+    return root
+
+
 def start(run_dir: Path, record: Path, overrides: list[str], **env_vars: str) -> subprocess.Popen:
     env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), **env_vars}
     return subprocess.Popen(
@@ -282,3 +296,25 @@ def test_a_plain_lightning_trainer_under_ddp_is_refused_with_the_setting_to_chan
                         default_root_dir=str(tmp_path))  # Lightning's default: use_distributed_sampler=True
     with pytest.raises(Exception, match="use_distributed_sampler=False"):
         trainer.fit(module, datamodule=dm)
+
+
+def test_continuous_training_serves_every_window_once_in_every_epoch(varied_store, tmp_path):
+    """Through Lightning (which fixes the epoch length from the first epoch): each complete epoch of a real run
+    trains every window of every training episode exactly once, whatever that epoch's packing."""
+    from minesweep.data.datamodule import split_episodes
+    from minesweep.data.store import EpisodeStore
+
+    run_to_end(tmp_path / "run", tmp_path / "rec.jsonl",
+               [*BASE, f"data.root={varied_store}", "data.episode_continuous_batch=true", "trainer.max_steps=60"])
+    store = EpisodeStore(varied_store)
+    train, _ = split_episodes(len(store), 0.125, 0)
+    # brute force: window w of episode e covers frames [16w, 16w + 16)
+    every_window = sorted((e, w) for e in train for w in range(-(-int(store.lengths[e]) // 16)))
+    by_epoch: dict[int, list] = {}
+    for r in records(tmp_path / "rec.jsonl"):
+        by_epoch.setdefault(r["epoch"], []).extend(
+            (e, w) for e, w, s in zip(r["episode"], r["window"], r["start"]) if e >= 0 and s == 16 * w)
+    complete = [epoch for epoch in sorted(by_epoch) if epoch < max(by_epoch)]
+    assert len(complete) >= 4
+    for epoch in complete:
+        assert sorted(by_epoch[epoch]) == every_window, f"epoch {epoch} dropped or repeated windows"

@@ -128,10 +128,22 @@ def assert_same_state(a: Path, b: Path) -> None:
             same(x[key], y[key], key)
 
 
+_STRAIGHT: dict[tuple[str, ...], tuple[Path, Path]] = {}
+
+
+def straight_run(tmp_path: Path, overrides: list[str]) -> tuple[Path, Path]:
+    """The uninterrupted run of these overrides (run once per test session: several tests compare with it)."""
+    key = tuple(overrides)
+    if key not in _STRAIGHT:
+        run_dir, record = tmp_path / "straight", tmp_path / "straight.jsonl"
+        run_to_end(run_dir, record, overrides)
+        _STRAIGHT[key] = run_dir, record
+    return _STRAIGHT[key]
+
+
 def check_resumed_chain(tmp_path: Path, overrides: list[str], kills: list[int], sig: int = signal.SIGKILL,
                         ranks: int = 1) -> None:
-    straight_dir, straight_rec = tmp_path / "straight", tmp_path / "straight.jsonl"
-    run_to_end(straight_dir, straight_rec, overrides)
+    straight_dir, straight_rec = straight_run(tmp_path, overrides)
     expected = {r["step"]: r for r in records(straight_rec)}
     assert sorted(expected) == list(range(1, 41)), "the uninterrupted run trains steps 1..40 once each"
     expected_ranks = [{r["step"]: r for r in records(straight_rec, rank)} for rank in range(ranks)]
@@ -201,8 +213,8 @@ def test_sigkill_with_a_store_mixture(stores, tmp_path):
 def test_a_finished_run_extended_to_more_steps_continues_exactly(stores, tmp_path, mode):
     """max_steps reached mid-epoch: last.ckpt at train end; the same command with a larger max_steps continues."""
     overrides = [*BASE, f"data.root={stores[0]}", *mode]
-    run_to_end(tmp_path / "straight", tmp_path / "straight.jsonl", overrides)
-    expected = {r["step"]: r for r in records(tmp_path / "straight.jsonl")}
+    straight_dir, straight_rec = straight_run(tmp_path, overrides)
+    expected = {r["step"]: r for r in records(straight_rec)}
     short = [o for o in overrides if not o.startswith("trainer.max_steps")] + ["trainer.max_steps=15"]
     run_to_end(tmp_path / "cut", tmp_path / "short.jsonl", short)
     assert saved_step(tmp_path / "cut") == 15
@@ -212,7 +224,7 @@ def test_a_finished_run_extended_to_more_steps_continues_exactly(stores, tmp_pat
     for r in got:
         e = expected[r["step"]]
         assert (r["episode"], r["window"], r["start"], r["loss"]) == (e["episode"], e["window"], e["start"], e["loss"]), r["step"]
-    assert_same_state(tmp_path / "straight", tmp_path / "cut")
+    assert_same_state(straight_dir, tmp_path / "cut")
 
 
 @pytest.mark.parametrize("mode", [["data.sampling=grid"], ["data.episode_continuous_batch=true"]],

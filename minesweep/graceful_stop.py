@@ -155,9 +155,10 @@ class GracefulStop(L.Callback):
         path = last_checkpoint_path(trainer)
         started = time.time()
         trainer.save_checkpoint(path)
-        log.warning("%s: saved %s at step %d in %.1fs", signal.Signals(signum).name, path, trainer.global_step,
-                    time.time() - started)
-        if signum == self._preemption:
+        preempted = signum == self._preemption
+        log.warning("%s: saved %s at step %d in %.1fs%s", "preemption" if preempted else signal.Signals(signum).name,
+                    path, trainer.global_step, time.time() - started, "; handing over to submitit" if preempted else "")
+        if preempted:
             self._hand_over()
             if trainer.global_rank != 0:
                 # Submitit requeues from rank 0 and the requeue ends this task; stepping on alone would only block

@@ -35,7 +35,7 @@ from minesweep.envs.crafter import ACHIEVEMENTS, CrafterEnv, agent_to_action
 from minesweep.envs.crafter_record import EpisodeResult, Player, play_episode
 from minesweep.policies.base import MinePolicy
 
-__all__ = ["PolicyPlayer", "evaluate_players", "summarize", "plot_achievements", "evaluate_checkpoint", "main"]
+__all__ = ["load_policy", "PolicyPlayer", "evaluate_players", "summarize", "plot_achievements", "evaluate_checkpoint", "main"]
 
 log = logging.getLogger("minesweep")
 
@@ -177,13 +177,13 @@ def _saved_policy_config(checkpoint: Path) -> dict | None:
     return dict(config) if config is not None else None
 
 
-def _policy_config(cfg: DictConfig, checkpoint: Path) -> tuple[Any, str]:
+def _policy_config(cfg: DictConfig | None, checkpoint: Path) -> tuple[Any, str]:
     """The policy config to build ``checkpoint``'s policy from, and where it came from (for refusals):
 
     1. the config stored inside the checkpoint (every checkpoint minesweep writes has one);
     2. for older checkpoints, ``<run>/config.yaml`` beside ``<run>/checkpoints/``: a file anyone with access to
        the run folder may have edited, so it is untrusted like any config (build_policy checks its targets);
-    3. else ``policy`` in the composed config.
+    3. else ``policy`` in ``cfg`` (the composed config), when given.
     """
     saved = _saved_policy_config(checkpoint)
     if saved is not None:
@@ -196,11 +196,15 @@ def _policy_config(cfg: DictConfig, checkpoint: Path) -> tuple[Any, str]:
             raise KeyError(f"{run_config}: no 'policy' section to build the checkpoint's policy from")
         log.info("policy config from %s (the checkpoint holds none)", run_config)
         return saved_run.policy, f"{run_config}: policy"
+    if cfg is None:
+        raise ValueError(f"{checkpoint} holds no policy config (an older checkpoint) and has no run config.yaml beside "
+                         f"its folder: pass the policy's config")
     return cfg.policy, "policy"
 
 
-def load_policy(cfg: DictConfig, checkpoint: str | Path) -> MinePolicy:
-    """Build the policy for ``checkpoint`` (see :func:`_policy_config`) and load its weights strictly."""
+def load_policy(cfg: DictConfig | None, checkpoint: str | Path) -> MinePolicy:
+    """Build the policy for ``checkpoint`` (see :func:`_policy_config`; ``cfg=None``: from the checkpoint alone)
+    and load its weights strictly."""
     from minesweep.train import build_policy
 
     checkpoint = Path(checkpoint)

@@ -199,6 +199,12 @@ def test_checkpoint_carries_its_policy_config_and_eval_ignores_the_side_file(tra
     policy = load_policy(eval_cfg(), run / "checkpoints" / "last.ckpt")
     assert type(policy).__name__ == "TinyPolicy" and policy.hidsize == 24  # not the composed default (64/128)
     assert not marker.exists()
+    assert load_policy(None, ckpt).hidsize == 24  # the checkpoint alone is enough
+
+
+def test_an_older_checkpoint_alone_is_a_clear_error(tmp_path: Path):
+    with pytest.raises(ValueError, match="holds no policy config"):
+        load_policy(None, legacy_checkpoint(tmp_path / "run"))
 
 
 def legacy_checkpoint(run: Path) -> Path:

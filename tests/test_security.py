@@ -406,3 +406,12 @@ def test_entry_points_extend_the_allow_list(tmp_path: Path, monkeypatch):
     check_target("collections.OrderedDict", "k")
     with pytest.raises(RefusedTarget):
         check_target("collections.Counter", "k")
+
+
+def test_optuna_custom_search_space_is_a_search_space_function():
+    from minesweep.sweeps.optuna_sweeper import OptunaSweeper
+
+    sweeper = OptunaSweeper(sampler=None, custom_search_space="minesweep.sweeps.search_space.objective_weights")
+    assert sweeper.custom_search_space is not None
+    with pytest.raises(InstantiationException, match="whitelist"):
+        OptunaSweeper(sampler=None, custom_search_space="minesweep.train.train")

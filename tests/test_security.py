@@ -415,3 +415,11 @@ def test_optuna_custom_search_space_is_a_search_space_function():
     assert sweeper.custom_search_space is not None
     with pytest.raises(InstantiationException, match="whitelist"):
         OptunaSweeper(sampler=None, custom_search_space="minesweep.train.train")
+
+
+def test_own_conf_joins_through_hydra_searchpath(my_project: Path):
+    conf = my_project / "myproject" / "conf"
+    with initialize_config_dir(config_dir=str(CONF_DIR)):
+        cfg = compose("train", overrides=[f"hydra.searchpath=[file://{conf}]", "objective=[bc,mine]", "policy=mine"])
+    assert cfg.objective.mine._target_ == "myproject.losses.MyBC"
+    assert cfg.policy._target_ == "myproject.policies.MyPolicy"

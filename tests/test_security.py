@@ -150,6 +150,16 @@ def test_hydra_callback_is_refused_before_anything_runs(tmp_path: Path, evil_pic
     assert not run_dir.exists()  # refused before Hydra made the job folder: nothing of the run started
 
 
+@pytest.mark.slow
+def test_hydra_logging_factory_is_refused(tmp_path: Path, evil_pickle: Path, marker: Path):
+    """Hydra's logging config (dictConfig 'class'/'()' factories) is built under the same @hydra.main whitelist."""
+    result = run_train(f"+hydra.job_logging.handlers.evil={{class:torch.load,f:{evil_pickle},weights_only:false}}",
+                       "logger=csv", f"hydra.run.dir={tmp_path / 'run'}")
+    assert result.returncode != 0
+    assert "'torch.load'" in result.stderr and "hydra.logging" in result.stderr, result.stderr[-3000:]
+    assert not marker.exists()
+
+
 # -- door 3: a run folder's config.yaml, a checkpoint's stored config ------------------------------------------------
 
 

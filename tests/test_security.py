@@ -1,7 +1,10 @@
 """Configs, run folders and checkpoints must not run code: each door attacked with a payload that writes a marker file.
 
 Every attack test asserts that the marker does NOT appear and that the refusal names the config key and the target.
-(Re-allowing ``torch.*`` and emptying REFUSED_TARGETS in minesweep.allowed_targets turns these tests red.)
+Mutation-checked: restoring the old allow-list in minesweep.allowed_targets (``torch.*`` admitted, REFUSED_TARGETS
+empty, ``pkg.*`` admitting functions) turns the door-1 and door-3 tests red with the marker written; ``hydra_whitelist``
+returning None (no whitelist on @hydra.main) turns the Hydra callback and logging tests red. Adding ``torch.*`` alone
+does not: REFUSED_TARGETS and the classes-only rule each still refuse ``torch.load``.
 """
 
 from __future__ import annotations

@@ -3,8 +3,10 @@
     minesweep-eval eval.checkpoint=outputs/demo/runs/default/checkpoints/last.ckpt [eval.episodes=30 ...]
 
 Arguments are Hydra overrides of ``conf/train.yaml`` (its ``eval`` group, ``conf/eval/crafter.yaml``). The policy is
-built from the ``config.yaml`` of the checkpoint's run folder when there is one (so training-time overrides such as
-``policy.hidsize`` apply), else from ``policy`` in the composed config. Every player plays the same held-out worlds
+built from the policy config stored inside the checkpoint (so training-time overrides such as ``policy.hidsize``
+apply, and no side file is trusted); for older checkpoints from the ``config.yaml`` of the checkpoint's run folder,
+checked against the same allow-list as any config (minesweep.allowed_targets), else from ``policy`` in the composed
+config. Every player plays the same held-out worlds
 ``eval.first_seed + i``; the policy acts on one frame at a time with its memory carried from step to step
 (``get_action`` from ``initial_state``). Writes to ``eval.output_dir`` (default: ``eval/`` in the run folder):
 
@@ -28,11 +30,12 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from minesweep.allowed_targets import RefusedTarget
 from minesweep.envs.crafter import ACHIEVEMENTS, CrafterEnv, agent_to_action
 from minesweep.envs.crafter_record import EpisodeResult, Player, play_episode
 from minesweep.policies.base import MinePolicy
 
-__all__ = ["PolicyPlayer", "evaluate_players", "summarize", "plot_achievements", "evaluate_checkpoint", "main"]
+__all__ = ["load_policy", "PolicyPlayer", "evaluate_players", "summarize", "plot_achievements", "evaluate_checkpoint", "main"]
 
 log = logging.getLogger("minesweep")
 
@@ -156,36 +159,70 @@ def plot_achievements(summaries: Mapping[str, Mapping[str, Any]], path: str | Pa
     return path
 
 
-def _policy_config(cfg: DictConfig, checkpoint: Path) -> DictConfig:
-    """The policy section of the checkpoint's run (``<run>/config.yaml`` beside ``<run>/checkpoints/``), else cfg's."""
+def _saved_policy_config(checkpoint: Path) -> dict | None:
+    """The policy config MineLightning stored in ``checkpoint`` (``minesweep_policy_config``), or None (an older
+    checkpoint, a plain state dict). Read with ``weights_only=True``: the checkpoint is data, never code."""
+    from minesweep.trainer import POLICY_CONFIG_KEY
+
+    try:
+        try:
+            saved = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)  # tensors stay on disk
+        except RuntimeError:  # mmap needs the zip format; older files are read whole
+            saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except Exception as error:  # unpickling refused or not a torch file
+        raise ValueError(f"eval.checkpoint: cannot read {checkpoint} as a tensor-only torch file: {error}") from error
+    config = saved.get(POLICY_CONFIG_KEY) if isinstance(saved, Mapping) else None
+    if config is not None and not isinstance(config, Mapping):
+        raise ValueError(f"eval.checkpoint: {checkpoint}'s '{POLICY_CONFIG_KEY}' is a {type(config).__name__}, not a dict")
+    return dict(config) if config is not None else None
+
+
+def _policy_config(cfg: DictConfig | None, checkpoint: Path) -> tuple[Any, str]:
+    """The policy config to build ``checkpoint``'s policy from, and where it came from (for refusals):
+
+    1. the config stored inside the checkpoint (every checkpoint minesweep writes has one);
+    2. for older checkpoints, ``<run>/config.yaml`` beside ``<run>/checkpoints/``: a file anyone with access to
+       the run folder may have edited, so it is untrusted like any config (build_policy checks its targets);
+    3. else ``policy`` in ``cfg`` (the composed config), when given.
+    """
+    saved = _saved_policy_config(checkpoint)
+    if saved is not None:
+        log.info("policy config from the checkpoint %s", checkpoint)
+        return saved, f"{checkpoint}: minesweep_policy_config"
     run_config = checkpoint.resolve().parent.parent / "config.yaml"
     if run_config.is_file():
-        saved = OmegaConf.load(run_config)
-        if "policy" not in saved:
+        saved_run = OmegaConf.load(run_config)
+        if "policy" not in saved_run:
             raise KeyError(f"{run_config}: no 'policy' section to build the checkpoint's policy from")
-        log.info("policy config from %s", run_config)
-        return saved.policy
-    return cfg.policy
+        log.info("policy config from %s (the checkpoint holds none)", run_config)
+        return saved_run.policy, f"{run_config}: policy"
+    if cfg is None:
+        raise ValueError(f"{checkpoint} holds no policy config (an older checkpoint) and has no run config.yaml beside "
+                         f"its folder: pass the policy's config")
+    return cfg.policy, "policy"
 
 
-def load_policy(cfg: DictConfig, checkpoint: str | Path) -> MinePolicy:
-    """Build the policy for ``checkpoint`` (see :func:`_policy_config`) and load its weights strictly."""
+def load_policy(cfg: DictConfig | None, checkpoint: str | Path) -> MinePolicy:
+    """Build the policy for ``checkpoint`` (see :func:`_policy_config`; ``cfg=None``: from the checkpoint alone)
+    and load its weights strictly."""
     from minesweep.train import build_policy
 
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
         raise FileNotFoundError(f"eval.checkpoint: no checkpoint file at {checkpoint}")
-    policy_cfg = OmegaConf.create(OmegaConf.to_container(_policy_config(cfg, checkpoint), resolve=True))
+    policy_cfg, source = _policy_config(cfg, checkpoint)
+    policy_cfg = OmegaConf.create(OmegaConf.to_container(policy_cfg, resolve=True) if OmegaConf.is_config(policy_cfg)
+                                  else policy_cfg)
     policy_cfg.weights = str(checkpoint)
-    return build_policy(policy_cfg).eval()
+    return build_policy(policy_cfg, key=source).eval()
 
 
-def _instantiate(node: Any) -> Any:
-    from hydra.utils import execution_whitelist, instantiate
+def _instantiate(node: Any, key: str) -> Any:
+    from hydra.utils import instantiate
 
-    from minesweep.train import ALLOWED_TARGETS
+    from minesweep.allowed_targets import only_allowed
 
-    with execution_whitelist(ALLOWED_TARGETS, reset=True):
+    with only_allowed(node, key):
         return instantiate(node)
 
 
@@ -198,13 +235,13 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
     policy = load_policy(cfg, checkpoint)
     out = Path(ev.output_dir) if ev.get("output_dir") else checkpoint.resolve().parent.parent / "eval"
     out.mkdir(parents=True, exist_ok=True)
-    env_factory = _instantiate(ev.env)
+    env_factory = _instantiate(ev.env, "eval.env")
     seeds = [int(ev.first_seed) + i for i in range(int(ev.episodes))]
     players: dict[str, Any] = {"policy": PolicyPlayer(policy, deterministic=ev.deterministic,
                                                       video_frames=ev.get("video_frames", False))}
     for name, node in (ev.get("baselines") or {}).items():
         if node is not None:
-            players[name] = _instantiate(node)
+            players[name] = _instantiate(node, f"eval.baselines.{name}")
 
     video = ev.get("video") or {}
     writer_box: list = []
@@ -290,7 +327,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         report = evaluate_checkpoint(compose_config(args))
-    except (FileNotFoundError, ValueError, KeyError) as err:
+    except (FileNotFoundError, ValueError, KeyError, RefusedTarget) as err:
         print(f"minesweep-eval: {err}", file=sys.stderr)
         return 1
     print_report(report)

@@ -14,9 +14,10 @@ import hydra
 import lightning as L
 import torch
 from hydra.errors import InstantiationException
-from hydra.utils import execution_whitelist, instantiate
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from minesweep import allowed_targets
 from minesweep.checkpoint_io import AtomicCheckpointIO
 from minesweep.host_memory import retain_freed_memory
 from minesweep.policies.base import MinePolicy
@@ -24,15 +25,15 @@ from minesweep.policies.weights import load_policy_weights
 from minesweep.run_lock import owns_run_folder, run_lock
 from minesweep.sweeps.hooks import trainer_extras
 from minesweep.sweeps.jobs import record_job, save_final_metrics
-from minesweep.trainer import MineLightning
+from minesweep.trainer import POLICY_CONFIG_KEY, MineLightning
 
 log = logging.getLogger("minesweep")
 
 #: The experiment configs (an absolute path, so the console script works from any folder).
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
-#: Configs are the security boundary: only these packages may be instantiated from a config.
-ALLOWED_TARGETS = ("minesweep.*", "torch.*", "lightning.*")
+#: Configs are the security boundary: what a config may build (minesweep.allowed_targets).
+ALLOWED_TARGETS = allowed_targets.ALLOWED_TARGETS
 
 
 
@@ -71,12 +72,20 @@ def resolve_checkpoint(ckpt_path: str | None, output_dir: Path) -> str | None:
     return ckpt_path
 
 
-def build_policy(policy_cfg: DictConfig) -> MinePolicy:
-    """Instantiate the policy; ``weights`` (a state dict or a minesweep checkpoint) loads strictly."""
-    policy_cfg = OmegaConf.create(OmegaConf.to_container(policy_cfg, resolve=True))
+def build_policy(policy_cfg: DictConfig | dict, key: str = "policy") -> MinePolicy:
+    """Instantiate the policy; ``weights`` (a state dict or a minesweep checkpoint) loads strictly.
+
+    ``key`` names where the config came from in a refusal (e.g. a checkpoint or a run folder's config.yaml).
+    The policy keeps its config (resolved, without ``weights``) as ``minesweep_policy_config``: MineLightning
+    stores it in every checkpoint, so minesweep-eval rebuilds the policy from the checkpoint alone."""
+    policy_cfg = OmegaConf.create(
+        OmegaConf.to_container(policy_cfg, resolve=True) if OmegaConf.is_config(policy_cfg) else dict(policy_cfg)
+    )
     weights = policy_cfg.pop("weights", None)
-    with execution_whitelist(ALLOWED_TARGETS, reset=True):  # also when called outside build()
+    # Checked also when called outside build(): eval and user code pass configs they did not write.
+    with allowed_targets.only_allowed(policy_cfg, key):
         policy = instantiate(policy_cfg)
+    setattr(policy, POLICY_CONFIG_KEY, OmegaConf.to_container(policy_cfg))
     if weights:
         load_policy_weights(policy, weights)
         log.info("loaded policy weights from %s", weights)
@@ -85,15 +94,15 @@ def build_policy(policy_cfg: DictConfig) -> MinePolicy:
 
 @contextmanager
 def explain_refused_targets() -> Iterator[None]:
+    """Hydra's own whitelist (the second lock) refuses in Hydra's words: add what minesweep allows and how to extend it."""
     try:
         yield
+    except allowed_targets.RefusedTarget:
+        raise
     except InstantiationException as error:
         if "whitelist" not in str(error):
             raise
-        raise InstantiationException(
-            f"{error}\nminesweep instantiates only targets under {', '.join(ALLOWED_TARGETS)} from a config; "
-            f"wrap anything else in a class of your own under minesweep."
-        ) from error
+        raise InstantiationException(f"{error}\n{allowed_targets.describe_allow_list()}") from error
 
 
 def build(cfg: DictConfig) -> tuple[L.Trainer, MineLightning, L.LightningDataModule]:
@@ -105,7 +114,7 @@ def build(cfg: DictConfig) -> tuple[L.Trainer, MineLightning, L.LightningDataMod
     sweep_callbacks, sweep_trainer_kwargs = trainer_extras(cfg)
     if cfg.get("retain_host_memory", True):
         retain_freed_memory()  # a process setting: later CPU steps reuse pages instead of faulting them in
-    with execution_whitelist(ALLOWED_TARGETS, reset=True), explain_refused_targets():
+    with allowed_targets.only_allowed(cfg), explain_refused_targets():  # every _target_ in cfg checked first
         datamodule = instantiate(cfg.data)
         policy = build_policy(cfg.policy)
         if not cfg.get("objective"):
@@ -186,7 +195,8 @@ def finish_wandb() -> None:
         wandb.finish()
 
 
-@hydra.main(config_path=str(CONF_DIR), config_name="train")
+# Hydra builds hydra.callbacks (and logging factories) before main runs: only the user's trusted extensions.
+@hydra.main(config_path=str(CONF_DIR), config_name="train", execution_whitelist=allowed_targets.hydra_whitelist())
 @record_job  # sweep hook: job.json / error.log in the job folder, the Optuna trial's outcome
 def main(cfg: DictConfig) -> float | None:
     metrics = train(cfg)

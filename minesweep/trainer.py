@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
@@ -39,6 +40,10 @@ def warmup_schedule(warmup_steps: int, total_steps: int | None, lr_schedule: str
         return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
     return factor
+
+
+#: Where a checkpoint holds its policy's config (a plain dict): minesweep-eval rebuilds the policy from it alone.
+POLICY_CONFIG_KEY = "minesweep_policy_config"
 
 
 class MineLightning(L.LightningModule):
@@ -143,6 +148,10 @@ class MineLightning(L.LightningModule):
             del self._memory[key]
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Set by minesweep.train.build_policy: plain data, so the checkpoint still loads with weights_only=True.
+        policy_config = getattr(self.mine_policy, POLICY_CONFIG_KEY, None)
+        if policy_config is not None:
+            checkpoint[POLICY_CONFIG_KEY] = copy.deepcopy(policy_config)
         # Every DDP rank carries the memory of its own slots, and rank 0 writes the checkpoint: gather them all
         # (saving is collective, so every rank is here) and keep them by rank.
         memory = self._memory.get("train")

@@ -69,9 +69,9 @@ def test_config_typo_is_a_clear_error():
 def test_forbidden_target_is_refused(tmp_path: Path, key, target):
     cfg = compose_train(["logger=csv", f"paths.output_dir={tmp_path}", f"data.root={tmp_path}/store"])
     OmegaConf.update(cfg, f"{key}._target_", target, force_add=True)
-    with pytest.raises(InstantiationException, match="whitelist") as info:
+    with pytest.raises(InstantiationException, match="allow-list") as info:
         build(cfg)
-    assert target in str(info.value)
+    assert target in str(info.value) and f"'{key}'" in str(info.value)
 
 
 def test_run_folder_names_are_flat_short_and_distinct():

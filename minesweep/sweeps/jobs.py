@@ -10,8 +10,8 @@
 
 ``record_job`` decorates the Hydra task function (``minesweep.train.main``), so it sees every job end,
 the failed ones included. At the end of an Optuna trial it also tells the trial's outcome to the
-study (``minesweep.sweeps.trial``). (A Hydra callback in ``hydra.callbacks`` would do the same, but
-Hydra instantiates those outside any execution whitelist, with a deprecation warning on every run.)
+study (``minesweep.sweeps.trial``). (A Hydra callback in ``hydra.callbacks`` would do the same, but Hydra builds
+those before our code runs, so ``@hydra.main`` admits none of ours there: see minesweep.allowed_targets.)
 """
 
 from __future__ import annotations

@@ -11,7 +11,8 @@ Built on hydra-optuna-sweeper's search-space parsing, with what a long search on
   and the sweep goes on; it stops only when more than ``max_failure_rate`` of its trials failed.
 - **Jobs know their trial**: ``hydra.job.env_set.MINESWEEP_OPTUNA_TRIAL`` (not part of the job folder
   name); job numbers are trial numbers, so trial N trains in ``<sweep dir>/N_<overrides>``.
-- ``custom_search_space`` is instantiated only from ``minesweep.*`` (configs are a security boundary);
+- ``custom_search_space`` is instantiated only from ``minesweep.sweeps.search_space.*`` and the user's trusted
+  extensions (minesweep.allowed_targets; configs are a security boundary);
   samplers only from ``optuna.samplers.*``, pruners only from ``optuna.pruners.*``.
 
 Trials tell their own outcome from the job (``minesweep.sweeps.jobs``); the sweeper tells the ones a
@@ -37,7 +38,9 @@ log = logging.getLogger(__name__)
 
 SAMPLERS = ("optuna.samplers.*", "hydra_plugins.hydra_optuna_sweeper.*")
 PRUNERS = ("optuna.pruners.*",)
-SEARCH_SPACES = ("minesweep.*",)
+# Functions called with (cfg, trial): only those written as search spaces, not any minesweep function. The user's
+# own (MINESWEEP_ALLOWED_TARGETS) join through @hydra.main's whitelist, which this one adds to.
+SEARCH_SPACES = ("minesweep.sweeps.search_space.*",)
 
 
 class OptunaSweeper(Sweeper):

@@ -1000,7 +1000,7 @@ class EpisodeStore:
     def read_frames(self, episode: int | str, start: int, length: int, out: np.ndarray | None = None) -> np.ndarray:
         """Frames ``[start, start + length)`` of an episode as uint8 ``(length, H, W, 3)``, written into ``out`` (a
         C-contiguous array of that shape, e.g. a slice of a shared-memory batch) when given. The chunks read are
-        checked against their CRC32 first (h264: the GOPs decoded; raw: the frames): :class:`CorruptDataError`."""
+        checked against their checksums first (h264: the GOPs decoded; raw: the frames): :class:`CorruptDataError`."""
         self._own_handles()
         position = self.position(episode)
         record = self.episodes[position]

@@ -150,6 +150,7 @@ def check_resumed_chain(tmp_path: Path, overrides: list[str], kills: list[int], 
 
     cut_dir = tmp_path / "cut"
     trained: dict[int, dict] = {}
+    resumed_from = 0  # the step of the checkpoint the next segment starts from
     for segment, at_step in enumerate([*kills, None]):
         record = tmp_path / f"segment{segment}.jsonl"
         resume = ["ckpt_path=last"] if segment else []

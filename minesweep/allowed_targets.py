@@ -17,7 +17,9 @@ variable :data:`ENV_VAR` (``MINESWEEP_ALLOWED_TARGETS="myproject.*"``) and entry
 
 Hydra's own execution whitelist stays on as the second lock (it rechecks what a dotted name resolves to);
 :func:`hydra_whitelist` is what ``@hydra.main`` gets, so Hydra's callbacks (``hydra.callbacks``) and logging
-factories, which Hydra builds before our code runs, admit only the user's trusted extensions.
+factories, which Hydra builds before our code runs, admit only the user's trusted extensions. Hydra builds its
+callbacks in their config order and ours is first (conf/train.yaml): :class:`HydraCallbacksChecked` checks the
+others while it is built, so that a refusal names our allow-list, not only Hydra's whitelist.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ __all__ = [
     "only_allowed",
     "hydra_whitelist",
     "describe_allow_list",
+    "HydraCallbacksChecked",
 ]
 
 ENV_VAR = "MINESWEEP_ALLOWED_TARGETS"
@@ -84,11 +87,10 @@ _PATTERN = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*(\.\*)?$")
 class RefusedTarget(InstantiationException):
     """A config names a ``_target_`` that minesweep does not build; says the key, the target and the allow-list."""
 
-    def __init__(self, key: str, target: str, reason: str) -> None:
+    def __init__(self, key: str, target: str, reason: str, allow_list: str | None = None) -> None:
         self.key, self.target, self.reason = key, target, reason
-        super().__init__(
-            f"config key '{key or '<root>'}': _target_ '{target}' is refused: {reason}.\n{describe_allow_list()}"
-        )
+        super().__init__(f"config key '{key or '<root>'}': _target_ '{target}' is refused: {reason}.\n"
+                         f"{allow_list or describe_allow_list()}")
 
 
 def _under(name: str, prefix: str) -> bool:
@@ -145,8 +147,8 @@ def allowed_targets() -> tuple[str, ...]:
 
 def hydra_whitelist() -> tuple[str, ...]:
     """For ``@hydra.main(execution_whitelist=...)``: what Hydra may build before our code runs (``hydra.callbacks``,
-    logging factories). None of ours: minesweep has no Hydra callbacks; only the user's own extensions."""
-    return extension_targets()
+    logging factories): the user's own extensions, and :class:`HydraCallbacksChecked`, which checks them."""
+    return (f"{__name__}.HydraCallbacksChecked", *extension_targets())
 
 
 def describe_allow_list(patterns: Sequence[str] | None = None) -> str:
@@ -176,39 +178,45 @@ def _resolved_name(obj: Any) -> str | None:
     return f"{module}.{qualname}" if isinstance(module, str) and isinstance(qualname, str) else None
 
 
-def check_target(target: str, key: str = "", patterns: Sequence[str] | None = None) -> None:
+def check_target(target: str, key: str = "", patterns: Sequence[str] | None = None,
+                 allow_list: str | None = None) -> None:
     """Raise :class:`RefusedTarget` unless the allow-list admits ``target``. Only names the allow-list admits are
-    imported (to see what they resolve to), so a refused name never runs its module's code."""
-    patterns = allowed_targets() if patterns is None else tuple(patterns)
+    imported (to see what they resolve to), so a refused name never runs its module's code. ``allow_list``: the
+    description of ``patterns`` the refusal ends with (default: :func:`describe_allow_list`)."""
+    reason = _refusal(target, allowed_targets() if patterns is None else tuple(patterns))
+    if reason:
+        raise RefusedTarget(key, target if isinstance(target, str) else repr(target), reason, allow_list)
+
+
+def _refusal(target: Any, patterns: tuple[str, ...]) -> str | None:
+    """Why ``target`` is refused, or None when ``patterns`` admit it."""
     if not isinstance(target, str):
-        raise RefusedTarget(key, repr(target), "a _target_ in a config must be a dotted name")
+        return "a _target_ in a config must be a dotted name"
     refused = _refused(target)
     if refused:
-        raise RefusedTarget(key, target, f"'{refused}' can load files, import modules or run code")
+        return f"'{refused}' can load files, import modules or run code"
     admitted_by = _match(target, patterns)
     if admitted_by is None:
-        raise RefusedTarget(key, target, "it is not on the allow-list")
+        return "it is not on the allow-list"
     from hydra._internal.utils import _locate  # the resolver instantiate() itself uses
 
     try:
         obj = _locate(target)
     except ImportError as error:
-        raise RefusedTarget(key, target, f"it cannot be imported ({error})") from error
+        return f"it cannot be imported ({error})"
     resolved = _resolved_name(obj)
     if resolved:
         refused = _refused(resolved)
         if refused:
-            raise RefusedTarget(key, target, f"it is '{resolved}', and '{refused}' can load files, import modules or run code")
+            return f"it is '{resolved}', and '{refused}' can load files, import modules or run code"
     if admitted_by.endswith(".*"):
         if not isinstance(obj, type):
-            raise RefusedTarget(
-                key, target,
-                f"'{admitted_by}' admits classes only and this is a {type(obj).__name__}; "
-                f"a function or alternative constructor must be listed by its exact name",
-            )
+            return (f"'{admitted_by}' admits classes only and this is a {type(obj).__name__}; "
+                    "a function or alternative constructor must be listed by its exact name")
         # An alias (a class imported into an admitted module) is judged by where it really lives.
         if resolved and _match(resolved, patterns) is None:
-            raise RefusedTarget(key, target, f"it is '{resolved}', which is not on the allow-list")
+            return f"it is '{resolved}', which is not on the allow-list"
+    return None
 
 
 def _walk(node: Any, key: str) -> Iterator[tuple[str, Any]]:
@@ -222,7 +230,8 @@ def _walk(node: Any, key: str) -> Iterator[tuple[str, Any]]:
             yield from _walk(v, f"{key}[{i}]")
 
 
-def check_targets(node: Any, key: str = "", patterns: Sequence[str] | None = None) -> None:
+def check_targets(node: Any, key: str = "", patterns: Sequence[str] | None = None,
+                  allow_list: str | None = None) -> None:
     """Check every ``_target_`` in ``node`` (a config, dict or list; interpolations resolved, nested nodes included).
 
     A whole composed config's ``hydra`` node is left to Hydra: its launcher and sweeper are registered plugins,
@@ -231,12 +240,12 @@ def check_targets(node: Any, key: str = "", patterns: Sequence[str] | None = Non
     if not key and isinstance(node, Mapping) and "hydra" in node:
         for k in node:
             if k != "hydra":  # each child resolved in place: interpolations still see the whole config
-                check_targets(node[k], str(k), patterns)
+                check_targets(node[k], str(k), patterns, allow_list)
         return
     if OmegaConf.is_config(node):
         node = OmegaConf.to_container(node, resolve=True)
     for where, target in _walk(node, key):
-        check_target(target, where, patterns)
+        check_target(target, where, patterns, allow_list)
 
 
 @contextmanager
@@ -248,3 +257,36 @@ def only_allowed(node: Any = None, key: str = "") -> Iterator[None]:
         check_targets(node, key, patterns)
     with execution_whitelist(patterns, reset=True):
         yield
+
+
+_HYDRA_CALLBACKS_RESOLVER = "minesweep.hydra_callbacks_checked"
+
+
+def _check_hydra_callbacks(*, _root_: Any) -> bool:
+    """Check every ``hydra.callbacks`` entry but ours against :func:`hydra_whitelist`, in our words."""
+    callbacks = OmegaConf.select(_root_, "hydra.callbacks") or {}
+    patterns = hydra_whitelist()
+    allowed = ", ".join(extension_targets()) or f"nothing, as {ENV_VAR} is unset and no installed package declares entry points"
+    allow_list = (
+        "Hydra builds hydra.callbacks before minesweep runs, so they may be only your own trusted extensions: "
+        f"{allowed}. To allow a package of your own, set {ENV_VAR}='myproject.*' or declare an entry point in the "
+        f"group '{ENTRY_POINT_GROUP}'; a config cannot extend this list."
+    )
+    ours = f"{__name__}.{HydraCallbacksChecked.__qualname__}"
+    for name in callbacks:
+        node = callbacks[name]
+        if isinstance(node, Mapping) and node.get("_target_") == ours:
+            continue
+        check_targets(node, f"hydra.callbacks.{name}", patterns, allow_list)
+    return True
+
+
+class HydraCallbacksChecked:
+    """The first entry of ``hydra.callbacks`` (conf/train.yaml): building it resolves ``checked``, which checks the
+    other entries before Hydra builds them (a Hydra callback that does nothing else)."""
+
+    def __init__(self, checked: bool) -> None:
+        self.checked = checked
+
+
+OmegaConf.register_resolver(_HYDRA_CALLBACKS_RESOLVER, _check_hydra_callbacks, replace=True)

@@ -59,7 +59,7 @@ def store_root(tmp_path_factory):
 
 def test_manifest_index_and_journal(store_root):
     manifest = json.loads((store_root / "manifest.json").read_text())
-    assert manifest["format_version"] == 3 and manifest["codec"] == "h264" and manifest["action_space_version"]
+    assert manifest["format_version"] == 4 and manifest["codec"] == "h264" and manifest["action_space_version"]
     assert manifest["fps"] == FPS and manifest["resolution"] == [H, W] and manifest["chunk_size"] == 32
     assert manifest["num_episodes"] == 3 and manifest["num_frames"] == T + 40 + 33
     assert [s["file"] for s in manifest["shards"]] == ["shards/shard-00000.bin"]
@@ -408,36 +408,24 @@ def test_corrupt_error_survives_a_dataloader_worker(tmp_path):
         next(iter(loader))
 
 
-def _sector_sum_reference(unit: bytes) -> int:
-    """The definition of store._sector_sums, one unit, in plain Python (no vectorisation)."""
-    mask, weight = (1 << 64) - 1, 0x9E3779B97F4A7C15
-    n_words = len(unit) // 8
-    words = [int.from_bytes(unit[8 * i:8 * i + 8], "little") for i in range(n_words)]
-    n_sectors = n_words // 64
-    total = 0
-    for k in range(n_sectors):
-        total += sum(words[64 * k:64 * k + 64]) * ((k + 1) * weight & mask)
-    total += sum(words[64 * n_sectors:]) * ((n_sectors + 1) * weight & mask)
-    total += int.from_bytes(unit[8 * n_words:], "little") * ((n_sectors + 2) * weight & mask)
-    total = (total + len(unit)) & mask
-    return ((total >> 32) ^ total) & 0xFFFFFFFF
-
-
 @pytest.mark.parametrize("unit_bytes", [1, 7, 8, 100, 512, 1000, 2048, 49152, 49155])
-def test_sector_sums_match_their_definition_and_catch_flips_and_swaps(unit_bytes):
-    from minesweep.data.store import _sector_sums
+def test_unit_hashes_hash_each_unit_and_catch_flips_and_swaps(unit_bytes):
+    import xxhash
+
+    from minesweep.data.store import _unit_hashes
 
     rng = np.random.default_rng(unit_bytes)
     data = rng.integers(0, 256, 3 * unit_bytes, dtype=np.uint8).tobytes()
-    sums = _sector_sums(data, unit_bytes, 3)
-    assert sums.tolist() == [_sector_sum_reference(data[i * unit_bytes:(i + 1) * unit_bytes]) for i in range(3)]
-    for _ in range(50):  # any single flipped byte changes its unit's sum, and only that one
+    sums = _unit_hashes(data, unit_bytes, 3)
+    assert sums.dtype == np.uint64
+    assert sums.tolist() == [xxhash.xxh3_64(data[i * unit_bytes:(i + 1) * unit_bytes]).intdigest() for i in range(3)]
+    for _ in range(50):  # any single flipped byte changes its unit's hash, and only that one
         i = int(rng.integers(3 * unit_bytes))
         damaged = bytearray(data)
         damaged[i] ^= int(rng.integers(1, 256))
-        changed = _sector_sums(bytes(damaged), unit_bytes, 3) != sums
+        changed = _unit_hashes(bytes(damaged), unit_bytes, 3) != sums
         assert changed.tolist() == [u == i // unit_bytes for u in range(3)]
     if unit_bytes >= 1024:  # two different sectors swapped
         swapped = bytearray(data[:unit_bytes])
         swapped[:512], swapped[512:1024] = swapped[512:1024], swapped[:512]
-        assert _sector_sums(bytes(swapped), unit_bytes, 1)[0] != sums[0]
+        assert _unit_hashes(bytes(swapped), unit_bytes, 1)[0] != sums[0]

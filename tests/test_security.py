@@ -148,9 +148,22 @@ def test_hydra_callback_is_refused_before_anything_runs(tmp_path: Path, evil_pic
     result = run_train("+hydra.callbacks.x._target_=torch.load", f"+hydra.callbacks.x.f={evil_pickle}",
                        "+hydra.callbacks.x.weights_only=false", "logger=csv", f"hydra.run.dir={run_dir}")
     assert result.returncode != 0
-    assert "hydra.callbacks.x" in result.stderr and "'torch.load'" in result.stderr, result.stderr[-3000:]
+    assert "config key 'hydra.callbacks.x': _target_ 'torch.load' is refused" in result.stderr, result.stderr[-3000:]
+    assert "MINESWEEP_ALLOWED_TARGETS" in result.stderr  # the refusal says what is allowed and how to extend it
     assert not marker.exists()
     assert not run_dir.exists()  # refused before Hydra made the job folder: nothing of the run started
+
+
+@pytest.mark.slow
+def test_hydra_callback_is_refused_without_our_check(tmp_path: Path, evil_pickle: Path, marker: Path):
+    """Removing our checking callback leaves Hydra's whitelist (the second lock), set by @hydra.main."""
+    run_dir = tmp_path / "run"
+    result = run_train("~hydra.callbacks.allow_list", "+hydra.callbacks.x._target_=torch.load",
+                       f"+hydra.callbacks.x.f={evil_pickle}", "+hydra.callbacks.x.weights_only=false", "logger=csv",
+                       f"hydra.run.dir={run_dir}")
+    assert result.returncode != 0
+    assert "hydra.callbacks.x" in result.stderr and "'torch.load'" in result.stderr, result.stderr[-3000:]
+    assert not marker.exists()
 
 
 @pytest.mark.slow
@@ -395,7 +408,7 @@ def test_environment_extends_with_packages_and_exact_names(monkeypatch):
     check_target("json.dumps", "k")  # an exact name admits a function
     with pytest.raises(RefusedTarget, match="classes only"):
         check_target("collections.namedtuple", "k")  # a pattern admits classes only
-    assert allowed_targets.hydra_whitelist() == ("collections.*", "json.dumps")
+    assert allowed_targets.hydra_whitelist() == ("minesweep.allowed_targets.HydraCallbacksChecked", "collections.*", "json.dumps")
 
 
 @pytest.mark.parametrize("pattern", ["torch.*", "os.path.*", "numpy.*", "*", "pickle", "importlib.*"])

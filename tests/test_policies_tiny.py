@@ -58,3 +58,26 @@ def test_head_logprob_entropy_sample_agree():
     peaked = {"buttons": pi["buttons"], "camera": torch.full((1, 3, 1, 121), -1e4)}
     peaked["camera"][..., 7] = 0.0
     assert (policy.pi_head.sample(peaked)["camera"] == 7).all()
+
+
+def test_bottleneck_gives_the_kl_latents_samples_in_training_and_acts_on_the_mean():
+    torch.manual_seed(0)
+    policy = TinyPolicy(hidsize=32, bottleneck=True, latent_dim=8)
+    batch = random_batch(B=2, T=5)
+    latents, _ = policy(batch, None)
+    q, p = latents["posterior_dist"], latents["prior_dist"]
+    assert q["mu"].shape == q["log_var"].shape == (2, 5, 8)
+    assert torch.equal(p["mu"], torch.zeros_like(q["mu"])) and torch.equal(p["log_var"], torch.zeros_like(q["mu"]))
+    again, _ = policy(batch, None)  # training mode: a fresh sample each call
+    assert not torch.equal(again["pi_logits"]["buttons"], latents["pi_logits"]["buttons"])
+    policy.eval()  # eval mode: the posterior mean, deterministic
+    a, _ = policy(batch, None)
+    b, _ = policy(batch, None)
+    torch.testing.assert_close(a["pi_logits"]["buttons"], b["pi_logits"]["buttons"])
+
+
+def test_without_bottleneck_there_are_no_kl_latents_and_old_state_dicts_load():
+    plain = TinyPolicy(hidsize=32)
+    latents, _ = plain(random_batch(B=1, T=2), None)
+    assert "posterior_dist" not in latents
+    TinyPolicy(hidsize=32, bottleneck=False).load_state_dict(plain.state_dict())  # strict: same keys as before

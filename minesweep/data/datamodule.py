@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -385,19 +386,23 @@ class MineDataModule(L.LightningDataModule):
         demo = self.demo or {}
         log.info("minesweep: generating demo data into %s (first use)", self.root)
         raw = self.root.parent / "demo_raw"  # kept next to the store: the raw recordings can be re-ingested
+        codec = "h264"
         if isinstance(demo, Mapping):
             res = demo.get("resolution", 128)
+            codec = demo.get("codec", codec)
             generate_recordings(raw, episodes=int(demo.get("episodes", 24)), frames=int(demo.get("frames", 256)),
                                 seed=int(demo.get("seed", 0)), width=int(demo.get("width", 320)),
                                 height=int(demo.get("height", 180)))
         elif callable(demo):
             res = getattr(demo, "resolution", 128)
+            codec = getattr(demo, "codec", codec)
             demo(raw)
         else:
             raise TypeError(f"data.demo must be a mapping of synthetic-recording settings or a recording recipe "
                             f"with _target_ (e.g. minesweep.envs.crafter_record.CrafterRecordings), got {demo!r}")
         resolution = (int(res), int(res)) if isinstance(res, int) else (int(res[0]), int(res[1]))
-        report = ingest(raw, self.root, resolution=resolution, print_summary=False)
+        report = ingest(raw, self.root, resolution=resolution, codec=codec, workers=os.cpu_count() or 1,
+                        print_summary=False)
         if report.skipped:
             raise RuntimeError(f"demo data generation into {self.root} skipped episodes: {report.skipped}")
 

@@ -143,19 +143,28 @@ def record_crafter(out_dir: str | Path, episodes: int, first_seed: int = 0, leng
 
 
 def _progress(enabled: bool):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
 
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    disable=not enabled)
+                    TextColumn("eta"), TimeRemainingColumn(), disable=not enabled)
 
 
 class CrafterRecordings:
-    """A recording recipe for ``MineDataModule(demo=...)``: called with a folder, records scripted episodes into it."""
+    """A recording recipe for ``MineDataModule(demo=...)``: called with a folder, records scripted episodes into it.
+
+    The store it is ingested into keeps the recorded frame size (``resolution``: no resampling) and uses ``codec``
+    (``raw``: a window is one read, nothing to decode, which on two cores leaves the CPU to training)."""
 
     def __init__(self, episodes: int = 24, length: int = 300, first_seed: int = 0, size: int = 128,
-                 noise: float = 0.05, workers: int | None = None, progress: bool = True) -> None:
+                 noise: float = 0.05, workers: int | None = None, progress: bool = True, codec: str = "h264") -> None:
         self.episodes, self.length, self.first_seed = int(episodes), int(length), int(first_seed)
         self.size, self.noise, self.workers, self.progress = int(size), float(noise), workers, bool(progress)
+        self.codec = str(codec)
+
+    @property
+    def resolution(self) -> int:
+        return self.size
 
     def __call__(self, out_dir: str | Path) -> list[EpisodeResult]:
         return record_crafter(out_dir, self.episodes, first_seed=self.first_seed, length=self.length,
@@ -163,4 +172,4 @@ class CrafterRecordings:
 
     def __repr__(self) -> str:
         return (f"CrafterRecordings(episodes={self.episodes}, length={self.length}, first_seed={self.first_seed}, "
-                f"size={self.size}, noise={self.noise})")
+                f"size={self.size}, noise={self.noise}, codec={self.codec!r})")

@@ -1,4 +1,5 @@
-"""KL divergence between a posterior and a prior diagonal Gaussian (e.g. GROOT's goal latent)."""
+"""KL divergence between a posterior and a prior diagonal Gaussian: GROOT's goal latent (one per window), or
+TinyPolicy's information bottleneck (one per frame: summed over the window's real frames, as BC sums its loss)."""
 
 from __future__ import annotations
 
@@ -34,9 +35,13 @@ class KLDivergenceCallback(ObjectiveCallback):
     ) -> dict[str, torch.Tensor]:
         q, p = latents["posterior_dist"], latents["prior_dist"]
         kl = gaussian_kl(q["mu"], q["log_var"], p["mu"], p["log_var"])
+        if kl.dim() == 2:  # one latent per frame (TinyPolicy's bottleneck): summed over the window, as BC's loss is
+            mask = batch.get("mask")
+            kl = (kl if mask is None else kl * mask.to(kl.dtype)).sum(1)  # padding frames don't count
+        kl = kl.mean()
         return {
-            "loss": kl.mean() * self.weight,
-            "kl_div": kl.mean(),
+            "loss": kl * self.weight,
+            "kl_div": kl,
             "weight": torch.tensor(float(self.weight)),
         }
 

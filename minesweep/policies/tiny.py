@@ -1,5 +1,12 @@
 """A small memory policy for tests and CPU demos: a strided CNN + a GRU memory.
 
+Its action and value heads read a stochastic bottleneck of the memory's output (a variational information
+bottleneck: a diagonal Gaussian posterior ``q(z | h)``, sampled in training, its mean when acting), whose prior is
+``N(0, I)``: the latents carry ``posterior_dist`` / ``prior_dist``, so ``objective=[bc,kl]`` trains it with a
+KL penalty on how much of each frame the policy keeps (on in conf/policy/tiny.yaml; off by default in the class, so
+checkpoints saved before it existed still load; Alemi et al., "Deep
+Variational Information Bottleneck", 2017).
+
 Fast on two CPU cores, yet a real recurrent policy: its state is carried across windows and
 reset wherever ``first`` marks an episode start.
 """
@@ -37,6 +44,25 @@ class ImageEncoder(nn.Module):
         return self.project(self.convs(x))
 
 
+class Bottleneck(nn.Module):
+    """(..., hidsize) -> a diagonal Gaussian ``q(z | h)`` over ``z`` (``latent_dim``), and the features the heads
+    read, projected back from ``z``: a reparameterised sample in training mode, the mean in eval mode. It starts
+    nearly deterministic (log-variance -4), so that BC alone learns as fast as without it; a KL term then widens it
+    wherever the actions do not need the detail."""
+
+    def __init__(self, hidsize: int, latent_dim: int = 32, initial_log_var: float = -4.0) -> None:
+        super().__init__()
+        self.encode = nn.Linear(hidsize, 2 * latent_dim)
+        nn.init.constant_(self.encode.bias[latent_dim:], initial_log_var)
+        self.decode = nn.Sequential(nn.Linear(latent_dim, hidsize), nn.ReLU())
+
+    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        mu, log_var = self.encode(h).chunk(2, dim=-1)
+        posterior = {"mu": mu, "log_var": log_var.clamp(-10.0, 10.0)}
+        z = mu + torch.randn_like(mu) * (0.5 * posterior["log_var"]).exp() if self.training else mu
+        return self.decode(z), posterior
+
+
 class TinyPolicy(MinePolicy):
     def __init__(
         self,
@@ -44,12 +70,15 @@ class TinyPolicy(MinePolicy):
         channels: tuple[int, int, int] = (16, 32, 32),
         temperature: float = 1.0,
         name: str = "tiny",
+        bottleneck: bool = False,
+        latent_dim: int = 32,
     ) -> None:
         super().__init__(hidsize, temperature=temperature, name=name)
         self.hidsize = hidsize
         self.encoder = ImageEncoder(hidsize, tuple(channels))
         self.memory = nn.GRUCell(hidsize, hidsize)
         self.norm = nn.LayerNorm(hidsize)
+        self.bottleneck = Bottleneck(hidsize, latent_dim) if bottleneck else None
 
     def initial_state(self, batch_size: int | None = None) -> State:
         n = 1 if batch_size is None else batch_size
@@ -70,5 +99,10 @@ class TinyPolicy(MinePolicy):
             hidden = self.memory(features[:, t], hidden)
             outputs.append(hidden)
         h = self.norm(torch.stack(outputs, dim=1) + features)
-        latents = {"pi_logits": self.pi_head(h), "vpred": self.value_head(h), "pi_h": h}
+        latents: Latents = {}
+        if self.bottleneck is not None:
+            h, posterior = self.bottleneck(h)
+            prior = {"mu": torch.zeros_like(posterior["mu"]), "log_var": torch.zeros_like(posterior["log_var"])}
+            latents.update(posterior_dist=posterior, prior_dist=prior)
+        latents.update(pi_logits=self.pi_head(h), vpred=self.value_head(h), pi_h=h)
         return latents, [hidden]

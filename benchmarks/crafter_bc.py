@@ -118,7 +118,8 @@ def main() -> int:
 
     t = time.perf_counter()
     cfg = compose_config([*overrides, f"eval.checkpoint={run / 'checkpoints' / 'last.ckpt'}",
-                          f"eval.episodes={args.eval_episodes}", f"eval.output_dir={run / 'eval'}"])
+                          f"eval.episodes={args.eval_episodes}", f"eval.output_dir={run / 'eval'}",
+                          "eval.env.size=128"])  # the frame size recorded and ingested above
     report = evaluate_checkpoint(cfg)
     timings["eval"] = time.perf_counter() - t
     print_report(report)

@@ -18,6 +18,7 @@ from minesweep.envs.crafter import ACHIEVEMENTS, CrafterEnv, agent_to_action
 from minesweep.envs.crafter_player import RandomPlayer
 from minesweep.envs.crafter_record import EpisodeResult, play_episode, record_crafter
 from minesweep.eval import PolicyPlayer, main as eval_main, plot_achievements, summarize
+from minesweep.final_eval import FinalEvalCallback
 from minesweep.online_eval import OnlineEvalCallback
 from minesweep.policies.tiny import TinyPolicy
 from minesweep.train import train
@@ -139,7 +140,13 @@ def test_eval_and_callback_configs_compose_and_instantiate():
     assert isinstance(env, CrafterEnv) and env.size == 64
     with initialize_config_dir(config_dir=str(CONF_DIR)):
         plain = compose("train", overrides=["paths.output_dir=/tmp/x"])
+        off = compose("train", overrides=["paths.output_dir=/tmp/x", "callbacks.final_eval=null"])
     assert plain.callbacks.get("online_eval") is None  # off unless selected
+    final = instantiate(plain.callbacks.final_eval)  # on by default, off with one override
+    assert isinstance(final, FinalEvalCallback) and off.callbacks.final_eval is None
+    assert final.env == OmegaConf.to_container(plain.eval.env) and final.episodes == 8
+    assert final.baselines == {"random": OmegaConf.to_container(plain.eval.baselines.random)}
+    assert final.output_dir == "/tmp/x/eval_final" and final.cache_dir == plain.paths.cache_dir
 
 
 @pytest.mark.slow
@@ -374,3 +381,58 @@ def test_an_unwritable_cache_is_a_warning(tmp_path, caplog):
         report = evaluate_policy(crafter_policy(), ENV, [5], tmp_path / "out", baselines={"random": RANDOM},
                                  cache_dir=tmp_path / "cache", workers=1)
     assert report["players"]["random"]["episodes"] == 1 and "not cached" in caplog.text
+
+
+# -- the end-of-training evaluation ------------------------------------------------------------------------------------
+
+def test_final_eval_reports_figures_and_leaves_training_rng_alone(tmp_path, caplog):
+    import random
+
+    callback = FinalEvalCallback(env=ENV, episodes=2, first_seed=5, baselines={"random": RANDOM},
+                                 output_dir=str(tmp_path / "eval_final"), cache_dir=str(tmp_path / "cache"), workers=1)
+    policy = crafter_policy().train()
+    torch.manual_seed(1), np.random.seed(1), random.seed(1)
+    expected = (torch.rand(2), np.random.rand(2), random.random())
+    torch.manual_seed(1), np.random.seed(1), random.seed(1)
+    with caplog.at_level("INFO", logger="minesweep"):
+        metrics = callback.evaluate(policy)
+    assert torch.equal(torch.rand(2), expected[0]) and np.array_equal(np.random.rand(2), expected[1])
+    assert random.random() == expected[2]
+    assert policy.training  # restored
+    assert set(metrics) == {"final_eval/return", "final_eval/return_stderr", "final_eval/collect_wood",
+                            "final_eval/random_return", "final_eval/return_vs_random"}
+    assert "policy/random" in caplog.text and str(tmp_path / "eval_final" / "achievements.png") in caplog.text
+    assert (tmp_path / "eval_final" / "achievements.png").is_file()
+
+
+def test_final_eval_only_says_so_without_the_crafter_demo(tmp_path, caplog):
+    from types import SimpleNamespace
+
+    callback = FinalEvalCallback(env=ENV, output_dir=str(tmp_path / "out"))
+    trainer = SimpleNamespace(datamodule=SimpleNamespace(demo={"episodes": 2}), global_rank=0)
+    with caplog.at_level("INFO", logger="minesweep"):
+        callback.on_train_end(trainer, None)
+    assert "skipped, the data is not the Crafter demo" in caplog.text and not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_training_on_the_crafter_demo_ends_with_a_short_eval(tmp_path, caplog):
+    """A tiny real training run on (a tiny) Crafter demo: the final eval logs the ratio to the random player, writes
+    its chart in the run folder and puts its figures in train()'s metrics."""
+    run = tmp_path / "run"
+    with initialize_config_dir(config_dir=str(CONF_DIR)):
+        cfg = compose("train", overrides=[
+            *[o for o in SMALL_RUN if o != "data.demo=null"], f"data.root={tmp_path / 'demo' / 'store'}",
+            "data.demo.episodes=2", "data.demo.length=40", "data.demo.size=64", "data.demo.workers=1",
+            "+data.demo.progress=false", "data.val_fraction=0.5", f"paths.output_dir={run}",
+            f"paths.cache_dir={tmp_path / 'cache'}", "logger=csv", "trainer.max_steps=3",
+            "trainer.val_check_interval=3", "callbacks.final_eval.episodes=2", "eval.env.length=30", "eval.workers=1",
+        ])
+    with caplog.at_level("INFO", logger="minesweep"):
+        metrics = train(cfg)
+    assert "policy/random" in caplog.text and str(run / "eval_final" / "achievements.png") in caplog.text
+    assert (run / "eval_final" / "achievements.png").stat().st_size > 1000
+    report = json.loads((run / "eval_final" / "results.json").read_text())
+    assert report["global_step"] == 3 and report["players"]["policy"]["episodes"] == 2
+    assert metrics["final_eval/return"] == pytest.approx(report["players"]["policy"]["mean_return"])
+    assert math.isfinite(metrics["final_eval/random_return"]) and "final_eval/return_vs_random" in metrics

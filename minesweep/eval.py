@@ -283,8 +283,7 @@ def evaluate_policy(policy: MinePolicy, env: Mapping[str, Any], seeds: Sequence[
     start = time.perf_counter()
     try:
         with rng_untouched():
-            played = play_jobs(jobs, workers=workers, progress=progress,
-                               description=f"Crafter: {' + '.join(job.name for job, _ in jobs)} ({workers} processes)")
+            played = play_jobs(jobs, workers=workers, progress=progress, description=f"Crafter ×{workers} proc")
     finally:
         policy.train(was_training)
     seconds = time.perf_counter() - start

@@ -9,10 +9,10 @@ A progress bar over worlds (rich, with the time remaining) advances as each worl
 from __future__ import annotations
 
 import copy
-import logging
 import multiprocessing
 import os
 import queue as queue_module
+import sys
 import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
@@ -23,8 +23,6 @@ from minesweep.envs.crafter_record import EpisodeResult, play_episode
 from minesweep.eval_batch import BatchedPolicy, EnvFactory, VideoSpec, play_policy
 
 __all__ = ["EnvSpec", "env_factory", "WorldsJob", "PolicyJob", "PlayerJob", "play_jobs", "available_cpus"]
-
-log = logging.getLogger("minesweep")
 
 OnResult = Callable[[EpisodeResult], None]
 #: A job's env: a factory called with ``seed=``, or its config (``_target_``, ``_partial_: true``) as plain data,
@@ -45,7 +43,7 @@ def env_factory(env: EnvSpec, key: str = "eval.env") -> EnvFactory:
 
 
 class WorldsJob(Protocol):
-    """Plays a list of worlds, reporting each episode as it ends. Picklable: it travels to worker processes."""
+    """Plays a list of worlds, reporting each episode as it ends. Picklable, for workers that are spawned."""
 
     name: str
 
@@ -113,8 +111,8 @@ def _progress(enabled: bool):
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                                TimeRemainingColumn)
 
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TextColumn("ETA"), TimeRemainingColumn(), disable=not enabled)
+    return Progress(TextColumn("{task.description}"), BarColumn(bar_width=24), MofNCompleteColumn(), TextColumn("worlds"),
+                    TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), disable=not enabled)
 
 
 def play_jobs(jobs: Sequence[tuple[WorldsJob, Sequence[int]]], workers: int = 1, progress: bool = False,
@@ -123,8 +121,8 @@ def play_jobs(jobs: Sequence[tuple[WorldsJob, Sequence[int]]], workers: int = 1,
     """Play each job's worlds; return each job's episodes in the order of its seeds.
 
     ``workers > 1``: that many processes, each with ``available_cpus() // workers`` torch threads, started with
-    ``start_method`` (default: ``fork`` where there is one and every job allows it, as a policy on the CPU does:
-    a forked worker starts at once, a spawned one imports torch and the caller's main module first);
+    ``start_method`` (default: ``fork`` on Linux when every job allows it, as a policy on the CPU does: a forked
+    worker starts at once, a spawned one imports torch and the caller's main module first);
     ``workers == 1`` plays in this process."""
     results: dict[str, list[EpisodeResult]] = {job.name: [] for job, _ in jobs}
     jobs = [(job, [int(s) for s in seeds]) for job, seeds in jobs if len(seeds)]
@@ -141,9 +139,9 @@ def play_jobs(jobs: Sequence[tuple[WorldsJob, Sequence[int]]], workers: int = 1,
             for job, seeds in jobs:
                 job.play(seeds, collect)
     else:
-        if start_method is None:
-            forkable = "fork" in multiprocessing.get_all_start_methods()
-            start_method = "fork" if forkable and all(getattr(job, "fork_safe", True) for job, _ in jobs) else "spawn"
+        if start_method is None:  # fork only on Linux: macOS's system libraries are not fork-safe
+            forkable = sys.platform.startswith("linux") and all(getattr(job, "fork_safe", True) for job, _ in jobs)
+            start_method = "fork" if forkable else "spawn"
         if start_method != "fork":
             jobs = [(job.for_workers() if hasattr(job, "for_workers") else job, seeds) for job, seeds in jobs]
         shares = [[(job, seeds[w::workers]) for job, seeds in jobs] for w in range(workers)]

@@ -267,13 +267,13 @@ def test_policy_states_are_batch_first_and_other_layouts_play_one_world_at_a_tim
     from tests.test_policies_groot import small_groot
     from tests.test_policies_vpt import small_policy
 
-    assert state_is_batch_first(TinyPolicy(hidsize=16)) and state_is_batch_first(small_groot())
-    vpt = small_policy().eval()  # memory: [mask, K, V] per layer, batch first; rows join and leave mid-way
-    assert state_is_batch_first(vpt)
+    assert state_is_batch_first(TinyPolicy(hidsize=16))
     env = partial(CrafterEnv, size=32, length=12)
-    batched = play_jobs([(PolicyJob(vpt, env, batch_size=2), [1, 2, 3])])["policy"]
-    for result in batched:
-        assert same_episode(result, play_jobs([(PolicyJob(vpt, env), [result.seed])])["policy"][0])
+    for policy in (small_policy().eval(), small_groot().eval()):  # memory: [mask, K, V] per layer, batch first
+        assert state_is_batch_first(policy)
+        batched = play_jobs([(PolicyJob(policy, env, batch_size=2), [1, 2, 3])])["policy"]  # rows join and leave
+        for result in batched:
+            assert same_episode(result, play_jobs([(PolicyJob(policy, env), [result.seed])])["policy"][0])
 
     class TimeFirst(TinyPolicy):  # a memory laid out (layers, batch, hidden), as torch's nn.GRU keeps it
         def initial_state(self, batch_size=None):

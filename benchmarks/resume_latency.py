@@ -68,7 +68,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--steps", type=int, default=20)
     args, overrides = parser.parse_known_args()
-    base = [*overrides, "~logger", "callbacks.lr_monitor=null", "callbacks.progress_bar=null"]
+    base = [*overrides, "~logger", "callbacks.lr_monitor=null", "callbacks.progress_bar=null",
+            "callbacks.final_eval=null"]
     print(f"machine: {cpu_model()}, {os.cpu_count()} cores; torch {torch.__version__} ({torch.get_num_threads()} "
           f"threads); python {platform.python_version()}")
     print(f"command: python benchmarks/resume_latency.py {' '.join(sys.argv[1:])}")

@@ -160,6 +160,7 @@ def main() -> None:
                     "callbacks.checkpoint=null",
                     "callbacks.progress_bar=null",
                     "callbacks.lr_monitor=null",
+                    "callbacks.final_eval=null",  # training alone: no evaluation after the last step
                     *overrides,
                 ],
             )

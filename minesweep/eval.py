@@ -6,12 +6,18 @@ Arguments are Hydra overrides of ``conf/train.yaml`` (its ``eval`` group, ``conf
 built from the policy config stored inside the checkpoint (so training-time overrides such as ``policy.hidsize``
 apply, and no side file is trusted); for older checkpoints from the ``config.yaml`` of the checkpoint's run folder,
 checked against the same allow-list as any config (minesweep.allowed_targets), else from ``policy`` in the composed
-config. Every player plays the same held-out worlds
-``eval.first_seed + i``; the policy acts on one frame at a time with its memory carried from step to step
-(``get_action`` from ``initial_state``). Writes to ``eval.output_dir`` (default: ``eval/`` in the run folder):
+config. Every player plays the same held-out worlds ``eval.first_seed + i``.
 
-* ``results.json``: per player the mean return, its standard error, the mean length, the returns, and the success
-  rate of each achievement (the fraction of episodes that unlocked it);
+The policy plays its worlds batched (minesweep.eval_batch): one forward per step over all worlds still playing,
+each world with its own memory row and its own sampling generator (from the world seed and ``eval.seed``), so a
+world's episode does not depend on the batching; ``eval.workers`` processes share the worlds (``auto``: one per
+CPU core). The baselines' episodes depend only on the worlds, the env settings, the game version and their own
+config: they are cached under ``paths.cache_dir`` (minesweep.eval_cache) and played only once.
+Writes to ``eval.output_dir`` (default: ``eval/`` in the run folder):
+
+* ``results.json``: per player the mean return, its standard error, the mean length, the returns, the success
+  rate of each achievement (the fraction of episodes that unlocked it) and, for baselines, whether they came from
+  the cache;
 * ``achievements.png``: the success rates, policy vs random vs scripted, as bars;
 * ``episode.mp4``: the policy's first episode (up to ``eval.video.max_steps`` steps).
 """
@@ -21,8 +27,11 @@ from __future__ import annotations
 import json
 import logging
 import math
+import random
 import sys
-from collections.abc import Callable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +40,16 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from minesweep.allowed_targets import RefusedTarget
-from minesweep.envs.crafter import ACHIEVEMENTS, CrafterEnv, agent_to_action
-from minesweep.envs.crafter_record import EpisodeResult, Player, play_episode
+from minesweep.envs.crafter import ACHIEVEMENTS, CrafterEnv
+from minesweep.envs.crafter_record import EpisodeResult
+from minesweep.eval_batch import BatchedPolicy, VideoSpec, as_video_frame, state_is_batch_first
+from minesweep.eval_cache import BaselineCache, baseline_key
+from minesweep.eval_parallel import PlayerJob, PolicyJob, WorldsJob, available_cpus, play_jobs
 from minesweep.policies.base import MinePolicy
 
-__all__ = ["load_policy", "PolicyPlayer", "evaluate_players", "summarize", "plot_achievements", "evaluate_checkpoint", "main"]
+__all__ = ["load_policy", "PolicyPlayer", "as_video_frame", "evaluate_players", "summarize", "plot_achievements",
+           "resolve_workers", "rng_untouched", "evaluate_policy", "evaluate_checkpoint", "print_report",
+           "compose_config", "main"]
 
 log = logging.getLogger("minesweep")
 
@@ -43,10 +57,9 @@ EnvFactory = Callable[..., CrafterEnv]  # called with the world seed
 
 
 class PolicyPlayer:
-    """A MinePolicy as a Crafter player: one frame per call, its memory carried from step to step.
-
-    The sampled VPT buttons index is mapped back to a Crafter action (``agent_to_action``: an action outside the 17
-    plays noop); the camera half of the action has no Crafter meaning and is ignored.
+    """A MinePolicy as a Crafter player for one world at a time: one frame per call, its memory carried from step to
+    step, its actions sampled from the world's own generator (``eval_seed`` and the world seed), exactly as in a
+    batch of worlds (minesweep.eval_batch.BatchedPolicy, which it is with one world).
 
     ``video_frames``: pass each frame through the RGB -> yuv420p -> RGB conversion that recordings go through
     (H.264 stores colour at half resolution), so the policy sees colours as it saw them in training.
@@ -54,59 +67,34 @@ class PolicyPlayer:
 
     name = "policy"
 
-    def __init__(self, policy: MinePolicy, deterministic: bool = False, video_frames: bool = False) -> None:
-        self.policy, self.deterministic, self.video_frames = policy, bool(deterministic), bool(video_frames)
-        self.state: Any = None
-        self.first = True
+    def __init__(self, policy: MinePolicy, deterministic: bool = False, video_frames: bool = False,
+                 eval_seed: int = 0) -> None:
+        self.batch = BatchedPolicy(policy, deterministic, video_frames, eval_seed)
+
+    policy = property(lambda self: self.batch.policy)
+    deterministic = property(lambda self: self.batch.deterministic)
+    video_frames = property(lambda self: self.batch.video_frames)
+    state = property(lambda self: self.batch.state)
 
     def reset(self, seed: int) -> None:
-        torch.manual_seed(seed)  # the sampled actions follow the world seed (callers fork the RNG where it matters)
-        self.state = self.policy.initial_state(1)
-        self.first = True
+        self.batch.remove(range(len(self.batch)))
+        self.batch.add(int(seed))
 
-    @torch.no_grad()
     def act(self, obs: np.ndarray, info: dict) -> int:
-        device = self.policy.device
-        if self.video_frames:
-            obs = as_video_frame(obs)
-        image = torch.from_numpy(np.ascontiguousarray(obs)).to(device)[None, None]  # (1, 1, H, W, 3) uint8
-        first = torch.tensor([[self.first]], dtype=torch.bool, device=device)
-        action, self.state = self.policy.get_action({"image": image, "first": first}, self.state,
-                                                    deterministic=self.deterministic)
-        self.first = False
-        return int(agent_to_action(int(action["buttons"].reshape(-1)[0])))
-
-
-def as_video_frame(rgb: np.ndarray) -> np.ndarray:
-    """``rgb`` after the colour conversion of an H.264 recording and its decoding: RGB -> yuv420p -> RGB (PyAV)."""
-    import av
-
-    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
-    return frame.reformat(format="yuv420p").reformat(format="rgb24").to_ndarray()
+        return int(self.batch.act([obs])[0])
 
 
 def evaluate_players(players: Mapping[str, Any], env_factory: EnvFactory, seeds: Sequence[int],
                      on_episode: Callable[[str, int, CrafterEnv], Callable | None] | None = None,
                      progress: bool = False) -> dict[str, list[EpisodeResult]]:
-    """Every player plays every world in ``seeds`` once (players have ``reset(seed)`` and ``act(obs, info)``).
+    """Every player plays every world in ``seeds`` once, one world after another, in this process (players have
+    ``reset(seed)`` and ``act(obs, info)``).
 
     ``on_episode(player_name, seed, env)`` may return an ``on_step(obs, action, info)`` hook for that episode.
     """
-    from minesweep.envs.crafter_record import _progress
-
-    results: dict[str, list[EpisodeResult]] = {name: [] for name in players}
-    with _progress(progress) as bar:
-        task = bar.add_task("evaluating on Crafter", total=len(players) * len(seeds))
-        for name, player in players.items():
-            for seed in seeds:
-                env = env_factory(seed=int(seed))
-                player.reset(int(seed))
-                hook = on_episode(name, int(seed), env) if on_episode is not None else None
-                result = play_episode(env, player, on_step=hook)
-                result.player = name
-                results[name].append(result)
-                bar.advance(task)
-    return results
+    jobs = [(PlayerJob(name, player, env_factory, on_episode), seeds) for name, player in players.items()]
+    results = play_jobs(jobs, workers=1, progress=progress)
+    return {name: results.get(name, []) for name in players}
 
 
 def summarize(results: Sequence[EpisodeResult]) -> dict[str, Any]:
@@ -162,7 +150,7 @@ def plot_achievements(summaries: Mapping[str, Mapping[str, Any]], path: str | Pa
 def _saved_policy_config(checkpoint: Path) -> dict | None:
     """The policy config MineLightning stored in ``checkpoint`` (``minesweep_policy_config``), or None (an older
     checkpoint, a plain state dict). Read with ``weights_only=True``: the checkpoint is data, never code."""
-    from minesweep.trainer import POLICY_CONFIG_KEY
+    from minesweep.policies.build import POLICY_CONFIG_KEY
 
     try:
         try:
@@ -205,7 +193,7 @@ def _policy_config(cfg: DictConfig | None, checkpoint: Path) -> tuple[Any, str]:
 def load_policy(cfg: DictConfig | None, checkpoint: str | Path) -> MinePolicy:
     """Build the policy for ``checkpoint`` (see :func:`_policy_config`; ``cfg=None``: from the checkpoint alone)
     and load its weights strictly."""
-    from minesweep.train import build_policy
+    from minesweep.policies.build import build_policy  # not minesweep.train: no Lightning import for an eval
 
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
@@ -226,6 +214,127 @@ def _instantiate(node: Any, key: str) -> Any:
         return instantiate(node)
 
 
+def resolve_workers(workers: int | str | None, policy: MinePolicy, worlds: int) -> int:
+    """``eval.workers``: a number of processes, or ``auto``/None: one per CPU core this process may use, for a
+    policy on the CPU (a GPU policy plays in this process). Never more than the worlds to play."""
+    if workers in (None, "auto"):
+        workers = available_cpus() if policy.device.type == "cpu" else 1
+    elif not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise ValueError(f"eval.workers must be a positive integer or 'auto', got {workers!r}")
+    return max(1, min(int(workers), worlds))
+
+
+def _plain(node: Any) -> Any:
+    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+
+
+def evaluate_policy(policy: MinePolicy, env: Mapping[str, Any], seeds: Sequence[int], out: str | Path, *,
+                    baselines: Mapping[str, Mapping[str, Any] | None] | None = None,
+                    cache_dir: str | Path | None = None,
+                    deterministic: bool = False, video_frames: bool = False, eval_seed: int = 0,
+                    video: Mapping[str, Any] | None = None, workers: int | str | None = 1,
+                    batch_size: int | None = None, progress: bool = False, title: str = "",
+                    key: str = "eval", header: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Let ``policy`` play the worlds ``seeds`` in the env that the config ``env`` builds (``_partial_``, called with
+    ``seed=``), next to the ``baselines`` (configs of players; their episodes from the cache under ``cache_dir``
+    when there, played and cached otherwise); write ``out``/results.json, achievements.png and, if
+    ``video['max_steps']``, episode.mp4 (the policy's first world). Returns the report: results.json's content
+    (``header``'s entries first) plus ``output_dir``. ``key`` names the config section in refusals. The policy
+    plays in eval mode; the caller's global RNG state is left as it was (each world samples from its own generator).
+
+    ``batch_size``: worlds the policy plays at once per process (None: all of them; 1: one world after another);
+    ``workers``: processes (:func:`resolve_workers`)."""
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise ValueError(f"{key}: no worlds to play (episodes must be positive)")
+    _instantiate(env, f"{key}.env")  # refused targets are refused here, before anything plays or is written
+    env_config = _plain(env)  # what the jobs carry: workers build their own factory from it
+    players = {name: _instantiate(node, f"{key}.baselines.{name}")
+               for name, node in (baselines or {}).items() if node is not None}
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    if not state_is_batch_first(policy) and batch_size != 1:
+        log.info("eval: %s's memory is not a list of batch-first tensors, so its worlds are played one at a time",
+                 type(policy).__name__)
+        batch_size = 1
+    video_spec = None
+    if video and video.get("max_steps"):
+        video_spec = VideoSpec(str(out / "episode.mp4"), seed=seeds[0], max_steps=int(video["max_steps"]),
+                               size=int(video.get("size", 256)), fps=int(video.get("fps", 10)))
+    jobs: list[tuple[WorldsJob, list[int]]] = [
+        (PolicyJob(policy, env_config, deterministic, video_frames, eval_seed, batch_size, video_spec), seeds)]
+
+    # the baselines: the cached worlds are read back, the others played with the policy's
+    cache = BaselineCache(Path(cache_dir) / "eval-baselines") if cache_dir else None
+    cached: dict[str, dict[int, EpisodeResult]] = {}
+    keys: dict[str, dict[int, str]] = {}
+    for name, player in players.items():
+        keys[name] = {s: baseline_key(_plain(baselines[name]), env_config, s) for s in seeds}
+        hits = {s: cache.load(keys[name][s], s) for s in seeds} if cache else {}
+        cached[name] = {s: r for s, r in hits.items() if r is not None}
+        missing = [s for s in seeds if s not in cached[name]]
+        if missing:
+            jobs.append((PlayerJob(name, player, env_config), missing))
+
+    workers = resolve_workers(workers, policy, sum(len(s) for _, s in jobs))
+    was_training = policy.training
+    policy.eval()
+    start = time.perf_counter()
+    try:
+        with rng_untouched():
+            played = play_jobs(jobs, workers=workers, progress=progress, description=f"Crafter ×{workers} proc")
+    finally:
+        policy.train(was_training)
+    seconds = time.perf_counter() - start
+
+    results = {"policy": played["policy"]}
+    cache_report = {}
+    for name in players:
+        for result in played.get(name, []):
+            if cache is not None:
+                cache.store(keys[name][result.seed], result)
+            cached[name][result.seed] = result
+        results[name] = [cached[name][s] for s in seeds]
+        for result in results[name]:
+            result.player = name
+        hits = len(seeds) - len(played.get(name, []))
+        cache_report[name] = {"from_cache": hits == len(seeds), "cached_worlds": hits}
+    summaries = {name: summarize(rs) for name, rs in results.items()}
+    for name, info in cache_report.items():
+        summaries[name].update(info)
+    random_return = summaries.get("random", {}).get("mean_return")
+    report = {
+        **(header or {}),
+        "worlds": {"first_seed": seeds[0], "episodes": len(seeds)},
+        "env": env_config,
+        "deterministic": bool(deterministic),
+        "video_frames": bool(video_frames),
+        "eval_seed": int(eval_seed),
+        "players": summaries,
+        "return_vs_random": (summaries["policy"]["mean_return"] / random_return) if random_return else None,
+        "baseline_cache": {"dir": str(cache.root) if cache else None, **cache_report},
+        "play": {"seconds": round(seconds, 2), "workers": workers, "batch_size": batch_size},
+    }
+    (out / "results.json").write_text(json.dumps(report, indent=1))
+    plot_achievements(summaries, out / "achievements.png", title=title or f"Crafter: {len(seeds)} held-out worlds")
+    report["output_dir"] = str(out)
+    return report
+
+
+@contextmanager
+def rng_untouched() -> Iterator[None]:
+    """Leave the global RNGs (torch, numpy, random) as they were: an evaluation inside a training run must not shift
+    what the training draws next."""
+    numpy_state, python_state = np.random.get_state(), random.getstate()
+    with torch.random.fork_rng():
+        try:
+            yield
+        finally:
+            np.random.set_state(numpy_state)
+            random.setstate(python_state)
+
+
 def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
     """Run the evaluation ``cfg.eval`` describes; write results.json, achievements.png, episode.mp4; return results."""
     ev = cfg.eval
@@ -234,54 +343,14 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
     checkpoint = Path(ev.checkpoint)
     policy = load_policy(cfg, checkpoint)
     out = Path(ev.output_dir) if ev.get("output_dir") else checkpoint.resolve().parent.parent / "eval"
-    out.mkdir(parents=True, exist_ok=True)
-    env_factory = _instantiate(ev.env, "eval.env")
     seeds = [int(ev.first_seed) + i for i in range(int(ev.episodes))]
-    players: dict[str, Any] = {"policy": PolicyPlayer(policy, deterministic=ev.deterministic,
-                                                      video_frames=ev.get("video_frames", False))}
-    for name, node in (ev.get("baselines") or {}).items():
-        if node is not None:
-            players[name] = _instantiate(node, f"eval.baselines.{name}")
-
-    video = ev.get("video") or {}
-    writer_box: list = []
-
-    def on_episode(name: str, seed: int, env: CrafterEnv) -> Callable | None:
-        if name != "policy" or seed != seeds[0] or not video.get("max_steps"):
-            return None
-        from minesweep.data.store import H264Writer
-
-        size = int(video.get("size", 256))
-        writer = H264Writer(out / "episode.mp4", size, size, fps=int(video.get("fps", 10)))
-        writer_box.append(writer)
-
-        def on_step(obs: np.ndarray, action: int, info: dict) -> None:
-            if writer.count < int(video.max_steps):
-                writer.write(env.render(size))
-        return on_step
-
-    try:
-        with torch.random.fork_rng():
-            results = evaluate_players(players, env_factory, seeds, on_episode=on_episode,
-                                       progress=bool(ev.get("progress", True)))
-    finally:
-        for writer in writer_box:
-            writer.close()
-    summaries = {name: summarize(rs) for name, rs in results.items()}
-    random_return = summaries.get("random", {}).get("mean_return")
-    report = {
-        "checkpoint": str(checkpoint),
-        "worlds": {"first_seed": seeds[0], "episodes": len(seeds)},
-        "env": OmegaConf.to_container(ev.env, resolve=True),
-        "deterministic": bool(ev.deterministic),
-        "video_frames": bool(ev.get("video_frames", False)),
-        "players": summaries,
-        "return_vs_random": (summaries["policy"]["mean_return"] / random_return) if random_return else None,
-    }
-    (out / "results.json").write_text(json.dumps(report, indent=1))
-    plot_achievements(summaries, out / "achievements.png",
-                      title=f"Crafter: {len(seeds)} held-out worlds, {checkpoint.name}")
-    report["output_dir"] = str(out)
+    cache_dir = cfg.get("paths", {}).get("cache_dir") if ev.get("cache_baselines", True) else None
+    report = evaluate_policy(
+        policy, ev.env, seeds, out, baselines=ev.get("baselines") or {}, cache_dir=cache_dir,
+        deterministic=bool(ev.deterministic), video_frames=bool(ev.get("video_frames", False)),
+        eval_seed=int(ev.get("seed", 0)), video=_plain(ev.get("video")) or None, workers=ev.get("workers", "auto"),
+        batch_size=ev.get("batch_size"), progress=bool(ev.get("progress", True)),
+        title=f"Crafter: {len(seeds)} held-out worlds, {checkpoint.name}", header={"checkpoint": str(checkpoint)})
     return report
 
 
@@ -312,7 +381,7 @@ def compose_config(overrides: Sequence[str]) -> DictConfig:
     """``conf/train.yaml`` with ``overrides`` (no Hydra run folder: the evaluation writes only its own outputs)."""
     from hydra import compose, initialize_config_dir
 
-    from minesweep.train import CONF_DIR
+    from minesweep.searchpath import CONF_DIR
 
     with initialize_config_dir(config_dir=str(CONF_DIR)):
         # paths.output_dir refers to Hydra's runtime, which compose() does not set: give it a harmless value

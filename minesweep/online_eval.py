@@ -14,7 +14,8 @@ from typing import Any, Callable
 import lightning as L
 import torch
 
-from minesweep.eval import PolicyPlayer, evaluate_players, summarize
+from minesweep.eval import rng_untouched, summarize
+from minesweep.eval_parallel import PolicyJob, play_jobs
 
 __all__ = ["OnlineEvalCallback"]
 
@@ -25,18 +26,19 @@ class OnlineEvalCallback(L.Callback):
     """Every ``every_n_steps`` optimizer steps (and after the last one) play worlds ``first_seed .. +episodes-1``.
 
     ``env``: a factory called with ``seed=`` (``CrafterEnv`` with ``_partial_: true`` in the config). The policy
-    plays in eval mode with its memory carried step by step; training's RNG state is left untouched.
+    plays in eval mode, its worlds batched (minesweep.eval_batch), each world with its memory carried step by step
+    and its own sampling generator (from ``seed`` and the world seed); training's RNG state is left untouched.
     Under DDP the worlds are dealt out across ranks (rank r plays worlds r, r + world_size, ...) and the episodes
     gathered, so every rank logs the same figures over all the worlds, in 1/world_size of the time.
     """
 
     def __init__(self, env: Callable[..., Any], every_n_steps: int = 100, episodes: int = 4,
-                 first_seed: int = 2_000_000, deterministic: bool = False) -> None:
+                 first_seed: int = 2_000_000, deterministic: bool = False, seed: int = 0) -> None:
         super().__init__()
         if every_n_steps <= 0 or episodes <= 0:
             raise ValueError(f"every_n_steps and episodes must be positive, got {every_n_steps}, {episodes}")
         self.env, self.every_n_steps, self.episodes = env, int(every_n_steps), int(episodes)
-        self.first_seed, self.deterministic = int(first_seed), bool(deterministic)
+        self.first_seed, self.deterministic, self.seed = int(first_seed), bool(deterministic), int(seed)
         self._last_step: int | None = None
         self.played_seeds: list[int] = []  # the worlds this process played in the last evaluation
 
@@ -61,8 +63,9 @@ class OnlineEvalCallback(L.Callback):
         was_training = policy.training
         policy.eval()
         try:
-            with torch.random.fork_rng():  # the episodes' sampling must not shift training's RNG
-                results = evaluate_players({"policy": PolicyPlayer(policy, self.deterministic)}, self.env, seeds)
+            with rng_untouched():  # the episodes must not shift training's RNG
+                job = PolicyJob(policy, self.env, self.deterministic, eval_seed=self.seed)
+                results = play_jobs([(job, seeds)], workers=1)
         finally:
             policy.train(was_training)
         self.played_seeds = seeds

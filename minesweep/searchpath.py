@@ -9,6 +9,8 @@ from hydra.core.config_search_path import ConfigSearchPath
 from hydra.plugins.search_path_plugin import SearchPathPlugin
 
 LAUNCH_DIR = Path(__file__).resolve().parents[1] / "launch"
+#: The experiment configs (an absolute path, so the console scripts work from any folder).
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
 class LaunchSearchPathPlugin(SearchPathPlugin):

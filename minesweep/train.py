@@ -20,17 +20,14 @@ from omegaconf import DictConfig, OmegaConf
 from minesweep import allowed_targets
 from minesweep.checkpoint_io import AtomicCheckpointIO
 from minesweep.host_memory import retain_freed_memory
-from minesweep.policies.base import MinePolicy
-from minesweep.policies.weights import load_policy_weights
+from minesweep.policies.build import build_policy  # noqa: F401 - also minesweep.train.build_policy, as before
 from minesweep.run_lock import owns_run_folder, run_lock
+from minesweep.searchpath import CONF_DIR
 from minesweep.sweeps.hooks import trainer_extras
 from minesweep.sweeps.jobs import record_job, save_final_metrics
-from minesweep.trainer import POLICY_CONFIG_KEY, MineLightning
+from minesweep.trainer import MineLightning
 
 log = logging.getLogger("minesweep")
-
-#: The experiment configs (an absolute path, so the console script works from any folder).
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 #: Configs are the security boundary: what a config may build (minesweep.allowed_targets).
 ALLOWED_TARGETS = allowed_targets.ALLOWED_TARGETS
@@ -70,26 +67,6 @@ def resolve_checkpoint(ckpt_path: str | None, output_dir: Path) -> str | None:
     if not Path(ckpt_path).is_file():
         raise FileNotFoundError(f"ckpt_path: no checkpoint file at {ckpt_path}")
     return ckpt_path
-
-
-def build_policy(policy_cfg: DictConfig | dict, key: str = "policy") -> MinePolicy:
-    """Instantiate the policy; ``weights`` (a state dict or a minesweep checkpoint) loads strictly.
-
-    ``key`` names where the config came from in a refusal (e.g. a checkpoint or a run folder's config.yaml).
-    The policy keeps its config (resolved, without ``weights``) as ``minesweep_policy_config``: MineLightning
-    stores it in every checkpoint, so minesweep-eval rebuilds the policy from the checkpoint alone."""
-    policy_cfg = OmegaConf.create(
-        OmegaConf.to_container(policy_cfg, resolve=True) if OmegaConf.is_config(policy_cfg) else dict(policy_cfg)
-    )
-    weights = policy_cfg.pop("weights", None)
-    # Checked also when called outside build(): eval and user code pass configs they did not write.
-    with allowed_targets.only_allowed(policy_cfg, key):
-        policy = instantiate(policy_cfg)
-    setattr(policy, POLICY_CONFIG_KEY, OmegaConf.to_container(policy_cfg))
-    if weights:
-        load_policy_weights(policy, weights)
-        log.info("loaded policy weights from %s", weights)
-    return policy
 
 
 @contextmanager

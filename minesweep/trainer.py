@@ -14,6 +14,7 @@ import torch
 
 from minesweep.objectives.base import ObjectiveCallback, missing_latent
 from minesweep.policies.base import MinePolicy
+from minesweep.policies.build import POLICY_CONFIG_KEY
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +41,6 @@ def warmup_schedule(warmup_steps: int, total_steps: int | None, lr_schedule: str
         return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
     return factor
-
-
-#: Where a checkpoint holds its policy's config (a plain dict): minesweep-eval rebuilds the policy from it alone.
-POLICY_CONFIG_KEY = "minesweep_policy_config"
 
 
 class MineLightning(L.LightningModule):

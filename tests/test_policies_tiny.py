@@ -81,3 +81,28 @@ def test_without_bottleneck_there_are_no_kl_latents_and_old_state_dicts_load():
     latents, _ = plain(random_batch(B=1, T=2), None)
     assert "posterior_dist" not in latents
     TinyPolicy(hidsize=32, bottleneck=False).load_state_dict(plain.state_dict())  # strict: same keys as before
+
+
+def test_sampling_with_one_generator_per_row_ignores_the_other_rows():
+    """get_action(generator=[g0, g1, ...]): row i's sample depends only on its own generator (batched evaluation)."""
+    import pytest
+
+    torch.manual_seed(0)
+    policy = TinyPolicy(hidsize=16).eval()
+    batch = random_batch(B=3, T=1)
+    obs = {"image": batch["image"], "first": batch["first"]}
+    latents, _ = policy(obs, None)
+
+    def gens(*seeds):
+        return [torch.Generator().manual_seed(s) for s in seeds]
+
+    together, _ = policy.get_action(obs, None, generator=gens(1, 2, 3))
+    alone, _ = policy.get_action({k: v[1:2] for k, v in obs.items()}, None, generator=gens(2))
+    assert together["buttons"][1].item() == alone["buttons"][0].item()
+    assert together["camera"][1].item() == alone["camera"][0].item()
+    again, _ = policy.get_action(obs, None, generator=gens(1, 2, 3))
+    assert all(torch.equal(together[k], again[k]) for k in together)  # the generators, not the global RNG
+    one = policy.pi_head.sample(latents["pi_logits"], generator=torch.Generator().manual_seed(4))
+    assert one["buttons"].shape == (3, 1, 1)
+    with pytest.raises(ValueError, match="2 generators for a batch of 3"):
+        policy.get_action(obs, None, generator=gens(1, 2))

@@ -384,7 +384,8 @@ def test_admitted(target: str):
 def test_every_target_in_conf_and_launch_is_admitted():
     """Each config group option, and every _target_ written in conf/ (launch/ holds Hydra plugins: Hydra's side)."""
     with initialize_config_dir(config_dir=str(CONF_DIR)):
-        for group in ("policy", "data", "logger", "trainer", "optim", "objective", "callbacks/online_eval"):
+        for group in ("policy", "data", "logger", "trainer", "optim", "objective", "callbacks/online_eval",
+                      "callbacks/final_eval"):
             for option in sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml")):
                 choice = f"[{option}]" if group == "objective" else option
                 cfg = compose("train", overrides=["paths.output_dir=.", f"{group}={choice}"])

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from minesweep.policies.heads import MineActionHead, ValueHead
+from minesweep.policies.heads import Generators, MineActionHead, ValueHead
 
 State = list[torch.Tensor] | None
 Latents = dict[str, Any]
@@ -55,15 +55,19 @@ class MinePolicy(nn.Module, ABC):
         *,
         deterministic: bool = False,
         nucleus_prob: float | None = None,
+        generator: Generators = None,
     ) -> tuple[dict[str, torch.Tensor], State]:
         """Act on a window (or a single step with T=1): an agent action per frame and the new state.
 
         ``condition`` holds what a goal-conditioned policy follows (e.g. GROOT's reference video,
         ROCKET's object mask); its entries are added to ``input``. ``deterministic`` takes the most
-        likely action, otherwise one is sampled (within the top-``nucleus_prob`` mass if given).
+        likely action, otherwise one is sampled (within the top-``nucleus_prob`` mass if given), with noise from
+        ``generator``: the global RNG (None), one ``torch.Generator``, or one per batch row (then a row's actions
+        do not depend on the rows batched with it).
         """
         if condition:
             input = {**input, **condition}
         latents, state_out = self(input, state_in)
-        action = self.pi_head.sample(latents["pi_logits"], deterministic=deterministic, nucleus_prob=nucleus_prob)
+        action = self.pi_head.sample(latents["pi_logits"], deterministic=deterministic, nucleus_prob=nucleus_prob,
+                                     generator=generator)
         return action, state_out

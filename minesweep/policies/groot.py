@@ -29,6 +29,7 @@ from torch.nn import functional as F
 
 from minesweep.policies.backbones import SmallCNN
 from minesweep.policies.base import Latents, MinePolicy, State
+from minesweep.policies.heads import Generators
 from minesweep.policies.vpt import TransformerStack, transformer_memory
 
 __all__ = ["GrootPolicy", "GaussianHead", "VideoEncoder", "FirstFrameEncoder", "sinusoidal_positions"]
@@ -214,6 +215,7 @@ class GrootPolicy(MinePolicy):
         *,
         deterministic: bool = False,
         nucleus_prob: float | None = None,
+        generator: Generators = None,
     ) -> tuple[dict[str, torch.Tensor], State]:
         """Act toward ``condition``: ``{'reference_image': video}`` (its posterior mean), ``{'goal': z}`` (e.g. from
         :meth:`encode_goal`), or None for the prior mean of the window's first frame."""
@@ -225,5 +227,5 @@ class GrootPolicy(MinePolicy):
                 goal = self.prior_goal(input["image"][:, 0])
             condition = {**(condition or {}), "goal": goal}
         return super().get_action(
-            input, state_in, condition, deterministic=deterministic, nucleus_prob=nucleus_prob
+            input, state_in, condition, deterministic=deterministic, nucleus_prob=nucleus_prob, generator=generator
         )

@@ -8,6 +8,8 @@ released VPT weights and MineStudio-style objective callbacks work unchanged.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -16,6 +18,21 @@ from minesweep.actions.space import N_BUTTON_COMBINATIONS, N_CAMERA_INDICES
 
 PiLogits = dict[str, torch.Tensor]
 Action = dict[str, torch.Tensor]
+#: Where sampling draws its randomness: the global RNG (None), one generator for the whole batch, or one per batch
+#: row, so that a row's samples do not depend on which other rows share the batch (batched evaluation).
+Generators = torch.Generator | Sequence[torch.Generator] | None
+
+
+def uniform_like(x: torch.Tensor, generator: Generators = None) -> torch.Tensor:
+    """Uniform [0, 1) noise shaped like ``x``, drawn from ``generator`` (see :data:`Generators`)."""
+    if generator is None:
+        return torch.rand_like(x)
+    if isinstance(generator, torch.Generator):
+        return torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+    generators = list(generator)
+    if len(generators) != x.shape[0]:
+        raise ValueError(f"sampling: {len(generators)} generators for a batch of {x.shape[0]} rows")
+    return torch.stack([torch.rand(x.shape[1:], generator=g, dtype=x.dtype, device=x.device) for g in generators])
 
 
 class CategoricalHead(nn.Module):
@@ -43,15 +60,16 @@ class CategoricalHead(nn.Module):
         return -(log_probs.exp() * log_probs).sum(-1).sum(-1)
 
     @staticmethod
-    def sample(log_probs: torch.Tensor, deterministic: bool = False, nucleus_prob: float | None = None) -> torch.Tensor:
+    def sample(log_probs: torch.Tensor, deterministic: bool = False, nucleus_prob: float | None = None,
+               generator: Generators = None) -> torch.Tensor:
         """One class per position; ``nucleus_prob`` (top-p) keeps the smallest set of most likely
-        classes whose probability reaches it and samples within that set."""
+        classes whose probability reaches it and samples within that set. ``generator``: see :data:`Generators`."""
         if deterministic:
             return log_probs.argmax(-1)
         if nucleus_prob is not None and nucleus_prob < 1.0:
             log_probs = nucleus_filter(log_probs, nucleus_prob)
         # Gumbel-max: one exact categorical sample per position, fully vectorised.
-        uniform = torch.rand_like(log_probs).clamp_(1e-20, 1.0)
+        uniform = uniform_like(log_probs, generator).clamp_(1e-20, 1.0)
         return (log_probs - torch.log(-torch.log(uniform))).argmax(-1)
 
 
@@ -105,11 +123,14 @@ class MineActionHead(nn.Module):
         per_component = {name: head.entropy(pi_logits[name]) for name, head in self.components().items()}
         return per_component if return_dict else sum(per_component.values())
 
-    def sample(self, pi_logits: PiLogits, deterministic: bool = False, nucleus_prob: float | None = None) -> Action:
+    def sample(self, pi_logits: PiLogits, deterministic: bool = False, nucleus_prob: float | None = None,
+               generator: Generators = None) -> Action:
         """An agent action per position: each component (B,T,1) int64. ``nucleus_prob`` (top-p)
-        overrides the head's default; 1.0 or None samples from the full distribution."""
+        overrides the head's default; 1.0 or None samples from the full distribution. ``generator``: where the
+        noise comes from (:data:`Generators`; components draw in order, buttons first)."""
         p = self.nucleus_prob if nucleus_prob is None else nucleus_prob
-        return {name: head.sample(pi_logits[name], deterministic, p) for name, head in self.components().items()}
+        return {name: head.sample(pi_logits[name], deterministic, p, generator)
+                for name, head in self.components().items()}
 
 
 class EwmaNormalizer(nn.Module):

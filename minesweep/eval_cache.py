@@ -1,0 +1,127 @@
+"""The baseline players' episodes, cached on disk: a random or scripted player's result in a world depends only on
+the world (its seed), the env settings (size, episode length, ...), the game version and the player's own config,
+never on the policy being evaluated, so each is played once and read back afterwards.
+
+One JSON file per world, ``<cache_dir>/eval-baselines/<key>.json``, where the key hashes exactly those things
+plus :data:`CACHE_VERSION` (:func:`baseline_key`). Files are written atomically (a temporary file renamed); a file
+that cannot be read back as a valid episode of that key is reported and played again, never trusted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Mapping
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from minesweep.envs.crafter_record import EpisodeResult
+
+__all__ = ["CACHE_VERSION", "game_version", "baseline_key", "BaselineCache"]
+
+log = logging.getLogger("minesweep")
+
+#: Bump when the players (minesweep/envs/crafter_player.py), the env adapter (minesweep/envs/crafter.py) or the
+#: episode loop change what a baseline does in a world: every cached episode is then played again.
+CACHE_VERSION = 1
+
+
+def game_version() -> dict[str, str]:
+    """The installed game: crafter, and opensimplex, whose noise generates crafter's worlds."""
+    versions = {}
+    for package in ("crafter", "opensimplex"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions
+
+
+def baseline_key(player: Mapping[str, Any], env: Mapping[str, Any], seed: int,
+                 game: Mapping[str, str] | None = None) -> str:
+    """SHA-256 (hex) of the player's config (``_target_`` and arguments), the env's config, the world seed, the game
+    version (default: the installed one) and :data:`CACHE_VERSION`; configs as plain, resolved containers."""
+    identity = {"version": CACHE_VERSION, "game": dict(game if game is not None else game_version()),
+                "player": _plain(player), "env": _plain(env), "seed": int(seed)}
+    canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _plain(config: Mapping[str, Any]) -> Any:
+    from omegaconf import OmegaConf
+
+    if OmegaConf.is_config(config):
+        return OmegaConf.to_container(config, resolve=True)
+    return json.loads(json.dumps(config))  # plain types only: a value json cannot write fails here, loudly
+
+
+class BaselineCache:
+    """Cached baseline episodes under ``root`` (``<cache_dir>/eval-baselines``), one file per key."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    def path(self, key: str) -> Path:
+        return self.root / f"{key}.json"
+
+    def load(self, key: str, seed: int) -> EpisodeResult | None:
+        """The cached episode of ``key`` (world ``seed``), or None: not cached, or a file that is not a valid
+        episode of that key (a warning says which; it will be played again and the file replaced)."""
+        path = self.path(key)
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            return None
+        except OSError as error:
+            log.warning("baseline cache: cannot read %s (%s): playing the world again", path, error)
+            return None
+        try:
+            return _episode(json.loads(text), key, seed)
+        except (ValueError, TypeError, KeyError) as error:  # JSONDecodeError is a ValueError
+            log.warning("baseline cache: %s is not a valid cached episode (%s): playing the world again", path, error)
+            return None
+
+    def store(self, key: str, result: EpisodeResult) -> None:
+        """Write ``result`` under ``key`` atomically; a cache that cannot be written is a warning, not an error."""
+        record = {"key": key, "seed": int(result.seed), "length": int(result.length),
+                  "episode_return": float(result.episode_return),
+                  "achievements": {str(k): int(v) for k, v in result.achievements.items()}}
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.root, prefix=f".{key[:16]}-", suffix=".tmp")
+            try:
+                with os.fdopen(fd, "w") as f:
+                    json.dump(record, f)
+                os.replace(tmp, self.path(key))  # readers see the old file or the whole new one, never a part
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+        except OSError as error:
+            log.warning("baseline cache: cannot write %s (%s): the episode is not cached", self.path(key), error)
+
+
+def _episode(record: Any, key: str, seed: int) -> EpisodeResult:
+    """A cached record checked field by field: what the file claims must be an episode of ``key`` in ``seed``."""
+    if not isinstance(record, dict):
+        raise TypeError(f"expected a JSON object, got {type(record).__name__}")
+    if record.get("key") != key:
+        raise ValueError(f"it holds key {str(record.get('key'))[:16]}..., not {key[:16]}...")
+    if record.get("seed") != int(seed):
+        raise ValueError(f"it holds world {record.get('seed')!r}, not {seed}")
+    length, episode_return, achievements = record["length"], record["episode_return"], record["achievements"]
+    if not isinstance(length, int) or isinstance(length, bool) or length <= 0:
+        raise ValueError(f"length {length!r} is not a positive integer")
+    if not isinstance(episode_return, (int, float)) or isinstance(episode_return, bool) \
+            or not math.isfinite(episode_return):
+        raise ValueError(f"episode_return {episode_return!r} is not a finite number")
+    if not isinstance(achievements, dict) or not all(
+            isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 0
+            for k, v in achievements.items()):
+        raise ValueError("achievements is not a mapping of names to counts")
+    return EpisodeResult(seed=int(seed), player="", length=length, episode_return=float(episode_return),
+                         achievements=dict(achievements))

@@ -144,7 +144,7 @@ def test_eval_and_callback_configs_compose_and_instantiate():
     assert plain.callbacks.get("online_eval") is None  # off unless selected
     final = instantiate(plain.callbacks.final_eval)  # on by default, off with one override
     assert isinstance(final, FinalEvalCallback) and off.callbacks.final_eval is None
-    assert final.env == OmegaConf.to_container(plain.eval.env) and final.episodes == 8
+    assert final.env == OmegaConf.to_container(plain.eval.env, resolve=True) and final.episodes == 8
     assert final.baselines == {"random": OmegaConf.to_container(plain.eval.baselines.random)}
     assert final.output_dir == "/tmp/x/eval_final" and final.cache_dir == plain.paths.cache_dir
 

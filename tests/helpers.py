@@ -26,6 +26,9 @@ def random_batch(B: int = 2, T: int = 6, size: int = 64, seed: int = 0) -> dict:
 
 #: Overrides that make a real training run small enough for a test on 2 CPU cores.
 SMALL_RUN = [
+    # the data group's own defaults, not the Crafter demo's (continuous batches, 5% validation): tests set them
+    "data.episode_continuous_batch=false",
+    "data.val_fraction=0.125",
     "data.win_len=16",
     "data.batch_size=4",
     "data.num_workers=0",

@@ -278,6 +278,7 @@ def test_eval_env_and_baselines_are_checked(tmp_path: Path, evil_pickle: Path, m
     ckpt = legacy_checkpoint(tmp_path / "run")
     cfg.eval.checkpoint = str(ckpt)
     cfg.policy.hidsize = 24
+    cfg.policy.bottleneck = False  # the legacy checkpoint predates the bottleneck
     cfg.eval.env = {"_target_": "torch.load", "f": str(evil_pickle), "weights_only": False}
     with pytest.raises(RefusedTarget, match="'eval.env'"):
         evaluate_checkpoint(cfg)

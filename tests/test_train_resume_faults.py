@@ -24,6 +24,7 @@ pytestmark = pytest.mark.slow
 #: 7 training episodes of 96 frames = 42 windows of 16 frames: 11 batches of 4 per epoch; 40 steps cross 3 epoch ends.
 BASE = [
     "policy.hidsize=64", "data.win_len=16", "data.batch_size=4", "data.num_workers=2", "data.demo=null",
+    "data.episode_continuous_batch=false", "data.val_fraction=0.125",
     "trainer.accelerator=cpu", "trainer.max_steps=40", "trainer.val_check_interval=5", "trainer.limit_val_batches=1",
     "callbacks.progress_bar=null", "callbacks.lr_monitor=null", "~logger", "optim.learning_rate=1e-3",
     "optim.warmup_steps=12", "log_freq=1",

@@ -55,12 +55,19 @@ class Bottleneck(nn.Module):
         self.encode = nn.Linear(hidsize, 2 * latent_dim)
         nn.init.constant_(self.encode.bias[latent_dim:], initial_log_var)
         self.decode = nn.Sequential(nn.Linear(latent_dim, hidsize), nn.ReLU())
+        # The noise comes from its own generator, seeded by a count of training calls kept in the state dict: a
+        # resumed run draws the same noise as the run that was never interrupted (the global RNG is not saved).
+        self.register_buffer("calls", torch.zeros((), dtype=torch.int64))
 
     def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         mu, log_var = self.encode(h).chunk(2, dim=-1)
         posterior = {"mu": mu, "log_var": log_var.clamp(-10.0, 10.0)}
-        z = mu + torch.randn_like(mu) * (0.5 * posterior["log_var"]).exp() if self.training else mu
-        return self.decode(z), posterior
+        if not self.training:
+            return self.decode(mu), posterior
+        generator = torch.Generator(device=mu.device).manual_seed(0x5EED + int(self.calls))
+        self.calls += 1
+        noise = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+        return self.decode(mu + noise * (0.5 * posterior["log_var"]).exp()), posterior
 
 
 class TinyPolicy(MinePolicy):

@@ -95,6 +95,7 @@ class BaselineCache:
             self.root.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=self.root, prefix=f".{key[:16]}-", suffix=".tmp")
             try:
+                os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide the file from others sharing the cache
                 with os.fdopen(fd, "w") as f:
                     json.dump(record, f)
                 os.replace(tmp, self.path(key))  # readers see the old file or the whole new one, never a part

@@ -32,6 +32,7 @@ from importlib.metadata import entry_points
 from typing import Any
 
 from hydra.errors import InstantiationException
+from hydra.experimental.callback import Callback
 from hydra.utils import execution_whitelist
 from omegaconf import OmegaConf
 
@@ -281,7 +282,7 @@ def _check_hydra_callbacks(*, _root_: Any) -> bool:
     return True
 
 
-class HydraCallbacksChecked:
+class HydraCallbacksChecked(Callback):
     """The first entry of ``hydra.callbacks`` (conf/train.yaml): building it resolves ``checked``, which checks the
     other entries before Hydra builds them (a Hydra callback that does nothing else)."""
 

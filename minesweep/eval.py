@@ -190,10 +190,12 @@ def _policy_config(cfg: DictConfig | None, checkpoint: Path) -> tuple[Any, str]:
     return cfg.policy, "policy"
 
 
-def load_policy(cfg: DictConfig | None, checkpoint: str | Path) -> MinePolicy:
+def load_policy(cfg: DictConfig | None, checkpoint: str | Path, use_ema: bool = True) -> MinePolicy:
     """Build the policy for ``checkpoint`` (see :func:`_policy_config`; ``cfg=None``: from the checkpoint alone)
-    and load its weights strictly."""
+    and load its weights strictly: of a checkpoint trained with an EMA (callbacks/ema), the EMA weights, or the
+    trained ones with ``use_ema=False``."""
     from minesweep.policies.build import build_policy  # not minesweep.train: no Lightning import for an eval
+    from minesweep.policies.weights import load_policy_weights, read_policy_state_dict
 
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
@@ -201,8 +203,11 @@ def load_policy(cfg: DictConfig | None, checkpoint: str | Path) -> MinePolicy:
     policy_cfg, source = _policy_config(cfg, checkpoint)
     policy_cfg = OmegaConf.create(OmegaConf.to_container(policy_cfg, resolve=True) if OmegaConf.is_config(policy_cfg)
                                   else policy_cfg)
-    policy_cfg.weights = str(checkpoint)
-    return build_policy(policy_cfg, key=source).eval()
+    policy_cfg.weights = None
+    policy = build_policy(policy_cfg, key=source)
+    load_policy_weights(policy, read_policy_state_dict(checkpoint, trained=not use_ema))
+    log.info("loaded policy weights from %s", checkpoint)
+    return policy.eval()
 
 
 def _instantiate(node: Any, key: str) -> Any:
@@ -341,7 +346,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
     if not ev.get("checkpoint"):
         raise ValueError("eval.checkpoint is not set: minesweep-eval eval.checkpoint=RUN/checkpoints/last.ckpt")
     checkpoint = Path(ev.checkpoint)
-    policy = load_policy(cfg, checkpoint)
+    policy = load_policy(cfg, checkpoint, use_ema=bool(ev.get("use_ema", True)))
     out = Path(ev.output_dir) if ev.get("output_dir") else checkpoint.resolve().parent.parent / "eval"
     seeds = [int(ev.first_seed) + i for i in range(int(ev.episodes))]
     cache_dir = cfg.get("paths", {}).get("cache_dir") if ev.get("cache_baselines", True) else None

@@ -15,6 +15,7 @@ reports on has finished and saved its checkpoints by then.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -71,8 +72,14 @@ class FinalEvalCallback(L.Callback):
         if size is not None and int(size) != demo.size:
             log.warning("final eval: the policy trained on %dx%d frames (data.demo.size) and plays at %dx%d "
                         "(eval.env.size)", demo.size, demo.size, int(size), int(size))
+        from minesweep.ema import EMA
+
+        ema = next((c for c in trainer.callbacks if isinstance(c, EMA)), None)
         try:
-            self.evaluate(pl_module.mine_policy, trainer)
+            with ema.applied(pl_module) if ema is not None else contextlib.nullcontext():
+                if ema is not None:
+                    log.info("final eval: the policy plays its EMA weights (callbacks.ema)")
+                self.evaluate(pl_module.mine_policy, trainer)
         except Exception:  # noqa: BLE001 - a report on a finished run: its failure must not fail the run
             log.exception("final eval failed (the training itself finished)")
 

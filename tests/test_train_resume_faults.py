@@ -123,10 +123,18 @@ def assert_same_state(a: Path, b: Path) -> None:
         else:
             assert u == v, f"{where}: {u} != {v}"
 
-    for key in ("state_dict", "optimizer_states", "lr_schedulers", "minesweep_train_memory"):
+    # with callbacks/ema: state_dict is the EMA, current_model_state the trained weights
+    for key in ("state_dict", "optimizer_states", "lr_schedulers", "minesweep_train_memory", "current_model_state",
+                "averaging_state"):
         assert (key in x) == (key in y), key
         if key in x:
             same(x[key], y[key], key)
+    ema_states = sorted(k for k in x["callbacks"] if k.startswith("EMA"))
+    for key in ema_states:
+        same(x["callbacks"][key], y["callbacks"][key], f"callbacks.{key}")
+    if (a / "checkpoints" / "ema.weights").exists() or (b / "checkpoints" / "ema.weights").exists():
+        same(torch.load(a / "checkpoints" / "ema.weights", weights_only=True),
+             torch.load(b / "checkpoints" / "ema.weights", weights_only=True), "ema.weights")
 
 
 _STRAIGHT: dict[tuple[str, ...], tuple[Path, Path]] = {}
@@ -200,7 +208,8 @@ def kill_steps(seed: int, n: int = 2) -> list[int]:
     ["data.sampling=episodes", "data.num_workers=0"],
     ["data.episode_continuous_batch=true"],
     ["data.episode_continuous_batch=true", "data.num_workers=0", "data.frame_skip=2", "data.win_len=8"],
-], ids=["grid", "frames", "episodes-0workers", "continuous", "continuous-frameskip2-0workers"])
+    ["data.episode_continuous_batch=true", "callbacks/ema=default", "callbacks.ema.decay=0.9"],
+], ids=["grid", "frames", "episodes-0workers", "continuous", "continuous-frameskip2-0workers", "continuous-ema"])
 def test_sigkill_at_random_steps_then_resume_trains_exactly_what_the_uninterrupted_run_trains(stores, tmp_path, mode):
     check_resumed_chain(tmp_path, [*BASE, f"data.root={stores[0]}", *mode], kill_steps(hash(tuple(mode)) % 1000))
 
@@ -210,8 +219,9 @@ def test_sigkill_with_a_store_mixture(stores, tmp_path):
     check_resumed_chain(tmp_path, [*BASE, *mixture], kill_steps(7))
 
 
-@pytest.mark.parametrize("mode", [["data.sampling=grid"], ["data.episode_continuous_batch=true"]],
-                         ids=["grid", "continuous"])
+@pytest.mark.parametrize("mode", [["data.sampling=grid"], ["data.episode_continuous_batch=true"],
+                                  ["data.sampling=grid", "callbacks/ema=default", "callbacks.ema.decay=0.9"]],
+                         ids=["grid", "continuous", "grid-ema"])
 def test_a_finished_run_extended_to_more_steps_continues_exactly(stores, tmp_path, mode):
     """max_steps reached mid-epoch: last.ckpt at train end; the same command with a larger max_steps continues."""
     overrides = [*BASE, f"data.root={stores[0]}", *mode]
@@ -290,9 +300,9 @@ def test_a_full_disk_while_checkpointing_leaves_no_partial_checkpoint_and_says_s
 
 def test_sigkill_of_a_two_rank_ddp_run_then_resume(stores, tmp_path):
     """Both ranks (ddp_spawn, gloo) are killed with the whole process group; resumed on two ranks, each continues
-    with its own next batch (continuous mode: each rank's slots carry memory)."""
+    with its own next batch (continuous mode: each rank's slots carry memory). With an EMA of the weights."""
     ddp = ["trainer.strategy=ddp_spawn_find_unused_parameters_true", "trainer.devices=2", "data.num_workers=0",
-           "data.episode_continuous_batch=true", "data.batch_size=2"]
+           "data.episode_continuous_batch=true", "data.batch_size=2", "callbacks/ema=default", "callbacks.ema.decay=0.9"]
     check_resumed_chain(tmp_path, [*BASE, f"data.root={stores[0]}", *ddp], kill_steps(11, n=1), ranks=2)
 
 

@@ -10,11 +10,15 @@ from torch import nn
 
 #: Where MineLightning keeps the policy inside a Lightning checkpoint's state dict.
 CHECKPOINT_PREFIX = "mine_policy."
+#: Where a checkpoint saved with an EMA (minesweep.ema, Lightning's WeightAveraging) keeps the trained weights; its
+#: ``state_dict`` then holds the EMA weights.
+TRAINED_WEIGHTS_KEY = "current_model_state"
 
 
-def read_policy_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+def read_policy_state_dict(path: str | Path, trained: bool = False) -> dict[str, torch.Tensor]:
     """A policy state dict from ``path``: a plain state dict (e.g. VPT's ``.weights``) or a
-    minesweep Lightning checkpoint (``.ckpt``). Loaded with ``weights_only=True``: data, never code."""
+    minesweep Lightning checkpoint (``.ckpt``). Loaded with ``weights_only=True``: data, never code.
+    A checkpoint saved with an EMA gives its EMA weights, or with ``trained=True`` the trained ones."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"policy weights: no file at {path}")
@@ -26,6 +30,8 @@ def read_policy_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise ValueError(f"policy weights: {path} holds a {type(loaded).__name__}, not a state dict")
     if "state_dict" in loaded and isinstance(loaded["state_dict"], Mapping):
         inner = loaded["state_dict"]
+        if trained and isinstance(loaded.get(TRAINED_WEIGHTS_KEY), Mapping):
+            inner = loaded[TRAINED_WEIGHTS_KEY]
         policy_keys = {k[len(CHECKPOINT_PREFIX) :]: v for k, v in inner.items() if k.startswith(CHECKPOINT_PREFIX)}
         if not policy_keys:
             raise ValueError(f"policy weights: checkpoint {path} has no '{CHECKPOINT_PREFIX}*' entries")

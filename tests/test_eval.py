@@ -427,9 +427,11 @@ def test_training_on_the_crafter_demo_ends_with_a_short_eval(tmp_path, caplog):
             "+data.demo.progress=false", "data.val_fraction=0.5", f"paths.output_dir={run}",
             f"paths.cache_dir={tmp_path / 'cache'}", "logger=csv", "trainer.max_steps=3",
             "trainer.val_check_interval=3", "callbacks.final_eval.episodes=2", "eval.env.length=30", "eval.workers=1",
+            "callbacks/ema=default",
         ])
     with caplog.at_level("INFO", logger="minesweep"):
         metrics = train(cfg)
+    assert "final eval: the policy plays its EMA weights" in caplog.text
     assert "policy/random" in caplog.text and str(run / "eval_final" / "achievements.png") in caplog.text
     assert (run / "eval_final" / "achievements.png").stat().st_size > 1000
     report = json.loads((run / "eval_final" / "results.json").read_text())

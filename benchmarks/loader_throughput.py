@@ -155,7 +155,7 @@ def check_share(store: EpisodeStore, win_len: int, windows: int, seed: int) -> t
 
 def checksum_cost(args: argparse.Namespace, tmp: str) -> None:
     """Loader frames/s with the checksum verification on and off, per codec (one store each, runs interleaved)."""
-    for codec in ("h264", "raw"):
+    for codec in args.codecs:
         store = build(Path(tmp) / f"cost-{codec}", codec, args.episodes, args.frames, 1)
         rates: dict[bool, list[float]] = {True: [], False: []}
         reads: dict[bool, list[float]] = {True: [], False: []}
@@ -187,6 +187,8 @@ def main() -> None:
     parser.add_argument("--windows", type=int, default=400)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--codecs", nargs="+", choices=["h264", "raw"], default=["h264", "raw"],
+                        help="the stores' codecs (--checksum-cost)")
     parser.add_argument("--checksum-cost", action="store_true",
                         help="measure frames/s with the per-chunk checksum verification on vs off instead")
     args = parser.parse_args()

@@ -7,7 +7,8 @@
    the same recording); 2. ``minesweep-data ingest`` into ``OUT/store`` (128x128); 3. training with the default
    config (``policy=tiny``, ``objective=[bc]``) with episode-continuous batches (the GRU memory is carried across
    windows, as it is when the policy plays) for ``--steps`` optimizer steps or ``--max-minutes``, whichever comes
-   first (by default the time cap: about 6,500 steps on two free cores); 4. ``minesweep-eval`` on ``--eval-episodes`` unseen worlds (1000000..) for the policy, a random
+   first (by default the time cap: about 6,500 steps on two free cores); 4. ``minesweep-eval`` on
+   ``--eval-episodes`` unseen worlds (1000000..) for the policy, a random
    and the scripted player. Prints the machine, the command, timings and the figures against the targets
    (mean return >= 3x random, collect_wood >= 0.8, place_table >= 0.6); writes ``OUT/run/eval/``.
 """
@@ -33,6 +34,7 @@ from minesweep.data.ingest import ingest  # noqa: E402
 from minesweep.envs.crafter_record import SUMMARY, record_crafter  # noqa: E402
 from minesweep.eval import compose_config, evaluate_checkpoint, print_report  # noqa: E402
 from minesweep.train import train  # noqa: E402
+
 
 def cpu_seconds() -> float:
     """CPU time of this process and its finished children (data-loader workers): a measure of the work done that,
@@ -68,13 +70,18 @@ def main() -> int:
     parser.add_argument("--eval-episodes", type=int, default=30)
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--out", default="outputs/crafter_bc")
-    parser.add_argument("--reuse-run", action="store_true",
-                        help="evaluate OUT/run/checkpoints/last.ckpt of an earlier run instead of training again")
+    parser.add_argument(
+        "--reuse-run",
+        action="store_true",
+        help="evaluate OUT/run/checkpoints/last.ckpt of an earlier run instead of training again",
+    )
     args, overrides = parser.parse_known_args()
 
     print(f"command: {' '.join([sys.executable, *sys.argv])}")
-    print(f"machine: {cpu_model()}; {os.cpu_count()} cores; torch {torch.__version__} "
-          f"({torch.get_num_threads()} threads); python {platform.python_version()}")
+    print(
+        f"machine: {cpu_model()}; {os.cpu_count()} cores; torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads); python {platform.python_version()}"
+    )
     out = Path(args.out).resolve()
     raw, store, run = out / "raw", out / "store", out / "run"
     timings = {}
@@ -98,9 +105,15 @@ def main() -> int:
 
     t, cpu = time.perf_counter(), cpu_seconds()
     train_overrides = [
-        f"data.root={store}", "data.demo=null", f"paths.output_dir={run}", "logger=csv",
-        f"trainer.max_steps={args.steps}", f"+trainer.max_time={max_time(args.max_minutes)}",
-        "callbacks.progress_bar=null", "data.episode_continuous_batch=true", "trainer.val_check_interval=1000",
+        f"data.root={store}",
+        "data.demo=null",
+        f"paths.output_dir={run}",
+        "logger=csv",
+        f"trainer.max_steps={args.steps}",
+        f"+trainer.max_time={max_time(args.max_minutes)}",
+        "callbacks.progress_bar=null",
+        "data.episode_continuous_batch=true",
+        "trainer.val_check_interval=1000",
         *overrides,
     ]
     cfg = compose_config(train_overrides)
@@ -117,9 +130,15 @@ def main() -> int:
     steps = int(metrics["global_step"])
 
     t = time.perf_counter()
-    cfg = compose_config([*overrides, f"eval.checkpoint={run / 'checkpoints' / 'last.ckpt'}",
-                          f"eval.episodes={args.eval_episodes}", f"eval.output_dir={run / 'eval'}",
-                          "eval.env.size=128"])  # the frame size recorded and ingested above
+    cfg = compose_config(
+        [
+            *overrides,
+            f"eval.checkpoint={run / 'checkpoints' / 'last.ckpt'}",
+            f"eval.episodes={args.eval_episodes}",
+            f"eval.output_dir={run / 'eval'}",
+            "eval.env.size=128",
+        ]
+    )  # the frame size recorded and ingested above
     report = evaluate_checkpoint(cfg)
     timings["eval"] = time.perf_counter() - t
     print_report(report)
@@ -131,24 +150,33 @@ def main() -> int:
         "collect_wood": policy["success_rates"]["collect_wood"],
         "place_table": policy["success_rates"]["place_table"],
     }
-    print(f"\ntraining: {steps} steps of batch {cfg.data.batch_size} x {cfg.data.win_len} frames "
-          f"({steps * cfg.data.batch_size * cfg.data.win_len / frames:.2f} epochs), final val/loss "
-          f"{metrics.get('val/loss', float('nan')):.3f}, val/bc/loss_per_frame "
-          f"{metrics.get('val/bc/loss_per_frame', float('nan')):.3f}")
+    print(
+        f"\ntraining: {steps} steps of batch {cfg.data.batch_size} x {cfg.data.win_len} frames "
+        f"({steps * cfg.data.batch_size * cfg.data.win_len / frames:.2f} epochs), final val/loss "
+        f"{metrics.get('val/loss', float('nan')):.3f}, val/bc/loss_per_frame "
+        f"{metrics.get('val/bc/loss_per_frame', float('nan')):.3f}"
+    )
     print("timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
     if "train_cpu" in timings:
-        print(f"training used {timings['train_cpu'] / 60:.1f} CPU-minutes ({timings['train_cpu'] / 60 / 2:.1f} min "
-              f"on 2 cores without other jobs, at best)")
-    print(f"policy return {policy['mean_return']:.2f} ± {policy['stderr_return']:.2f}, random "
-          f"{random['mean_return']:.2f} ± {random['stderr_return']:.2f}, scripted "
-          f"{report['players'].get('scripted', {}).get('mean_return', float('nan')):.2f}")
+        print(
+            f"training used {timings['train_cpu'] / 60:.1f} CPU-minutes ({timings['train_cpu'] / 60 / 2:.1f} min "
+            f"on 2 cores without other jobs, at best)"
+        )
+    print(
+        f"policy return {policy['mean_return']:.2f} ± {policy['stderr_return']:.2f}, random "
+        f"{random['mean_return']:.2f} ± {random['stderr_return']:.2f}, scripted "
+        f"{report['players'].get('scripted', {}).get('mean_return', float('nan')):.2f}"
+    )
     ok = True
     for key, target in TARGETS.items():
         passed = figures[key] >= target
         ok &= passed
         print(f"  {key:17s} {figures[key]:6.2f}  target >= {target:.1f}  {'PASS' if passed else 'MISS'}")
-    (out / "benchmark.json").write_text(json.dumps({"command": sys.argv, "figures": figures, "timings": timings,
-                                                    "steps": steps, "frames": frames}, indent=1))
+    (out / "benchmark.json").write_text(
+        json.dumps(
+            {"command": sys.argv, "figures": figures, "timings": timings, "steps": steps, "frames": frames}, indent=1
+        )
+    )
     return 0 if ok else 1
 
 

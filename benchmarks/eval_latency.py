@@ -59,23 +59,43 @@ def main() -> None:
         checkpoint = args.checkpoint
         if checkpoint is None:
             run = Path(tmp) / "run"
-            timed([sys.executable, "train.py", "trainer.max_steps=20", "logger=csv", "callbacks.progress_bar=null",
-                   "callbacks.final_eval=null", f"hydra.run.dir={run}"], env)
+            timed(
+                [
+                    sys.executable,
+                    "train.py",
+                    "trainer.max_steps=20",
+                    "logger=csv",
+                    "callbacks.progress_bar=null",
+                    "callbacks.final_eval=null",
+                    f"hydra.run.dir={run}",
+                ],
+                env,
+            )
             checkpoint = str(run / "checkpoints" / "last.ckpt")
         out = Path(tmp) / "eval"
-        command = [sys.executable, "-m", "minesweep.eval", f"eval.checkpoint={checkpoint}", "eval.progress=false",
-                   f"eval.output_dir={out}", f"paths.cache_dir={Path(tmp) / 'cache'}", *overrides]
+        command = [
+            sys.executable,
+            "-m",
+            "minesweep.eval",
+            f"eval.checkpoint={checkpoint}",
+            "eval.progress=false",
+            f"eval.output_dir={out}",
+            f"paths.cache_dir={Path(tmp) / 'cache'}",
+            *overrides,
+        ]
         print(f"eval: {' '.join(command[1:])}")
-        for run_index in range(1 + args.runs):
+        for _ in range(1 + args.runs):
             before = load()
             wall, cpu = timed(command, env)
             report = json.loads((out / "results.json").read_text())
             cached = all(report["players"][name].get("from_cache") for name in report["players"] if name != "policy")
             length = report["players"]["policy"]["mean_length"]
-            print(f"{'warm' if cached else 'cold'} cache: {wall:.1f} s wall, {cpu:.1f} s CPU; "
-                  f"{report['worlds']['episodes']} worlds, {report['play']['workers']} processes, play "
-                  f"{report['play']['seconds']:.1f} s; policy mean length {length:.0f}; "
-                  f"load average before {before}, after {load()}")
+            print(
+                f"{'warm' if cached else 'cold'} cache: {wall:.1f} s wall, {cpu:.1f} s CPU; "
+                f"{report['worlds']['episodes']} worlds, {report['play']['workers']} processes, play "
+                f"{report['play']['seconds']:.1f} s; policy mean length {length:.0f}; "
+                f"load average before {before}, after {load()}"
+            )
 
 
 if __name__ == "__main__":

@@ -35,19 +35,28 @@ def one_run(out: Path, overrides: list[str]) -> dict[str, float]:
     shutil.rmtree(out, ignore_errors=True)
     env = dict(os.environ, MINESWEEP_CACHE=str(cache), WANDB_MODE=os.environ.get("WANDB_MODE", "offline"))
     t = time.perf_counter()
-    subprocess.run([sys.executable, "train.py", f"paths.output_root={runs}", *overrides], cwd=REPO, env=env,
-                   check=True)
+    subprocess.run([sys.executable, "train.py", f"paths.output_root={runs}", *overrides], cwd=REPO, env=env, check=True)
     train_s = time.perf_counter() - t
     checkpoint = runs / "demo" / "runs" / "default" / "checkpoints" / "last.ckpt"
     t = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "minesweep.eval", f"eval.checkpoint={checkpoint}", *overrides], cwd=REPO,
-                   env=env, check=True)
+    subprocess.run(
+        [sys.executable, "-m", "minesweep.eval", f"eval.checkpoint={checkpoint}", *overrides],
+        cwd=REPO,
+        env=env,
+        check=True,
+    )
     eval_s = time.perf_counter() - t
     report = json.loads((checkpoint.parent.parent / "eval" / "results.json").read_text())
     policy, random = report["players"]["policy"], report["players"]["random"]
-    return {"train_s": train_s, "eval_s": eval_s, "return": policy["mean_return"], "random": random["mean_return"],
-            "return_vs_random": report["return_vs_random"], "collect_wood": policy["success_rates"]["collect_wood"],
-            "place_table": policy["success_rates"]["place_table"]}
+    return {
+        "train_s": train_s,
+        "eval_s": eval_s,
+        "return": policy["mean_return"],
+        "random": random["mean_return"],
+        "return_vs_random": report["return_vs_random"],
+        "collect_wood": policy["success_rates"]["collect_wood"],
+        "place_table": policy["success_rates"]["place_table"],
+    }
 
 
 def main() -> int:
@@ -58,16 +67,21 @@ def main() -> int:
     import torch
 
     print(f"command: {' '.join([sys.executable, *sys.argv])}")
-    print(f"machine: {cpu_model()}; {os.cpu_count()} cores; torch {torch.__version__} "
-          f"({torch.get_num_threads()} threads); python {platform.python_version()}; load average before: "
-          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(
+        f"machine: {cpu_model()}; {os.cpu_count()} cores; torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads); python {platform.python_version()}; load average before: "
+        f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}"
+    )
     results = []
     for i in range(args.runs):
         results.append(one_run(Path(args.out).resolve() / f"run{i}", overrides))
         r = results[-1]
-        print(f"run {i}: train.py {r['train_s']:.0f} s (recording included), eval {r['eval_s']:.0f} s; return "
-              f"{r['return']:.2f} vs random {r['random']:.2f} = {r['return_vs_random']:.2f}x, collect_wood "
-              f"{r['collect_wood']:.2f}, place_table {r['place_table']:.2f}", flush=True)
+        print(
+            f"run {i}: train.py {r['train_s']:.0f} s (recording included), eval {r['eval_s']:.0f} s; return "
+            f"{r['return']:.2f} vs random {r['random']:.2f} = {r['return_vs_random']:.2f}x, collect_wood "
+            f"{r['collect_wood']:.2f}, place_table {r['place_table']:.2f}",
+            flush=True,
+        )
     ok = True
     print(f"medians of {len(results)} runs:")
     for key in ("train_s", "eval_s", "return_vs_random", "collect_wood", "place_table"):
@@ -78,8 +92,10 @@ def main() -> int:
             continue
         passed = all((r[key] <= target) if key == "train_s" else (r[key] >= target) for r in results)
         ok &= passed
-        print(f"  {key:17s} {value:7.2f}  target {'<=' if key == 'train_s' else '>='} {target:g} in every run: "
-              f"{'PASS' if passed else 'MISS'}")
+        print(
+            f"  {key:17s} {value:7.2f}  target {'<=' if key == 'train_s' else '>='} {target:g} in every run: "
+            f"{'PASS' if passed else 'MISS'}"
+        )
     return 0 if ok else 1
 
 

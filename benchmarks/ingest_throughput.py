@@ -52,8 +52,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     args = parser.parse_args()
     print(f"command: {' '.join([sys.executable, *sys.argv])}")
-    print(f"machine: {cpu_model()}; {os.cpu_count()} cores; torch {torch.__version__}; "
-          f"python {platform.python_version()}")
+    print(
+        f"machine: {cpu_model()}; {os.cpu_count()} cores; torch {torch.__version__}; python {platform.python_version()}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "raw"
         generate_recordings(raw, episodes=args.episodes, frames=args.frames, seed=0, width=640, height=360)
@@ -70,9 +71,11 @@ def main() -> None:
                 assert len(report.ingested) == args.episodes and not report.skipped, report.skipped
                 rates.append(total / seconds)
             median = statistics.median(rates)
-            print(f"{workers} worker(s): {median:.0f} frames/s in all, {median / workers:.0f} frames/s per worker "
-                  f"({args.episodes} episodes x {args.frames} frames of 640x360; runs: "
-                  f"{', '.join(f'{r:.0f}' for r in rates)})")
+            print(
+                f"{workers} worker(s): {median:.0f} frames/s in all, {median / workers:.0f} frames/s per worker "
+                f"({args.episodes} episodes x {args.frames} frames of 640x360; runs: "
+                f"{', '.join(f'{r:.0f}' for r in rates)})"
+            )
 
 
 if __name__ == "__main__":

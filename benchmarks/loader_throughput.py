@@ -1,10 +1,12 @@
 """Training-window throughput of one DataLoader worker, and its peak memory, for H.264 and raw stores.
 
-    python benchmarks/loader_throughput.py [--episodes 16 --frames 1200 --win-len 128 --windows 400 --batch-size 4 --runs 3]
+    python benchmarks/loader_throughput.py [--episodes 16 --frames 1200 --win-len 128 --windows 400 \
+        --batch-size 4 --runs 3]
 
 Builds synthetic stores at 128x128 (moving shapes over gradients, so H.264 has real work), then reads random
 windows (RandomWindowSampler, uniform over window starts) through WindowDataset and a DataLoader with ONE worker,
-``--batch-size`` windows per batch, fetched whole as MineDataModule does. Reports frames/s (median of ``--runs``) and the worker's peak RSS, for a store and for one 10x
+``--batch-size`` windows per batch, fetched whole as MineDataModule does. Reports frames/s (median of ``--runs``)
+and the worker's peak RSS, for a store and for one 10x
 larger (the same episodes appended ten times under new ids): the RSS must not grow with the dataset. Also prints
 the rate of building the same batches in this process: the worker's own work, without handing each batch to the
 training process through shared memory (for raw frames that hand-over, a fresh shared buffer per batch, costs more
@@ -63,18 +65,23 @@ def frames_of(n: int, seed: int) -> np.ndarray:
         out[t, ..., 1] = (y * 2 + t) % 256
         out[t, ..., 2] = (x + y) % 256
         cy, cx = centre.astype(int)
-        out[t, cy:cy + 24, cx:cx + 24] = rng.integers(0, 256, 3)
+        out[t, cy : cy + 24, cx : cx + 24] = rng.integers(0, 256, 3)
     return out
 
 
 def actions_of(n: int) -> dict:
-    return {"buttons": np.zeros((n, 20), np.uint8), "camera": np.zeros((n, 2), np.float32),
-            "is_null": np.zeros(n, bool), "esc": np.zeros(n, bool)}
+    return {
+        "buttons": np.zeros((n, 20), np.uint8),
+        "camera": np.zeros((n, 2), np.float32),
+        "is_null": np.zeros(n, bool),
+        "esc": np.zeros(n, bool),
+    }
 
 
 def build(root: Path, codec: str, episodes: int, frames: int, copies: int) -> EpisodeStore:
-    encoded = [encode_episode(f"e{i}", frames_of(frames, i), actions_of(frames), (RES, RES), codec)
-               for i in range(episodes)]
+    encoded = [
+        encode_episode(f"e{i}", frames_of(frames, i), actions_of(frames), (RES, RES), codec) for i in range(episodes)
+    ]
     with StoreWriter(root, resolution=(RES, RES), codec=codec) as writer:
         for copy in range(copies):
             for e in encoded:
@@ -97,8 +104,13 @@ def measure(store: EpisodeStore, win_len: int, windows: int, batch_size: int, se
     Loaded as MineDataModule does: whole batches per fetch (a batch sampler as the sampler, batch_size=None)."""
     dataset = WithPeakRss(store, win_len=win_len)
     sampler = RandomWindowSampler(store.lengths, win_len, windows, seed=seed, rank=0, world_size=1)
-    loader = DataLoader(dataset, sampler=Batches(sampler, batch_size, drop_last=False), batch_size=None,
-                        num_workers=1, prefetch_factor=4)
+    loader = DataLoader(
+        dataset,
+        sampler=Batches(sampler, batch_size, drop_last=False),
+        batch_size=None,
+        num_workers=1,
+        prefetch_factor=4,
+    )
     iterator = iter(loader)
     next(iterator)  # worker start-up and the first batch are not timed
     start = time.perf_counter()
@@ -134,6 +146,7 @@ def check_share(store: EpisodeStore, win_len: int, windows: int, seed: int) -> t
                 return original(self, *args, **kwargs)
             finally:
                 spent[0] += time.perf_counter() - start
+
         return wrapper
 
     rng = np.random.default_rng(seed)
@@ -166,17 +179,23 @@ def checksum_cost(args: argparse.Namespace, tmp: str) -> None:
                 reads[verify].append(measure_reads(store, args.win_len, args.windows, args.batch_size, seed))
         on, off = statistics.median(rates[True]), statistics.median(rates[False])
         on_reads, off_reads = statistics.median(reads[True]), statistics.median(reads[False])
-        print(f"{codec:4s} loader (1 worker): checksums on {on:9.0f} frames/s, off {off:9.0f} frames/s: cost "
-              f"{100 * (1 - on / off):+.1f}% (runs on: {', '.join(f'{r:.0f}' for r in rates[True])}; off: "
-              f"{', '.join(f'{r:.0f}' for r in rates[False])})")
-        print(f"{codec:4s} in-process batches:  checksums on {on_reads:9.0f} frames/s, off {off_reads:9.0f} "
-              f"frames/s: cost {100 * (1 - on_reads / off_reads):+.1f}%")
+        print(
+            f"{codec:4s} loader (1 worker): checksums on {on:9.0f} frames/s, off {off:9.0f} frames/s: cost "
+            f"{100 * (1 - on / off):+.1f}% (runs on: {', '.join(f'{r:.0f}' for r in rates[True])}; off: "
+            f"{', '.join(f'{r:.0f}' for r in rates[False])})"
+        )
+        print(
+            f"{codec:4s} in-process batches:  checksums on {on_reads:9.0f} frames/s, off {off_reads:9.0f} "
+            f"frames/s: cost {100 * (1 - on_reads / off_reads):+.1f}%"
+        )
         store._verify_reads = True
         window_ms, check_ms = check_share(store, args.win_len, args.windows, seed=0)
         loader_ms = 1e3 * args.win_len / off  # the loader's time per window without the checks
-        print(f"{codec:4s} read_frames: {window_ms:.2f} ms per {args.win_len}-frame window, of which {check_ms:.3f} ms "
-              f"in the checksum checks ({100 * check_ms / window_ms:.1f}%); the loader takes {loader_ms:.2f} ms per "
-              f"window without them: the checks add {100 * check_ms / loader_ms:.1f}% to it")
+        print(
+            f"{codec:4s} read_frames: {window_ms:.2f} ms per {args.win_len}-frame window, of which {check_ms:.3f} ms "
+            f"in the checksum checks ({100 * check_ms / window_ms:.1f}%); the loader takes {loader_ms:.2f} ms per "
+            f"window without them: the checks add {100 * check_ms / loader_ms:.1f}% to it"
+        )
 
 
 def main() -> None:
@@ -187,14 +206,24 @@ def main() -> None:
     parser.add_argument("--windows", type=int, default=400)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--codecs", nargs="+", choices=["h264", "raw"], default=["h264", "raw"],
-                        help="the stores' codecs (--checksum-cost)")
-    parser.add_argument("--checksum-cost", action="store_true",
-                        help="measure frames/s with the per-chunk checksum verification on vs off instead")
+    parser.add_argument(
+        "--codecs",
+        nargs="+",
+        choices=["h264", "raw"],
+        default=["h264", "raw"],
+        help="the stores' codecs (--checksum-cost)",
+    )
+    parser.add_argument(
+        "--checksum-cost",
+        action="store_true",
+        help="measure frames/s with the per-chunk checksum verification on vs off instead",
+    )
     args = parser.parse_args()
     print(f"command: {' '.join([sys.executable, *sys.argv])}")
-    print(f"machine: {cpu_model()}; {os.cpu_count()} cores; torch {torch.__version__} "
-          f"({torch.get_num_threads()} threads); python {platform.python_version()}")
+    print(
+        f"machine: {cpu_model()}; {os.cpu_count()} cores; torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads); python {platform.python_version()}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         if args.checksum_cost:
             checksum_cost(args, tmp)
@@ -203,16 +232,21 @@ def main() -> None:
             for copies in (1, 10):
                 store = build(Path(tmp) / f"{codec}-{copies}", codec, args.episodes, args.frames, copies)
                 size = sum(p.stat().st_size for p in (store.root / "shards").iterdir())
-                results = [measure(store, args.win_len, args.windows, args.batch_size, seed) for seed in range(args.runs)]
+                results = [
+                    measure(store, args.win_len, args.windows, args.batch_size, seed) for seed in range(args.runs)
+                ]
                 rates = [r for r, _ in results]
                 rss = max(r for _, r in results)
-                reads = statistics.median(measure_reads(store, args.win_len, args.windows, args.batch_size, seed)
-                                          for seed in range(args.runs))
-                print(f"{codec:4s} store {len(store):4d} episodes, {int(store.lengths.sum()):7d} frames, "
-                      f"{size / 2**20:8.1f} MiB ({size / store.lengths.sum() / 1024:.1f} KB/frame): "
-                      f"{statistics.median(rates):9.0f} frames/s per worker (runs: "
-                      f"{', '.join(f'{r:.0f}' for r in rates)}); peak worker RSS {rss:.0f} MiB; "
-                      f"same batches built in-process: {reads:.0f} frames/s")
+                reads = statistics.median(
+                    measure_reads(store, args.win_len, args.windows, args.batch_size, seed) for seed in range(args.runs)
+                )
+                print(
+                    f"{codec:4s} store {len(store):4d} episodes, {int(store.lengths.sum()):7d} frames, "
+                    f"{size / 2**20:8.1f} MiB ({size / store.lengths.sum() / 1024:.1f} KB/frame): "
+                    f"{statistics.median(rates):9.0f} frames/s per worker (runs: "
+                    f"{', '.join(f'{r:.0f}' for r in rates)}); peak worker RSS {rss:.0f} MiB; "
+                    f"same batches built in-process: {reads:.0f} frames/s"
+                )
 
 
 if __name__ == "__main__":

@@ -52,8 +52,13 @@ t.main()
 
 def first_step_seconds(overrides: list[str]) -> tuple[float, int]:
     started = time.time()
-    proc = subprocess.run([sys.executable, "-c", CHILD, *overrides], cwd=REPO, capture_output=True, text=True,
-                          env={**os.environ, "WANDB_MODE": "disabled"})
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD, *overrides],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "WANDB_MODE": "disabled"},
+    )
     if proc.returncode != 0:
         raise SystemExit(f"run failed: {' '.join(overrides)}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     for line in proc.stdout.splitlines():
@@ -68,10 +73,17 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--steps", type=int, default=20)
     args, overrides = parser.parse_known_args()
-    base = [*overrides, "~logger", "callbacks.lr_monitor=null", "callbacks.progress_bar=null",
-            "callbacks.final_eval=null"]
-    print(f"machine: {cpu_model()}, {os.cpu_count()} cores; torch {torch.__version__} ({torch.get_num_threads()} "
-          f"threads); python {platform.python_version()}")
+    base = [
+        *overrides,
+        "~logger",
+        "callbacks.lr_monitor=null",
+        "callbacks.progress_bar=null",
+        "callbacks.final_eval=null",
+    ]
+    print(
+        f"machine: {cpu_model()}, {os.cpu_count()} cores; torch {torch.__version__} ({torch.get_num_threads()} "
+        f"threads); python {platform.python_version()}"
+    )
     print(f"command: python benchmarks/resume_latency.py {' '.join(sys.argv[1:])}")
     with tempfile.TemporaryDirectory() as tmp:
         first_step_seconds([*base, f"paths.output_root={tmp}/warmup", "trainer.max_steps=1"])  # makes the demo data
@@ -84,8 +96,10 @@ def main() -> None:
             assert step == args.steps + 1, f"the resumed run's first step was {step}, not {args.steps + 1}"
             resumed.append(seconds)
             print(f"run {run}: fresh {fresh[-1]:.1f} s, resumed {resumed[-1]:.1f} s to the first step")
-    print(f"median of {args.runs}: launch to first trained step: fresh {statistics.median(fresh):.1f} s, "
-          f"resumed (ckpt_path=last) {statistics.median(resumed):.1f} s")
+    print(
+        f"median of {args.runs}: launch to first trained step: fresh {statistics.median(fresh):.1f} s, "
+        f"resumed (ckpt_path=last) {statistics.median(resumed):.1f} s"
+    )
 
 
 if __name__ == "__main__":

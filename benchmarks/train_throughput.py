@@ -136,8 +136,12 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--flops", action="store_true", help="print FLOP/frame and the fraction of the conv ceiling")
-    parser.add_argument("--nominal-gflops-per-core", type=float, default=150.0,
-                        help="float32 conv GFLOP/s per core of the nominal ceiling (bf16: twice that)")
+    parser.add_argument(
+        "--nominal-gflops-per-core",
+        type=float,
+        default=150.0,
+        help="float32 conv GFLOP/s per core of the nominal ceiling (bf16: twice that)",
+    )
     args, overrides = parser.parse_known_args()
 
     print(f"command: {' '.join([sys.executable, *sys.argv])}")
@@ -188,8 +192,10 @@ def main() -> None:
     print(f"median training throughput: {statistics.median(rates):.1f} frames/s over {args.runs} runs")
     if run_peaks:  # later runs in the same process would otherwise report the earlier runs' leftovers
         own = statistics.median(run_peaks)
-    print(f"peak RSS: {own:.0f} MiB (this process{', median of the runs' if run_peaks else ''}), "
-          f"{children:.0f} MiB (largest data-loader worker)")
+    print(
+        f"peak RSS: {own:.0f} MiB (this process{', median of the runs' if run_peaks else ''}), "
+        f"{children:.0f} MiB (largest data-loader worker)"
+    )
     if args.flops:
         gflop = flops_per_frame(cfg) / 1e9
         dtype = torch.bfloat16 if "bf16" in str(cfg.trainer.precision) else torch.float32
@@ -201,9 +207,11 @@ def main() -> None:
             f"({ceiling / achieved:.2f}x from the ceiling)"
         )
         nominal = args.nominal_gflops_per_core * os.cpu_count() * (2 if dtype == torch.bfloat16 else 1)
-        print(f"nominal ceiling {nominal:.0f} GFLOP/s ({args.nominal_gflops_per_core:g} per core in float32, twice "
-              f"that in bf16, {os.cpu_count()} cores): {100 * achieved / nominal:.0f}% of it "
-              f"({nominal / achieved:.2f}x from it)")
+        print(
+            f"nominal ceiling {nominal:.0f} GFLOP/s ({args.nominal_gflops_per_core:g} per core in float32, twice "
+            f"that in bf16, {os.cpu_count()} cores): {100 * achieved / nominal:.0f}% of it "
+            f"({nominal / achieved:.2f}x from it)"
+        )
 
 
 if __name__ == "__main__":

@@ -57,10 +57,10 @@ ENTRY_POINT_GROUP = "minesweep.allowed_targets"
 
 #: What our configs (conf/, launch/) build. ``pkg.*``: the classes under pkg; an exact name: that callable.
 ALLOWED_TARGETS: tuple[str, ...] = (
-    "minesweep.*",                        # policies, objectives, data modules, envs, players, callbacks
+    "minesweep.*",  # policies, objectives, data modules, envs, players, callbacks
     "minesweep.policies.vpt.VPTPolicy.from_model_file",  # a released VPT's architecture (plain-data reader)
-    "minesweep.policies.vpt.VPTPolicy.from_reference",   # reference weights (weights_only loader)
-    "torch.optim.*",                      # optimizers, and schedulers in torch.optim.lr_scheduler
+    "minesweep.policies.vpt.VPTPolicy.from_reference",  # reference weights (weights_only loader)
+    "torch.optim.*",  # optimizers, and schedulers in torch.optim.lr_scheduler
     "lightning.pytorch.callbacks.*",
     "lightning.pytorch.loggers.*",
     "lightning.Trainer",
@@ -71,13 +71,48 @@ ALLOWED_TARGETS: tuple[str, ...] = (
 #: A name is refused when it is one of these or lies under one (``torch.hub`` refuses ``torch.hub.load``);
 #: checked on the name in the config and on what it resolves to (``torch.load`` is ``torch.serialization.load``).
 REFUSED_TARGETS: tuple[str, ...] = (
-    "torch.load", "torch.serialization", "torch.hub", "torch.jit", "torch.package", "torch.utils.model_zoo",
-    "torch.utils.cpp_extension", "torch.ops", "torch.classes", "torch.library", "torch._C", "torch.export",
-    "numpy.load", "numpy.lib", "pandas.read_pickle",
-    "pickle", "_pickle", "copyreg", "marshal", "shelve", "dill", "cloudpickle", "joblib",
-    "importlib", "pkgutil", "zipimport", "runpy", "code", "codeop", "builtins", "ctypes",
-    "os", "posix", "nt", "sys", "subprocess", "multiprocessing", "pty", "shutil", "signal",
-    "hydra.utils", "hydra._internal",
+    "torch.load",
+    "torch.serialization",
+    "torch.hub",
+    "torch.jit",
+    "torch.package",
+    "torch.utils.model_zoo",
+    "torch.utils.cpp_extension",
+    "torch.ops",
+    "torch.classes",
+    "torch.library",
+    "torch._C",
+    "torch.export",
+    "numpy.load",
+    "numpy.lib",
+    "pandas.read_pickle",
+    "pickle",
+    "_pickle",
+    "copyreg",
+    "marshal",
+    "shelve",
+    "dill",
+    "cloudpickle",
+    "joblib",
+    "importlib",
+    "pkgutil",
+    "zipimport",
+    "runpy",
+    "code",
+    "codeop",
+    "builtins",
+    "ctypes",
+    "os",
+    "posix",
+    "nt",
+    "sys",
+    "subprocess",
+    "multiprocessing",
+    "pty",
+    "shutil",
+    "signal",
+    "hydra.utils",
+    "hydra._internal",
 )
 #: Methods refused on any class: they load a checkpoint file (and its pickled hyperparameters).
 REFUSED_ATTRIBUTES = frozenset({"load_from_checkpoint"})
@@ -90,8 +125,10 @@ class RefusedTarget(InstantiationException):
 
     def __init__(self, key: str, target: str, reason: str, allow_list: str | None = None) -> None:
         self.key, self.target, self.reason = key, target, reason
-        super().__init__(f"config key '{key or '<root>'}': _target_ '{target}' is refused: {reason}.\n"
-                         f"{allow_list or describe_allow_list()}")
+        super().__init__(
+            f"config key '{key or '<root>'}': _target_ '{target}' is refused: {reason}.\n"
+            f"{allow_list or describe_allow_list()}"
+        )
 
 
 def _under(name: str, prefix: str) -> bool:
@@ -179,8 +216,9 @@ def _resolved_name(obj: Any) -> str | None:
     return f"{module}.{qualname}" if isinstance(module, str) and isinstance(qualname, str) else None
 
 
-def check_target(target: str, key: str = "", patterns: Sequence[str] | None = None,
-                 allow_list: str | None = None) -> None:
+def check_target(
+    target: str, key: str = "", patterns: Sequence[str] | None = None, allow_list: str | None = None
+) -> None:
     """Raise :class:`RefusedTarget` unless the allow-list admits ``target``. Only names the allow-list admits are
     imported (to see what they resolve to), so a refused name never runs its module's code. ``allow_list``: the
     description of ``patterns`` the refusal ends with (default: :func:`describe_allow_list`)."""
@@ -212,8 +250,10 @@ def _refusal(target: Any, patterns: tuple[str, ...]) -> str | None:
             return f"it is '{resolved}', and '{refused}' can load files, import modules or run code"
     if admitted_by.endswith(".*"):
         if not isinstance(obj, type):
-            return (f"'{admitted_by}' admits classes only and this is a {type(obj).__name__}; "
-                    "a function or alternative constructor must be listed by its exact name")
+            return (
+                f"'{admitted_by}' admits classes only and this is a {type(obj).__name__}; "
+                "a function or alternative constructor must be listed by its exact name"
+            )
         # An alias (a class imported into an admitted module) is judged by where it really lives.
         if resolved and _match(resolved, patterns) is None:
             return f"it is '{resolved}', which is not on the allow-list"
@@ -231,8 +271,9 @@ def _walk(node: Any, key: str) -> Iterator[tuple[str, Any]]:
             yield from _walk(v, f"{key}[{i}]")
 
 
-def check_targets(node: Any, key: str = "", patterns: Sequence[str] | None = None,
-                  allow_list: str | None = None) -> None:
+def check_targets(
+    node: Any, key: str = "", patterns: Sequence[str] | None = None, allow_list: str | None = None
+) -> None:
     """Check every ``_target_`` in ``node`` (a config, dict or list; interpolations resolved, nested nodes included).
 
     A whole composed config's ``hydra`` node is left to Hydra: its launcher and sweeper are registered plugins,
@@ -267,7 +308,10 @@ def _check_hydra_callbacks(*, _root_: Any) -> bool:
     """Check every ``hydra.callbacks`` entry but ours against :func:`hydra_whitelist`, in our words."""
     callbacks = OmegaConf.select(_root_, "hydra.callbacks") or {}
     patterns = hydra_whitelist()
-    allowed = ", ".join(extension_targets()) or f"nothing, as {ENV_VAR} is unset and no installed package declares entry points"
+    allowed = (
+        ", ".join(extension_targets())
+        or f"nothing, as {ENV_VAR} is unset and no installed package declares entry points"
+    )
     allow_list = (
         "Hydra builds hydra.callbacks before minesweep runs, so they may be only your own trusted extensions: "
         f"{allowed}. To allow a package of your own, set {ENV_VAR}='myproject.*' or declare an entry point in the "

@@ -43,8 +43,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             if isinstance(error, Exception):  # torch.save reports a failed write as a RuntimeError
                 reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error).strip()
                 free = os.statvfs(path.parent).f_bavail * os.statvfs(path.parent).f_frsize
-                raise CheckpointSaveError(f"could not save checkpoint {path}: {reason} ({free / 2**20:.0f} MiB free "
-                                          f"on its file system)") from error
+                raise CheckpointSaveError(
+                    f"could not save checkpoint {path}: {reason} ({free / 2**20:.0f} MiB free on its file system)"
+                ) from error
             raise
         fd = os.open(path.parent, os.O_RDONLY)
         try:  # the rename itself reaches the disk

@@ -47,13 +47,21 @@ class EMA(WeightAveraging):
     """``ema <- decay * ema + (1 - decay) * weights`` after every ``every_n_steps``-th optimizer step from step
     ``start_step`` on (the first update copies the weights)."""
 
-    def __init__(self, decay: float = 0.999, start_step: int = 0, every_n_steps: int = 1, device: str | None = None,
-                 validate_on_ema: bool = True, weights_file: str | None = None) -> None:
+    def __init__(
+        self,
+        decay: float = 0.999,
+        start_step: int = 0,
+        every_n_steps: int = 1,
+        device: str | None = None,
+        validate_on_ema: bool = True,
+        weights_file: str | None = None,
+    ) -> None:
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"callbacks.ema.decay must be in [0, 1), got {decay}")
         if every_n_steps < 1 or start_step < 0:
-            raise ValueError(f"callbacks.ema: every_n_steps must be >= 1 and start_step >= 0, got {every_n_steps} "
-                             f"and {start_step}")
+            raise ValueError(
+                f"callbacks.ema: every_n_steps must be >= 1 and start_step >= 0, got {every_n_steps} and {start_step}"
+            )
         super().__init__(device=device, use_buffers=True, avg_fn=self._average)
         self.decay, self.start_step, self.every_n_steps = float(decay), int(start_step), int(every_n_steps)
         self.validate_on_ema = bool(validate_on_ema)
@@ -66,8 +74,11 @@ class EMA(WeightAveraging):
         return torch.lerp(average, current.to(average.dtype), 1.0 - self.decay)
 
     def should_update(self, step_idx: int | None = None, epoch_idx: int | None = None) -> bool:
-        return step_idx is not None and step_idx >= self.start_step and (step_idx - self.start_step) % \
-            self.every_n_steps == 0
+        return (
+            step_idx is not None
+            and step_idx >= self.start_step
+            and (step_idx - self.start_step) % self.every_n_steps == 0
+        )
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
@@ -122,8 +133,11 @@ class EMA(WeightAveraging):
         """The policy's part of a MineLightning state dict, as a plain state dict (``policy.weights=``)."""
         if self.weights_file is None:
             return
-        policy_state = {key[len(CHECKPOINT_PREFIX):]: value.detach().cpu().clone()
-                        for key, value in module_state.items() if key.startswith(CHECKPOINT_PREFIX)}
+        policy_state = {
+            key[len(CHECKPOINT_PREFIX) :]: value.detach().cpu().clone()
+            for key, value in module_state.items()
+            if key.startswith(CHECKPOINT_PREFIX)
+        }
         self.weights_file.parent.mkdir(parents=True, exist_ok=True)
         partial = self.weights_file.with_name(self.weights_file.name + ".partial")
         torch.save(policy_state, partial)

@@ -47,9 +47,21 @@ from minesweep.eval_cache import BaselineCache, baseline_key
 from minesweep.eval_parallel import PlayerJob, PolicyJob, WorldsJob, available_cpus, play_jobs
 from minesweep.policies.base import MinePolicy
 
-__all__ = ["load_policy", "PolicyPlayer", "as_video_frame", "evaluate_players", "summarize", "plot_achievements",
-           "resolve_workers", "rng_untouched", "evaluate_policy", "evaluate_checkpoint", "print_report",
-           "compose_config", "main"]
+__all__ = [
+    "load_policy",
+    "PolicyPlayer",
+    "as_video_frame",
+    "evaluate_players",
+    "summarize",
+    "plot_achievements",
+    "resolve_workers",
+    "rng_untouched",
+    "evaluate_policy",
+    "evaluate_checkpoint",
+    "print_report",
+    "compose_config",
+    "main",
+]
 
 log = logging.getLogger("minesweep")
 
@@ -67,8 +79,9 @@ class PolicyPlayer:
 
     name = "policy"
 
-    def __init__(self, policy: MinePolicy, deterministic: bool = False, video_frames: bool = False,
-                 eval_seed: int = 0) -> None:
+    def __init__(
+        self, policy: MinePolicy, deterministic: bool = False, video_frames: bool = False, eval_seed: int = 0
+    ) -> None:
         self.batch = BatchedPolicy(policy, deterministic, video_frames, eval_seed)
 
     policy = property(lambda self: self.batch.policy)
@@ -84,9 +97,13 @@ class PolicyPlayer:
         return int(self.batch.act([obs])[0])
 
 
-def evaluate_players(players: Mapping[str, Any], env_factory: EnvFactory, seeds: Sequence[int],
-                     on_episode: Callable[[str, int, CrafterEnv], Callable | None] | None = None,
-                     progress: bool = False) -> dict[str, list[EpisodeResult]]:
+def evaluate_players(
+    players: Mapping[str, Any],
+    env_factory: EnvFactory,
+    seeds: Sequence[int],
+    on_episode: Callable[[str, int, CrafterEnv], Callable | None] | None = None,
+    progress: bool = False,
+) -> dict[str, list[EpisodeResult]]:
     """Every player plays every world in ``seeds`` once, one world after another, in this process (players have
     ``reset(seed)`` and ``act(obs, info)``).
 
@@ -161,7 +178,9 @@ def _saved_policy_config(checkpoint: Path) -> dict | None:
         raise ValueError(f"eval.checkpoint: cannot read {checkpoint} as a tensor-only torch file: {error}") from error
     config = saved.get(POLICY_CONFIG_KEY) if isinstance(saved, Mapping) else None
     if config is not None and not isinstance(config, Mapping):
-        raise ValueError(f"eval.checkpoint: {checkpoint}'s '{POLICY_CONFIG_KEY}' is a {type(config).__name__}, not a dict")
+        raise ValueError(
+            f"eval.checkpoint: {checkpoint}'s '{POLICY_CONFIG_KEY}' is a {type(config).__name__}, not a dict"
+        )
     return dict(config) if config is not None else None
 
 
@@ -185,8 +204,10 @@ def _policy_config(cfg: DictConfig | None, checkpoint: Path) -> tuple[Any, str]:
         log.info("policy config from %s (the checkpoint holds none)", run_config)
         return saved_run.policy, f"{run_config}: policy"
     if cfg is None:
-        raise ValueError(f"{checkpoint} holds no policy config (an older checkpoint) and has no run config.yaml beside "
-                         f"its folder: pass the policy's config")
+        raise ValueError(
+            f"{checkpoint} holds no policy config (an older checkpoint) and has no run config.yaml beside "
+            f"its folder: pass the policy's config"
+        )
     return cfg.policy, "policy"
 
 
@@ -201,8 +222,9 @@ def load_policy(cfg: DictConfig | None, checkpoint: str | Path, use_ema: bool = 
     if not checkpoint.is_file():
         raise FileNotFoundError(f"eval.checkpoint: no checkpoint file at {checkpoint}")
     policy_cfg, source = _policy_config(cfg, checkpoint)
-    policy_cfg = OmegaConf.create(OmegaConf.to_container(policy_cfg, resolve=True) if OmegaConf.is_config(policy_cfg)
-                                  else policy_cfg)
+    policy_cfg = OmegaConf.create(
+        OmegaConf.to_container(policy_cfg, resolve=True) if OmegaConf.is_config(policy_cfg) else policy_cfg
+    )
     policy_cfg.weights = None
     policy = build_policy(policy_cfg, key=source)
     load_policy_weights(policy, read_policy_state_dict(checkpoint, trained=not use_ema))
@@ -233,13 +255,25 @@ def _plain(node: Any) -> Any:
     return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
 
 
-def evaluate_policy(policy: MinePolicy, env: Mapping[str, Any], seeds: Sequence[int], out: str | Path, *,
-                    baselines: Mapping[str, Mapping[str, Any] | None] | None = None,
-                    cache_dir: str | Path | None = None,
-                    deterministic: bool = False, video_frames: bool = False, eval_seed: int = 0,
-                    video: Mapping[str, Any] | None = None, workers: int | str | None = 1,
-                    batch_size: int | None = None, progress: bool = False, title: str = "",
-                    key: str = "eval", header: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def evaluate_policy(
+    policy: MinePolicy,
+    env: Mapping[str, Any],
+    seeds: Sequence[int],
+    out: str | Path,
+    *,
+    baselines: Mapping[str, Mapping[str, Any] | None] | None = None,
+    cache_dir: str | Path | None = None,
+    deterministic: bool = False,
+    video_frames: bool = False,
+    eval_seed: int = 0,
+    video: Mapping[str, Any] | None = None,
+    workers: int | str | None = 1,
+    batch_size: int | None = None,
+    progress: bool = False,
+    title: str = "",
+    key: str = "eval",
+    header: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """Let ``policy`` play the worlds ``seeds`` in the env that the config ``env`` builds (``_partial_``, called with
     ``seed=``), next to the ``baselines`` (configs of players; their episodes from the cache under ``cache_dir``
     when there, played and cached otherwise); write ``out``/results.json, achievements.png and, if
@@ -254,21 +288,32 @@ def evaluate_policy(policy: MinePolicy, env: Mapping[str, Any], seeds: Sequence[
         raise ValueError(f"{key}: no worlds to play (episodes must be positive)")
     _instantiate(env, f"{key}.env")  # refused targets are refused here, before anything plays or is written
     env_config = _plain(env)  # what the jobs carry: workers build their own factory from it
-    players = {name: _instantiate(node, f"{key}.baselines.{name}")
-               for name, node in (baselines or {}).items() if node is not None}
+    players = {
+        name: _instantiate(node, f"{key}.baselines.{name}")
+        for name, node in (baselines or {}).items()
+        if node is not None
+    }
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
 
     if not state_is_batch_first(policy) and batch_size != 1:
-        log.info("eval: %s's memory is not a list of batch-first tensors, so its worlds are played one at a time",
-                 type(policy).__name__)
+        log.info(
+            "eval: %s's memory is not a list of batch-first tensors, so its worlds are played one at a time",
+            type(policy).__name__,
+        )
         batch_size = 1
     video_spec = None
     if video and video.get("max_steps"):
-        video_spec = VideoSpec(str(out / "episode.mp4"), seed=seeds[0], max_steps=int(video["max_steps"]),
-                               size=int(video.get("size", 256)), fps=int(video.get("fps", 10)))
+        video_spec = VideoSpec(
+            str(out / "episode.mp4"),
+            seed=seeds[0],
+            max_steps=int(video["max_steps"]),
+            size=int(video.get("size", 256)),
+            fps=int(video.get("fps", 10)),
+        )
     jobs: list[tuple[WorldsJob, list[int]]] = [
-        (PolicyJob(policy, env_config, deterministic, video_frames, eval_seed, batch_size, video_spec), seeds)]
+        (PolicyJob(policy, env_config, deterministic, video_frames, eval_seed, batch_size, video_spec), seeds)
+    ]
 
     # the baselines: the cached worlds are read back, the others played with the policy's
     cache = BaselineCache(Path(cache_dir) / "eval-baselines") if cache_dir else None
@@ -351,11 +396,22 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
     seeds = [int(ev.first_seed) + i for i in range(int(ev.episodes))]
     cache_dir = cfg.get("paths", {}).get("cache_dir") if ev.get("cache_baselines", True) else None
     report = evaluate_policy(
-        policy, ev.env, seeds, out, baselines=ev.get("baselines") or {}, cache_dir=cache_dir,
-        deterministic=bool(ev.deterministic), video_frames=bool(ev.get("video_frames", False)),
-        eval_seed=int(ev.get("seed", 0)), video=_plain(ev.get("video")) or None, workers=ev.get("workers", "auto"),
-        batch_size=ev.get("batch_size"), progress=bool(ev.get("progress", True)),
-        title=f"Crafter: {len(seeds)} held-out worlds, {checkpoint.name}", header={"checkpoint": str(checkpoint)})
+        policy,
+        ev.env,
+        seeds,
+        out,
+        baselines=ev.get("baselines") or {},
+        cache_dir=cache_dir,
+        deterministic=bool(ev.deterministic),
+        video_frames=bool(ev.get("video_frames", False)),
+        eval_seed=int(ev.get("seed", 0)),
+        video=_plain(ev.get("video")) or None,
+        workers=ev.get("workers", "auto"),
+        batch_size=ev.get("batch_size"),
+        progress=bool(ev.get("progress", True)),
+        title=f"Crafter: {len(seeds)} held-out worlds, {checkpoint.name}",
+        header={"checkpoint": str(checkpoint)},
+    )
     return report
 
 
@@ -363,14 +419,17 @@ def print_report(report: Mapping[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"Crafter evaluation ({report['worlds']['episodes']} worlds from seed "
-                        f"{report['worlds']['first_seed']})")
+    table = Table(
+        title=f"Crafter evaluation ({report['worlds']['episodes']} worlds from seed {report['worlds']['first_seed']})"
+    )
     players = list(report["players"])
     table.add_column("")
     for name in players:
         table.add_column(name, justify="right")
-    table.add_row("return", *[f"{report['players'][p]['mean_return']:.2f} ± {report['players'][p]['stderr_return']:.2f}"
-                              for p in players])
+    table.add_row(
+        "return",
+        *[f"{report['players'][p]['mean_return']:.2f} ± {report['players'][p]['stderr_return']:.2f}" for p in players],
+    )
     table.add_row("length", *[f"{report['players'][p]['mean_length']:.0f}" for p in players])
     for a in ACHIEVEMENTS:
         rates = [report["players"][p]["success_rates"][a] for p in players]

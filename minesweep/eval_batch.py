@@ -53,8 +53,15 @@ def state_is_batch_first(policy: MinePolicy) -> bool:
         return one is None and three is None
     if not isinstance(one, (list, tuple)) or not isinstance(three, (list, tuple)) or len(one) != len(three):
         return False
-    return all(isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.dim() >= 1 and a.shape[0] == 1
-               and b.shape[0] == 3 and a.shape[1:] == b.shape[1:] for a, b in zip(one, three))
+    return all(
+        isinstance(a, torch.Tensor)
+        and isinstance(b, torch.Tensor)
+        and a.dim() >= 1
+        and a.shape[0] == 1
+        and b.shape[0] == 3
+        and a.shape[1:] == b.shape[1:]
+        for a, b in zip(one, three, strict=False)
+    )
 
 
 def as_video_frame(rgb: np.ndarray) -> np.ndarray:
@@ -73,8 +80,9 @@ class BatchedPolicy:
     (H.264 stores colour at half resolution), so the policy sees colours as it saw them in training.
     """
 
-    def __init__(self, policy: MinePolicy, deterministic: bool = False, video_frames: bool = False,
-                 eval_seed: int = 0) -> None:
+    def __init__(
+        self, policy: MinePolicy, deterministic: bool = False, video_frames: bool = False, eval_seed: int = 0
+    ) -> None:
         self.policy, self.deterministic, self.video_frames = policy, bool(deterministic), bool(video_frames)
         self.eval_seed = int(eval_seed)
         self.state: State = None
@@ -90,7 +98,7 @@ class BatchedPolicy:
         if len(self) == 0 or new is None:
             self.state = new
         else:
-            self.state = [torch.cat([old, row]) for old, row in zip(self.state, new)]
+            self.state = [torch.cat([old, row]) for old, row in zip(self.state, new, strict=False)]
         self.generators.append(world_generator(world_seed, self.eval_seed, device))
         self.first.append(True)
 
@@ -116,8 +124,9 @@ class BatchedPolicy:
         device = self.policy.device
         image = torch.from_numpy(np.stack(frames)).to(device)[:, None]  # (B, 1, H, W, 3) uint8
         first = torch.tensor(self.first, dtype=torch.bool, device=device)[:, None]
-        action, self.state = self.policy.get_action({"image": image, "first": first}, self.state,
-                                                    deterministic=self.deterministic, generator=self.generators)
+        action, self.state = self.policy.get_action(
+            {"image": image, "first": first}, self.state, deterministic=self.deterministic, generator=self.generators
+        )
         self.first = [False] * len(self)
         buttons = action["buttons"].reshape(len(self), -1)[:, 0]
         return agent_to_action(buttons.cpu().numpy())
@@ -164,13 +173,25 @@ class _World:
             self.writer = None
 
     def result(self, player: str) -> EpisodeResult:
-        return EpisodeResult(seed=self.seed, player=player, length=len(self.actions), episode_return=float(self.total),
-                             achievements=dict(self.info["achievements"]), actions=self.actions)
+        return EpisodeResult(
+            seed=self.seed,
+            player=player,
+            length=len(self.actions),
+            episode_return=float(self.total),
+            achievements=dict(self.info["achievements"]),
+            actions=self.actions,
+        )
 
 
-def play_policy(batch: BatchedPolicy, env_factory: EnvFactory, seeds: Sequence[int],
-                on_result: Callable[[EpisodeResult], None], batch_size: int | None = None,
-                video: VideoSpec | None = None, player: str = "policy") -> None:
+def play_policy(
+    batch: BatchedPolicy,
+    env_factory: EnvFactory,
+    seeds: Sequence[int],
+    on_result: Callable[[EpisodeResult], None],
+    batch_size: int | None = None,
+    video: VideoSpec | None = None,
+    player: str = "policy",
+) -> None:
     """Play every world of ``seeds`` once with ``batch``'s policy, at most ``batch_size`` worlds at a time
     (default: all); a world that ends leaves the batch and the next one joins. ``on_result`` gets each episode
     as it ends (so not in seed order)."""
@@ -187,7 +208,7 @@ def play_policy(batch: BatchedPolicy, env_factory: EnvFactory, seeds: Sequence[i
                 batch.add(seed)
             actions = batch.act([w.obs for w in active])
             ended = []
-            for row, (world, action) in enumerate(zip(active, actions)):
+            for row, (world, action) in enumerate(zip(active, actions, strict=False)):
                 world.step(int(action))
                 if world.done:
                     ended.append(row)

@@ -42,12 +42,18 @@ def game_version() -> dict[str, str]:
     return versions
 
 
-def baseline_key(player: Mapping[str, Any], env: Mapping[str, Any], seed: int,
-                 game: Mapping[str, str] | None = None) -> str:
+def baseline_key(
+    player: Mapping[str, Any], env: Mapping[str, Any], seed: int, game: Mapping[str, str] | None = None
+) -> str:
     """SHA-256 (hex) of the player's config (``_target_`` and arguments), the env's config, the world seed, the game
     version (default: the installed one) and :data:`CACHE_VERSION`; configs as plain, resolved containers."""
-    identity = {"version": CACHE_VERSION, "game": dict(game if game is not None else game_version()),
-                "player": _plain(player), "env": _plain(env), "seed": int(seed)}
+    identity = {
+        "version": CACHE_VERSION,
+        "game": dict(game if game is not None else game_version()),
+        "player": _plain(player),
+        "env": _plain(env),
+        "seed": int(seed),
+    }
     canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -88,9 +94,13 @@ class BaselineCache:
 
     def store(self, key: str, result: EpisodeResult) -> None:
         """Write ``result`` under ``key`` atomically; a cache that cannot be written is a warning, not an error."""
-        record = {"key": key, "seed": int(result.seed), "length": int(result.length),
-                  "episode_return": float(result.episode_return),
-                  "achievements": {str(k): int(v) for k, v in result.achievements.items()}}
+        record = {
+            "key": key,
+            "seed": int(result.seed),
+            "length": int(result.length),
+            "episode_return": float(result.episode_return),
+            "achievements": {str(k): int(v) for k, v in result.achievements.items()},
+        }
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=self.root, prefix=f".{key[:16]}-", suffix=".tmp")
@@ -117,12 +127,17 @@ def _episode(record: Any, key: str, seed: int) -> EpisodeResult:
     length, episode_return, achievements = record["length"], record["episode_return"], record["achievements"]
     if not isinstance(length, int) or isinstance(length, bool) or length <= 0:
         raise ValueError(f"length {length!r} is not a positive integer")
-    if not isinstance(episode_return, (int, float)) or isinstance(episode_return, bool) \
-            or not math.isfinite(episode_return):
+    if (
+        not isinstance(episode_return, (int, float))
+        or isinstance(episode_return, bool)
+        or not math.isfinite(episode_return)
+    ):
         raise ValueError(f"episode_return {episode_return!r} is not a finite number")
     if not isinstance(achievements, dict) or not all(
-            isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 0
-            for k, v in achievements.items()):
+        isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 0
+        for k, v in achievements.items()
+    ):
         raise ValueError("achievements is not a mapping of names to counts")
-    return EpisodeResult(seed=int(seed), player="", length=length, episode_return=float(episode_return),
-                         achievements=dict(achievements))
+    return EpisodeResult(
+        seed=int(seed), player="", length=length, episode_return=float(episode_return), achievements=dict(achievements)
+    )

@@ -53,9 +53,17 @@ class WorldsJob(Protocol):
 class PolicyJob:
     """The policy, batched across the worlds it is given (``batch_size`` at most at a time; None: all)."""
 
-    def __init__(self, policy: torch.nn.Module, env: EnvSpec, deterministic: bool = False, video_frames: bool = False,
-                 eval_seed: int = 0, batch_size: int | None = None, video: VideoSpec | None = None,
-                 name: str = "policy") -> None:
+    def __init__(
+        self,
+        policy: torch.nn.Module,
+        env: EnvSpec,
+        deterministic: bool = False,
+        video_frames: bool = False,
+        eval_seed: int = 0,
+        batch_size: int | None = None,
+        video: VideoSpec | None = None,
+        name: str = "policy",
+    ) -> None:
         self.policy, self.env, self.deterministic, self.video_frames = policy, env, deterministic, video_frames
         self.eval_seed, self.batch_size, self.video, self.name = eval_seed, batch_size, video, name
 
@@ -73,8 +81,15 @@ class PolicyJob:
 
     def play(self, seeds: Sequence[int], on_result: OnResult) -> None:
         batch = BatchedPolicy(self.policy, self.deterministic, self.video_frames, self.eval_seed)
-        play_policy(batch, env_factory(self.env), seeds, on_result, batch_size=self.batch_size, video=self.video,
-                    player=self.name)
+        play_policy(
+            batch,
+            env_factory(self.env),
+            seeds,
+            on_result,
+            batch_size=self.batch_size,
+            video=self.video,
+            player=self.name,
+        )
 
 
 class PlayerJob:
@@ -84,8 +99,9 @@ class PlayerJob:
     process only: a hook does not travel to workers).
     """
 
-    def __init__(self, name: str, player: Any, env: EnvSpec,
-                 on_episode: Callable[[str, int, Any], Callable | None] | None = None) -> None:
+    def __init__(
+        self, name: str, player: Any, env: EnvSpec, on_episode: Callable[[str, int, Any], Callable | None] | None = None
+    ) -> None:
         self.name, self.player, self.env, self.on_episode = name, player, env, on_episode
 
     def play(self, seeds: Sequence[int], on_result: OnResult) -> None:
@@ -108,16 +124,34 @@ def available_cpus() -> int:
 
 
 def _progress(enabled: bool):
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                               TimeRemainingColumn)
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
-    return Progress(TextColumn("{task.description}"), BarColumn(bar_width=24), MofNCompleteColumn(), TextColumn("worlds"),
-                    TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), disable=not enabled)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(bar_width=24),
+        MofNCompleteColumn(),
+        TextColumn("worlds"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        disable=not enabled,
+    )
 
 
-def play_jobs(jobs: Sequence[tuple[WorldsJob, Sequence[int]]], workers: int = 1, progress: bool = False,
-              description: str = "evaluating on Crafter",
-              start_method: str | None = None) -> dict[str, list[EpisodeResult]]:
+def play_jobs(
+    jobs: Sequence[tuple[WorldsJob, Sequence[int]]],
+    workers: int = 1,
+    progress: bool = False,
+    description: str = "evaluating on Crafter",
+    start_method: str | None = None,
+) -> dict[str, list[EpisodeResult]]:
     """Play each job's worlds; return each job's episodes in the order of its seeds.
 
     ``workers > 1``: that many processes, each with ``available_cpus() // workers`` torch threads, started with
@@ -163,8 +197,12 @@ class _Workers:
     def __init__(self, shares: list[list[tuple[WorldsJob, list[int]]]], start_method: str, threads: int) -> None:
         context = multiprocessing.get_context(start_method)
         self.messages = context.Queue()
-        self.processes = [context.Process(target=_worker, args=(share, self.messages, threads), daemon=True,
-                                          name=f"minesweep-eval-{w}") for w, share in enumerate(shares)]
+        self.processes = [
+            context.Process(
+                target=_worker, args=(share, self.messages, threads), daemon=True, name=f"minesweep-eval-{w}"
+            )
+            for w, share in enumerate(shares)
+        ]
 
     def __enter__(self) -> _Workers:
         for process in self.processes:

@@ -43,10 +43,19 @@ class FinalEvalCallback(L.Callback):
     baseline cache is keyed by them. ``workers``, ``batch_size``, ``deterministic``, ``seed``: as ``eval.*``.
     """
 
-    def __init__(self, env: Mapping[str, Any], episodes: int = 8, first_seed: int = 1_000_000,
-                 baselines: Mapping[str, Mapping[str, Any] | None] | None = None, deterministic: bool = False,
-                 seed: int = 0, workers: int | str | None = 1, batch_size: int | None = None,
-                 output_dir: str | None = None, cache_dir: str | None = None) -> None:
+    def __init__(
+        self,
+        env: Mapping[str, Any],
+        episodes: int = 8,
+        first_seed: int = 1_000_000,
+        baselines: Mapping[str, Mapping[str, Any] | None] | None = None,
+        deterministic: bool = False,
+        seed: int = 0,
+        workers: int | str | None = 1,
+        batch_size: int | None = None,
+        output_dir: str | None = None,
+        cache_dir: str | None = None,
+    ) -> None:
         super().__init__()
         if int(episodes) <= 0:
             raise ValueError(f"callbacks.final_eval.episodes must be positive, got {episodes}")
@@ -63,15 +72,23 @@ class FinalEvalCallback(L.Callback):
 
         demo = getattr(trainer.datamodule, "demo", None)
         if not isinstance(demo, CrafterRecordings):
-            log.info("final eval: skipped, the data is not the Crafter demo (data.demo is %s; "
-                     "callbacks/final_eval=null turns this off)", type(demo).__name__ if demo is not None else None)
+            log.info(
+                "final eval: skipped, the data is not the Crafter demo (data.demo is %s; "
+                "callbacks/final_eval=null turns this off)",
+                type(demo).__name__ if demo is not None else None,
+            )
             return
         if trainer.global_rank != 0:
             return
         size = self.env.get("size") if isinstance(self.env, Mapping) else None
         if size is not None and int(size) != demo.size:
-            log.warning("final eval: the policy trained on %dx%d frames (data.demo.size) and plays at %dx%d "
-                        "(eval.env.size)", demo.size, demo.size, int(size), int(size))
+            log.warning(
+                "final eval: the policy trained on %dx%d frames (data.demo.size) and plays at %dx%d (eval.env.size)",
+                demo.size,
+                demo.size,
+                int(size),
+                int(size),
+            )
         from minesweep.ema import EMA
 
         ema = next((c for c in trainer.callbacks if isinstance(c, EMA)), None)
@@ -97,10 +114,20 @@ class FinalEvalCallback(L.Callback):
         seeds = [self.first_seed + i for i in range(self.episodes)]
         start = time.perf_counter()
         report = evaluate_policy(
-            policy, self.env, seeds, out, baselines=self.baselines, cache_dir=self.cache_dir,
-            deterministic=self.deterministic, eval_seed=self.seed, workers=self.workers, batch_size=self.batch_size,
-            title=f"Crafter: {len(seeds)} held-out worlds after step {step}", key="callbacks.final_eval",
-            header={"global_step": step})
+            policy,
+            self.env,
+            seeds,
+            out,
+            baselines=self.baselines,
+            cache_dir=self.cache_dir,
+            deterministic=self.deterministic,
+            eval_seed=self.seed,
+            workers=self.workers,
+            batch_size=self.batch_size,
+            title=f"Crafter: {len(seeds)} held-out worlds after step {step}",
+            key="callbacks.final_eval",
+            header={"global_step": step},
+        )
         seconds = time.perf_counter() - start
         self.report = report
         policy_s = report["players"]["policy"]
@@ -121,12 +148,20 @@ class FinalEvalCallback(L.Callback):
                 logger.log_metrics(metrics, step=step)
         if random_s:
             cached = " (cached)" if random_s.get("from_cache") else ""
-            versus = (f", random {random_s['mean_return']:.2f}{cached}, policy/random "
-                      + (f"{ratio:.2f}" if ratio is not None else "n/a (random return 0)"))
+            versus = f", random {random_s['mean_return']:.2f}{cached}, policy/random " + (
+                f"{ratio:.2f}" if ratio is not None else "n/a (random return 0)"
+            )
         else:
             versus = " (no random baseline)"
-        log.info("final eval, %d worlds from seed %d (%.1f s): policy return %.2f ± %.2f%s; collect_wood %.2f",
-                 len(seeds), seeds[0], seconds, policy_s["mean_return"], policy_s["stderr_return"],
-                 versus, policy_s["success_rates"]["collect_wood"])
+        log.info(
+            "final eval, %d worlds from seed %d (%.1f s): policy return %.2f ± %.2f%s; collect_wood %.2f",
+            len(seeds),
+            seeds[0],
+            seconds,
+            policy_s["mean_return"],
+            policy_s["stderr_return"],
+            versus,
+            policy_s["success_rates"]["collect_wood"],
+        )
         log.info("final eval: achievements chart %s", out / "achievements.png")
         return metrics

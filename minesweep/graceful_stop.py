@@ -45,8 +45,10 @@ class StopRequested(SystemExit):
         self.step, self.checkpoint = step, checkpoint
 
     def __str__(self) -> str:
-        return (f"stopped by {self.signal_name} after step {self.step}; saved {self.checkpoint}: "
-                f"run the same command with ckpt_path=last to continue")
+        return (
+            f"stopped by {self.signal_name} after step {self.step}; saved {self.checkpoint}: "
+            f"run the same command with ckpt_path=last to continue"
+        )
 
 
 def under_submitit() -> bool:
@@ -104,8 +106,12 @@ class GracefulStop(L.Callback):
                 raise KeyboardInterrupt
             return
         self._signum, self._requested_at = signum, time.time()
-        print(f"minesweep: {signal.Signals(signum).name} received: finishing this batch, then saving last.ckpt "
-              f"and stopping", file=sys.stderr, flush=True)
+        print(
+            f"minesweep: {signal.Signals(signum).name} received: finishing this batch, then saving last.ckpt "
+            f"and stopping",
+            file=sys.stderr,
+            flush=True,
+        )
         if signum == self._preemption:
             signal.signal(signal.SIGALRM, self._on_grace_expired)
             signal.setitimer(signal.ITIMER_REAL, max(self._grace(), 0.1))
@@ -117,8 +123,10 @@ class GracefulStop(L.Callback):
         return max(5.0, delay / 2) if delay else 60.0
 
     def _on_grace_expired(self, signum: int, frame: Any) -> None:
-        log.warning("no batch started within %.0fs of the preemption signal: requeueing from the last saved "
-                    "checkpoint", self._grace())
+        log.warning(
+            "no batch started within %.0fs of the preemption signal: requeueing from the last saved checkpoint",
+            self._grace(),
+        )
         self._hand_over(frame)
 
     def _hand_over(self, frame: Any = None) -> None:
@@ -144,8 +152,9 @@ class GracefulStop(L.Callback):
             self._previous[signum] = signal.getsignal(signum)
             signal.signal(signum, self._on_signal)
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
-                             batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         if not self._previous:
             return
         if not trainer.strategy.reduce_boolean_decision(self._requested_at is not None, all=False):
@@ -156,8 +165,14 @@ class GracefulStop(L.Callback):
         started = time.time()
         trainer.save_checkpoint(path)
         preempted = signum == self._preemption
-        log.warning("%s: saved %s at step %d in %.1fs%s", "preemption" if preempted else signal.Signals(signum).name,
-                    path, trainer.global_step, time.time() - started, "; handing over to submitit" if preempted else "")
+        log.warning(
+            "%s: saved %s at step %d in %.1fs%s",
+            "preemption" if preempted else signal.Signals(signum).name,
+            path,
+            trainer.global_step,
+            time.time() - started,
+            "; handing over to submitit" if preempted else "",
+        )
         if preempted:
             self._hand_over()
             if trainer.global_rank != 0:

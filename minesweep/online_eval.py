@@ -9,7 +9,8 @@ across steps and runs. Select it with ``callbacks/online_eval=crafter`` (conf/ca
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import lightning as L
 import torch
@@ -32,8 +33,15 @@ class OnlineEvalCallback(L.Callback):
     gathered, so every rank logs the same figures over all the worlds, in 1/world_size of the time.
     """
 
-    def __init__(self, env: Callable[..., Any], every_n_steps: int = 100, episodes: int = 4,
-                 first_seed: int = 2_000_000, deterministic: bool = False, seed: int = 0) -> None:
+    def __init__(
+        self,
+        env: Callable[..., Any],
+        every_n_steps: int = 100,
+        episodes: int = 4,
+        first_seed: int = 2_000_000,
+        deterministic: bool = False,
+        seed: int = 0,
+    ) -> None:
         super().__init__()
         if every_n_steps <= 0 or episodes <= 0:
             raise ValueError(f"every_n_steps and episodes must be positive, got {every_n_steps}, {episodes}")
@@ -42,8 +50,9 @@ class OnlineEvalCallback(L.Callback):
         self._last_step: int | None = None
         self.played_seeds: list[int] = []  # the worlds this process played in the last evaluation
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         step = trainer.global_step
         last = 0 < trainer.max_steps <= step
         if step == self._last_step or step == 0 or not (step % self.every_n_steps == 0 or last):
@@ -75,5 +84,9 @@ class OnlineEvalCallback(L.Callback):
             torch.distributed.all_gather_object(parts, episodes)
             episodes = sorted((e for part in parts for e in part), key=lambda e: e.seed)
         s = summarize(episodes)
-        return {"eval/return": s["mean_return"], "eval/return_stderr": s["stderr_return"],
-                "eval/length": s["mean_length"], "eval/achievements": s["mean_achievements"]}
+        return {
+            "eval/return": s["mean_return"],
+            "eval/return_stderr": s["stderr_return"],
+            "eval/length": s["mean_length"],
+            "eval/achievements": s["mean_achievements"],
+        }

@@ -44,12 +44,14 @@ class StepProgressBar(RichProgressBar):
         if self.train_progress_bar_id is None:
             self._initialize_train_progress_bar_id()
         else:  # the same bar goes on; only its title changes
-            self.progress.update(self.train_progress_bar_id, description=self._get_train_description(
-                trainer.current_epoch))
+            self.progress.update(
+                self.train_progress_bar_id, description=self._get_train_description(trainer.current_epoch)
+            )
         self.refresh()
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         if self._total_steps() is None:
             return super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         if self.is_disabled:

@@ -36,9 +36,13 @@ def _process_start(pid: int) -> str | None:
 
 
 def _me() -> dict[str, Any]:
-    return {"host": socket.gethostname(), "pid": os.getpid(), "process_start": _process_start(os.getpid()),
-            "started": datetime.now().astimezone().isoformat(timespec="seconds"),
-            "slurm_job_id": os.environ.get("SLURM_JOB_ID")}
+    return {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "process_start": _process_start(os.getpid()),
+        "started": datetime.now().astimezone().isoformat(timespec="seconds"),
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+    }
 
 
 def _is_stale(holder: dict[str, Any]) -> bool:
@@ -62,8 +66,9 @@ def _is_stale(holder: dict[str, Any]) -> bool:
 
 
 def _describe(holder: dict[str, Any]) -> str:
-    return (f"host {holder.get('host')}, PID {holder.get('pid')}, started {holder.get('started')}"
-            + (f", SLURM job {holder['slurm_job_id']}" if holder.get("slurm_job_id") else ""))
+    return f"host {holder.get('host')}, PID {holder.get('pid')}, started {holder.get('started')}" + (
+        f", SLURM job {holder['slurm_job_id']}" if holder.get("slurm_job_id") else ""
+    )
 
 
 @contextmanager
@@ -85,9 +90,13 @@ def run_lock(folder: str | Path) -> Iterator[Path]:
             if holder and not _is_stale(holder):
                 raise RunFolderLocked(
                     f"the run folder {path.parent} is in use by another run ({_describe(holder)}): wait for it to end, "
-                    f"change an override to train in another folder, or, if that run is gone, delete {path}")
-            log.warning("taking over the lock of a run that is gone (%s): %s", _describe(holder) if holder else
-                        "unreadable lock file", path)
+                    f"change an override to train in another folder, or, if that run is gone, delete {path}"
+                ) from None
+            log.warning(
+                "taking over the lock of a run that is gone (%s): %s",
+                _describe(holder) if holder else "unreadable lock file",
+                path,
+            )
             path.unlink(missing_ok=True)
             continue
         with os.fdopen(fd, "w") as f:

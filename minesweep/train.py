@@ -8,7 +8,6 @@ import math
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any
 
 import hydra
 import lightning as L
@@ -31,7 +30,6 @@ log = logging.getLogger("minesweep")
 
 #: Configs are the security boundary: what a config may build (minesweep.allowed_targets).
 ALLOWED_TARGETS = allowed_targets.ALLOWED_TARGETS
-
 
 
 def run_folder_name(override_dirname: str, max_length: int = 120) -> str:
@@ -71,7 +69,8 @@ def resolve_checkpoint(ckpt_path: str | None, output_dir: Path) -> str | None:
 
 @contextmanager
 def explain_refused_targets() -> Iterator[None]:
-    """Hydra's own whitelist (the second lock) refuses in Hydra's words: add what minesweep allows and how to extend it."""
+    """Hydra's own whitelist (the second lock) refuses in Hydra's words: add what minesweep allows and how to
+    extend it."""
     try:
         yield
     except allowed_targets.RefusedTarget:

@@ -124,7 +124,7 @@ class MineLightning(L.LightningModule):
         carry = torch.zeros(B, dtype=torch.bool, device=self.device)
         carry[:n] = (episode >= 0) & (episode == memory.episode[:n]) & (window == memory.window_index[:n] + 1)
         state = []
-        for init, old in zip(initial, memory.state):
+        for init, old in zip(initial, memory.state, strict=False):
             if old.shape[0] != B:  # the batch size changed (e.g. a smaller last batch): keep what fits
                 resized = init.clone()
                 resized[:n] = old[:n]
@@ -136,7 +136,9 @@ class MineLightning(L.LightningModule):
         if self.carries_memory and state_out is not None:
             # Detached: gradients stop at the window boundary (truncated BPTT).
             self._memory[memory_key] = SlotMemory(
-                [s.detach() for s in state_out], batch["episode"].detach().clone(), batch["window_index"].detach().clone()
+                [s.detach() for s in state_out],
+                batch["episode"].detach().clone(),
+                batch["window_index"].detach().clone(),
             )
 
     def on_validation_epoch_start(self) -> None:
@@ -161,8 +163,10 @@ class MineLightning(L.LightningModule):
                 return self.trainer.strategy.all_gather(tensor).cpu()
 
             checkpoint["minesweep_train_memory"] = {
-                "ranks": world, "state": [by_rank(s) for s in memory.state],
-                "episode": by_rank(memory.episode), "window_index": by_rank(memory.window_index),
+                "ranks": world,
+                "state": [by_rank(s) for s in memory.state],
+                "episode": by_rank(memory.episode),
+                "window_index": by_rank(memory.window_index),
             }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -174,11 +178,14 @@ class MineLightning(L.LightningModule):
             return
         world = self.trainer.world_size if self._trainer is not None else 1
         if saved["ranks"] != world:
-            raise ValueError(f"the checkpoint carries the memory of {saved['ranks']} rank(s), this run has {world}: "
-                             f"resume with the same number of devices (trainer.devices x trainer.num_nodes)")
+            raise ValueError(
+                f"the checkpoint carries the memory of {saved['ranks']} rank(s), this run has {world}: "
+                f"resume with the same number of devices (trainer.devices x trainer.num_nodes)"
+            )
         rank = self.trainer.global_rank if self._trainer is not None else 0
-        self._memory["train"] = SlotMemory([s[rank] for s in saved["state"]], saved["episode"][rank],
-                                           saved["window_index"][rank])
+        self._memory["train"] = SlotMemory(
+            [s[rank] for s in saved["state"]], saved["episode"][rank], saved["window_index"][rank]
+        )
 
     def on_train_end(self) -> None:
         # Lightning refreshes last.ckpt only after a validation; make it hold the final step, so a
@@ -231,7 +238,9 @@ class MineLightning(L.LightningModule):
             )
         batch_size = batch["image"].shape[0]
         on_step = step_name == "train"
-        self.log(f"{step_name}/loss", total, prog_bar=True, on_step=on_step, on_epoch=not on_step, batch_size=batch_size)
+        self.log(
+            f"{step_name}/loss", total, prog_bar=True, on_step=on_step, on_epoch=not on_step, batch_size=batch_size
+        )
         self.log_dict(logs, on_step=on_step, on_epoch=not on_step, batch_size=batch_size)
         return total
 
@@ -252,18 +261,27 @@ class MineLightning(L.LightningModule):
         new = total - getattr(self, "_corrupt_windows_seen", 0)
         self._corrupt_windows_seen = total
         if new > 0:
-            log.warning("epoch %d: %d window(s) with corrupt data were replaced by masked padding "
-                        "(data.on_corrupt=skip); run `minesweep-data verify STORE` to list the damaged episodes",
-                        self.current_epoch, new)
+            log.warning(
+                "epoch %d: %d window(s) with corrupt data were replaced by masked padding "
+                "(data.on_corrupt=skip); run `minesweep-data verify STORE` to list the damaged episodes",
+                self.current_epoch,
+                new,
+            )
             self.log("data/corrupt_windows", float(new), on_epoch=True, on_step=False)
 
     def configure_gradient_clipping(
-        self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
         gradient_clip_algorithm: str | None = None,
     ) -> None:
         # Lightning refuses to clip for a fused optimizer under any mixed precision, for fp16's loss scaling;
         # bf16 has no scaling (configure_optimizers never fuses under a scaler), so plain clipping is right.
-        if gradient_clip_val and optimizer.defaults.get("fused") and getattr(self.trainer.precision_plugin, "scaler", None) is None:
+        if (
+            gradient_clip_val
+            and optimizer.defaults.get("fused")
+            and getattr(self.trainer.precision_plugin, "scaler", None) is None
+        ):
             params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
             if gradient_clip_algorithm == "value":
                 torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
@@ -279,7 +297,9 @@ class MineLightning(L.LightningModule):
         scaler = getattr(self._trainer.precision_plugin, "scaler", None) if self._trainer is not None else None
         fused = self.fused_optimizer
         if fused is None:
-            fused = scaler is None and all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in params)
+            fused = scaler is None and all(
+                p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in params
+            )
         elif fused and scaler is not None and self._trainer.gradient_clip_val:
             raise ValueError(
                 "optim.fused_optimizer=true cannot clip gradients under 16-mixed precision (the fused step unscales "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -20,13 +20,11 @@ from minesweep.actions import (
 )
 
 FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "vpt" / "actions"
-needs_fixtures = pytest.mark.skipif(
-    not FIXTURES.is_dir(), reason=f"VPT golden fixtures not found at {FIXTURES}"
-)
+needs_fixtures = pytest.mark.skipif(not FIXTURES.is_dir(), reason=f"VPT golden fixtures not found at {FIXTURES}")
 DEG_TOL = 1e-6
 
 
-@lru_cache(maxsize=None)
+@cache
 def _trace() -> dict:
     return json.loads((FIXTURES / "jsonl_to_env.json").read_text())
 
@@ -104,13 +102,16 @@ def test_read_jsonl_roundtrip(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- rules (no fixtures)
 
 
-def _step(
-    keys=(), buttons=(), new_buttons=(), dx=0.0, dy=0.0, hotbar=0, gui=False
-) -> dict:
+def _step(keys=(), buttons=(), new_buttons=(), dx=0.0, dy=0.0, hotbar=0, gui=False) -> dict:
     return {
         "mouse": {
-            "x": 320.0, "y": 180.0, "dx": dx, "dy": dy, "dwheel": 0.0,
-            "buttons": list(buttons), "newButtons": list(new_buttons),
+            "x": 320.0,
+            "y": 180.0,
+            "dx": dx,
+            "dy": dy,
+            "dwheel": 0.0,
+            "buttons": list(buttons),
+            "newButtons": list(new_buttons),
         },
         "keyboard": {"keys": list(keys), "newKeys": [], "chars": ""},
         "isGuiOpen": gui,
@@ -181,7 +182,10 @@ def test_hotbar_tracking() -> None:
     ]
     out = contractor_to_env(steps)
     assert [_pressed(out, i) for i in range(4)] == [
-        {"hotbar.4"}, set(), {"hotbar.1", "forward"}, {"hotbar.6", "hotbar.2"},
+        {"hotbar.4"},
+        set(),
+        {"hotbar.1", "forward"},
+        {"hotbar.6", "hotbar.2"},
     ]
     np.testing.assert_array_equal(out.is_null, [True, True, False, False])
     assert not contractor_to_env([_step(hotbar=0)]).buttons.any()

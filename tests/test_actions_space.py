@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -31,13 +31,11 @@ from minesweep.actions import (
 )
 
 FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "vpt" / "actions"
-needs_fixtures = pytest.mark.skipif(
-    not FIXTURES.is_dir(), reason=f"VPT golden fixtures not found at {FIXTURES}"
-)
+needs_fixtures = pytest.mark.skipif(not FIXTURES.is_dir(), reason=f"VPT golden fixtures not found at {FIXTURES}")
 DEG_TOL = 1e-6
 
 
-@lru_cache(maxsize=None)
+@cache
 def _load_json(name: str) -> dict:
     return json.loads((FIXTURES / name).read_text())
 
@@ -63,12 +61,10 @@ def _check_bins(ours: np.ndarray, ref, degrees) -> int:
     ref = np.asarray(ref).reshape(-1)
     degrees = np.asarray(degrees, dtype=np.float64).reshape(-1)
     tolerated = 0
-    for o, r, d in zip(ours, ref, degrees):
+    for o, r, d in zip(ours, ref, degrees, strict=False):
         if o == r:
             continue
-        assert abs(d) in _mu_law_boundaries() and abs(int(o) - int(r)) == 1, (
-            f"camera {d!r}: bin {o}, reference {r}"
-        )
+        assert abs(d) in _mu_law_boundaries() and abs(int(o) - int(r)) == 1, f"camera {d!r}: bin {o}, reference {r}"
         tolerated += 1
     return tolerated
 
@@ -79,8 +75,17 @@ def _check_bins(ours: np.ndarray, ref, degrees) -> int:
 def test_constants() -> None:
     assert len(BUTTONS) == N_BUTTONS == 20
     assert BUTTONS[:11] == (
-        "attack", "back", "forward", "jump", "left", "right",
-        "sneak", "sprint", "use", "drop", "inventory",
+        "attack",
+        "back",
+        "forward",
+        "jump",
+        "left",
+        "right",
+        "sneak",
+        "sprint",
+        "use",
+        "drop",
+        "inventory",
     )
     assert BUTTONS[11:] == tuple(f"hotbar.{i}" for i in range(1, 10))
     assert (N_BUTTON_COMBINATIONS, INVENTORY_INDEX, NULL_BUTTONS_INDEX) == (8641, 8640, 0)
@@ -204,7 +209,7 @@ def test_env_to_agent_batched_equals_per_record() -> None:
     camera = np.array([r["env_action"]["camera"] for r in records], dtype=np.float64)
     bidx, cidx = env_to_agent(buttons, camera)
     assert bidx.shape == cidx.shape == (len(records),)
-    singles = [env_to_agent(b, c) for b, c in zip(buttons, camera)]
+    singles = [env_to_agent(b, c) for b, c in zip(buttons, camera, strict=False)]
     np.testing.assert_array_equal(bidx, [int(s[0]) for s in singles])
     np.testing.assert_array_equal(cidx, [int(s[1]) for s in singles])
     # and against the reference, except the one tolerated boundary camera

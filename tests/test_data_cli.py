@@ -26,9 +26,11 @@ def damaged_copy(clean, tmp_path, where):
     shutil.copytree(clean, copy)
     store = EpisodeStore(copy)
     record = store.episodes[2]
-    offset = {"video": record.video_offset + int(store._video_bounds(2, record)[2]) + 10,  # GOP 2: frames [64, 70)
-              "actions": record.actions_offset + record.actions_size // 3,
-              "segmentation": record.segmentation_offset + 5 * (record.segmentation_size // record.length)}[where]
+    offset = {
+        "video": record.video_offset + int(store._video_bounds(2, record)[2]) + 10,  # GOP 2: frames [64, 70)
+        "actions": record.actions_offset + record.actions_size // 3,
+        "segmentation": record.segmentation_offset + 5 * (record.segmentation_size // record.length),
+    }[where]
     with open(copy / "shards/shard-00000.bin", "r+b") as f:
         f.seek(offset)
         byte = f.read(1)

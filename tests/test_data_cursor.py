@@ -42,7 +42,7 @@ def test_sprite_is_white_arrow_with_black_outline_and_alpha() -> None:
     assert white.sum() > 30 and black.sum() > 20
     # The outline: every white pixel's 4 neighbours are opaque (white fill never touches transparency).
     padded = np.pad(opaque, 1)
-    for r, c in zip(*np.nonzero(white)):
+    for r, c in zip(*np.nonzero(white), strict=False):
         assert padded[r, c + 1] and padded[r + 2, c + 1] and padded[r + 1, c] and padded[r + 1, c + 2]
 
 
@@ -78,16 +78,19 @@ def test_no_change_when_gui_closed() -> None:
     before = frames.copy()
     draw_cursor(frames, np.array([100.0, 200.0, 300.0]), np.array([100.0, 200.0, 300.0]), np.zeros(3, bool))
     assert np.array_equal(frames, before)
-    draw_cursor(frames, np.array([100.0, 200.0, 300.0]), np.array([100.0, 200.0, 300.0]),
-                np.array([False, True, False]))
+    draw_cursor(
+        frames, np.array([100.0, 200.0, 300.0]), np.array([100.0, 200.0, 300.0]), np.array([False, True, False])
+    )
     assert np.array_equal(frames[[0, 2]], before[[0, 2]])
     assert not np.array_equal(frames[1], before[1])
     changed = np.argwhere((frames[1] != before[1]).any(-1))
     assert changed.min(0).tolist() >= [100, 100] and changed.max(0).tolist() <= [115, 115]
 
 
-@pytest.mark.parametrize("x, y", [(1270.0, 700.0), (-10.0, 100.0), (100.0, -13.0), (-30.0, -30.0), (1300.0, 10.0),
-                                  (1279.0, 719.0), (5.5, 7.9)])
+@pytest.mark.parametrize(
+    "x, y",
+    [(1270.0, 700.0), (-10.0, 100.0), (100.0, -13.0), (-30.0, -30.0), (1300.0, 10.0), (1279.0, 719.0), (5.5, 7.9)],
+)
 def test_matches_per_pixel_rule_with_clipping(x: float, y: float) -> None:
     rng = np.random.default_rng(1)
     sprite = rng.integers(0, 256, (16, 16, 4), dtype=np.uint8)  # fractional alphas exercise the truncation
@@ -159,14 +162,17 @@ def test_cursor_inputs_from_jsonl(tmp_path) -> None:
     assert x.dtype == np.float64 and gui.dtype == np.bool_
 
 
-@pytest.mark.parametrize("broken, message", [
-    ({"mouse": {"x": 1, "y": 2}}, "step 1: missing key 'isGuiOpen'"),
-    ({"isGuiOpen": True}, "step 1: missing key 'mouse'"),
-    ({"isGuiOpen": True, "mouse": {"y": 2}}, "step 1: missing key 'mouse.x'"),
-    ({"isGuiOpen": False, "mouse": {"x": 2}}, "step 1: missing key 'mouse.y'"),
-    ({"isGuiOpen": 1, "mouse": {"x": 1, "y": 2}}, "'isGuiOpen' must be true or false"),
-    ({"isGuiOpen": True, "mouse": {"x": "1", "y": 2}}, "'mouse.x' must be a number"),
-])
+@pytest.mark.parametrize(
+    "broken, message",
+    [
+        ({"mouse": {"x": 1, "y": 2}}, "step 1: missing key 'isGuiOpen'"),
+        ({"isGuiOpen": True}, "step 1: missing key 'mouse'"),
+        ({"isGuiOpen": True, "mouse": {"y": 2}}, "step 1: missing key 'mouse.x'"),
+        ({"isGuiOpen": False, "mouse": {"x": 2}}, "step 1: missing key 'mouse.y'"),
+        ({"isGuiOpen": 1, "mouse": {"x": 1, "y": 2}}, "'isGuiOpen' must be true or false"),
+        ({"isGuiOpen": True, "mouse": {"x": "1", "y": 2}}, "'mouse.x' must be a number"),
+    ],
+)
 def test_cursor_inputs_errors_name_file_and_step(broken: dict, message: str) -> None:
     with pytest.raises(ContractorFormatError) as info:
         cursor_inputs([_step(), broken], source="rec/ep7.jsonl")

@@ -55,7 +55,15 @@ def test_batch_format(root):
     assert batch["env_action"]["camera"].dtype == torch.float32
     assert tuple(batch["env_action"]["camera"].shape) == (B, WIN, 2)
     assert set(batch) == {
-        "image", "agent_action", "env_action", "mask", "is_null", "episode", "window_index", "timestep", "first"
+        "image",
+        "agent_action",
+        "env_action",
+        "mask",
+        "is_null",
+        "episode",
+        "window_index",
+        "timestep",
+        "first",
     }
 
 
@@ -70,10 +78,10 @@ def test_items_match_the_store(root):
         assert n == min(WIN, record.length - start)
         np.testing.assert_array_equal(item["image"][:n].numpy(), store.read_frames(record.id, start, n))
         actions = store.read_actions(record.id)
-        np.testing.assert_array_equal(item["env_action"]["buttons"][:n].numpy(), actions["buttons"][start:start + n])
-        np.testing.assert_array_equal(item["env_action"]["camera"][:n].numpy(), actions["camera"][start:start + n])
-        np.testing.assert_array_equal(item["is_null"][:n].numpy(), actions["is_null"][start:start + n])
-        buttons, camera = env_to_agent(actions["buttons"][start:start + n], actions["camera"][start:start + n])
+        np.testing.assert_array_equal(item["env_action"]["buttons"][:n].numpy(), actions["buttons"][start : start + n])
+        np.testing.assert_array_equal(item["env_action"]["camera"][:n].numpy(), actions["camera"][start : start + n])
+        np.testing.assert_array_equal(item["is_null"][:n].numpy(), actions["is_null"][start : start + n])
+        buttons, camera = env_to_agent(actions["buttons"][start : start + n], actions["camera"][start : start + n])
         np.testing.assert_array_equal(item["agent_action"]["buttons"][:n, 0].numpy(), buttons)
         np.testing.assert_array_equal(item["agent_action"]["camera"][:n, 0].numpy(), camera)
 
@@ -125,7 +133,9 @@ def test_split_by_episode(root):
 
 def test_train_shuffles_deterministically_val_does_not(root):
     def order(loader):
-        return [(int(e), int(t)) for batch in loader for e, t in zip(batch["episode"], batch["timestep"][:, 0])]
+        return [
+            (int(e), int(t)) for batch in loader for e, t in zip(batch["episode"], batch["timestep"][:, 0], strict=True)
+        ]
 
     dm = MineDataModule(str(root), win_len=WIN, batch_size=2, num_workers=0, seed=1)
     train = dm.train_dataloader()
@@ -134,8 +144,9 @@ def test_train_shuffles_deterministically_val_does_not(root):
     train.sampler.set_epoch(1)  # as Lightning does before each epoch
     epoch2 = order(train)
     assert sorted(epoch1) == sorted(epoch2) and epoch1 != epoch2
-    assert order(MineDataModule(str(root), win_len=WIN, batch_size=2, num_workers=0, seed=1).train_dataloader()) \
-        == epoch1
+    assert (
+        order(MineDataModule(str(root), win_len=WIN, batch_size=2, num_workers=0, seed=1).train_dataloader()) == epoch1
+    )
     val = order(dm.val_dataloader())
     assert val == sorted(val) == order(dm.val_dataloader())
 
@@ -182,11 +193,16 @@ def test_spawned_workers_read_the_same_batches(root):
     dataset = WindowDataset(root, win_len=WIN)
     expected = [dataset[keys] for keys in Batches(SequentialSampler(dataset), 3, drop_last=False)]
     dataset.store.read_frames(0, 0, 2)  # handles open in the parent are not inherited
-    loader = DataLoader(dataset, sampler=Batches(SequentialSampler(dataset), 3, drop_last=False), batch_size=None,
-                        num_workers=2, multiprocessing_context="spawn")
+    loader = DataLoader(
+        dataset,
+        sampler=Batches(SequentialSampler(dataset), 3, drop_last=False),
+        batch_size=None,
+        num_workers=2,
+        multiprocessing_context="spawn",
+    )
     got = list(loader)
     assert len(got) == len(expected)
-    for a, b in zip(got, expected):
+    for a, b in zip(got, expected, strict=False):
         assert torch.equal(a["image"], b["image"]) and torch.equal(a["episode"], b["episode"])
 
 
@@ -196,8 +212,9 @@ def test_batches_resume_the_cut_epoch_at_its_next_batch():
     from minesweep.data.datamodule import Batches
 
     def batches(seed: int = 5) -> Batches:
-        return Batches(DistributedSampler(list(range(23)), num_replicas=1, rank=0, shuffle=True, seed=seed), 4,
-                       seed=seed)
+        return Batches(
+            DistributedSampler(list(range(23)), num_replicas=1, rank=0, shuffle=True, seed=seed), 4, seed=seed
+        )
 
     straight = batches()
     straight.set_epoch(3)
@@ -285,8 +302,7 @@ def test_on_corrupt_skip_pads_the_window_counts_and_names_it(corrupt_root, caplo
 
 def test_on_corrupt_skip_counts_across_loader_workers(corrupt_root):
     copy, position = corrupt_root
-    dm = MineDataModule(str(copy), win_len=WIN, batch_size=2, num_workers=1, val_fraction=0.0,
-                        on_corrupt="skip")
+    dm = MineDataModule(str(copy), win_len=WIN, batch_size=2, num_workers=1, val_fraction=0.0, on_corrupt="skip")
     masked = sum(int((batch["episode"] == -1).sum()) for batch in dm.train_dataloader())
     # grid windows of ep2: [0, 32) and [32, 64); the second is corrupt, each epoch
     assert masked == 1 and dm.train_set.corrupt_windows == 1

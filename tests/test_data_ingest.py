@@ -118,8 +118,19 @@ def test_good_episodes_round_trip(src, ingested):
 def test_every_problem_is_reported_with_its_file(src, ingested):
     dst, report = ingested
     skipped = {s["episode"]: s for s in report.skipped}
-    assert sorted(skipped) == sorted(["truncated", "cut-short", "bad-line", "missing-key", "mismatch", "no-frames",
-                                      "no-steps", "orphan-video", "orphan-actions"])
+    assert sorted(skipped) == sorted(
+        [
+            "truncated",
+            "cut-short",
+            "bad-line",
+            "missing-key",
+            "mismatch",
+            "no-frames",
+            "no-steps",
+            "orphan-video",
+            "orphan-actions",
+        ]
+    )
 
     def check(episode, file, *words, frame="any"):
         entry = skipped[episode]
@@ -146,7 +157,9 @@ def test_every_problem_is_reported_with_its_file(src, ingested):
     store = EpisodeStore(dst)
     assert [e.id for e in store.episodes] == ["good-a", "good-b", "sub__good-c"]
     last = store.episodes[2]
-    assert (dst / "shards/shard-00000.bin").stat().st_size == last.actions_offset + last.actions_size + last.segmentation_size
+    assert (
+        dst / "shards/shard-00000.bin"
+    ).stat().st_size == last.actions_offset + last.actions_size + last.segmentation_size
 
 
 def test_summary_table_lists_skipped(src, tmp_path, capsys):
@@ -171,17 +184,36 @@ def test_cli_synth_then_ingest(tmp_path):
     raw = tmp_path / "raw"
     assert cli_main(["synth", str(raw), "--episodes", "2", "--frames", "12", "--width", "64", "--height", "64"]) == 0
     assert sorted(p.name for p in raw.iterdir()) == [
-        "synth-0000.jsonl", "synth-0000.mp4", "synth-0000.segmentation.npz",
-        "synth-0001.jsonl", "synth-0001.mp4", "synth-0001.segmentation.npz",
+        "synth-0000.jsonl",
+        "synth-0000.mp4",
+        "synth-0000.segmentation.npz",
+        "synth-0001.jsonl",
+        "synth-0001.mp4",
+        "synth-0001.segmentation.npz",
     ]
-    assert cli_main(["ingest", str(raw), str(tmp_path / "store"), "--resolution", "32",
-                     "--legacy-vpt-camera"]) == 0
+    assert cli_main(["ingest", str(raw), str(tmp_path / "store"), "--resolution", "32", "--legacy-vpt-camera"]) == 0
     store = EpisodeStore(tmp_path / "store")
     assert store.resolution == (32, 32)
     assert store.read_segmentation("synth-0000", 0, 12)["mask"].shape == (12, 32, 32)
     plain = tmp_path / "plain"
-    assert cli_main(["synth", str(plain), "--episodes", "1", "--frames", "4", "--width", "32", "--height", "32",
-                     "--no-segmentation"]) == 0
+    assert (
+        cli_main(
+            [
+                "synth",
+                str(plain),
+                "--episodes",
+                "1",
+                "--frames",
+                "4",
+                "--width",
+                "32",
+                "--height",
+                "32",
+                "--no-segmentation",
+            ]
+        )
+        == 0
+    )
     assert sorted(p.name for p in plain.iterdir()) == ["synth-0000.jsonl", "synth-0000.mp4"]
     camera = store.read_actions("synth-0000")["camera"]
     np.testing.assert_array_equal(camera, np.trunc(camera))  # legacy mode: whole degrees
@@ -293,10 +325,19 @@ def one_recording(raw, name="rec", n=30, segmentation=False):
     return raw / f"{name}.jsonl"
 
 
-@pytest.mark.parametrize("field,text", [
-    ("dx", "NaN"), ("dx", "Infinity"), ("dy", "-Infinity"), ("dx", "1e300"), ("dy", "1" + "0" * 40),
-    ("dx", "12000"), ("x", "NaN"), ("y", "1e9"),
-])
+@pytest.mark.parametrize(
+    "field,text",
+    [
+        ("dx", "NaN"),
+        ("dx", "Infinity"),
+        ("dy", "-Infinity"),
+        ("dx", "1e300"),
+        ("dy", "1" + "0" * 40),
+        ("dx", "12000"),
+        ("x", "NaN"),
+        ("y", "1e9"),
+    ],
+)
 @pytest.mark.parametrize("on_error", ["skip", "prefix"])
 def test_non_finite_or_absurd_numbers_are_bad_steps(tmp_path, field, text, on_error):
     jsonl = one_recording(tmp_path / "raw")
@@ -307,8 +348,9 @@ def test_non_finite_or_absurd_numbers_are_bad_steps(tmp_path, field, text, on_er
         return lines[:3] + [json.dumps(step).replace('"@@"', text)] + lines[4:]
 
     edit_jsonl(jsonl, poison)
-    report = ingest(tmp_path / "raw", tmp_path / "store", resolution=RES, on_error=on_error, print_summary=False,
-                    progress=False)
+    report = ingest(
+        tmp_path / "raw", tmp_path / "store", resolution=RES, on_error=on_error, print_summary=False, progress=False
+    )
     # prefix: the video then has more frames than the kept steps, which is reported after (as for any bad line)
     problem = report.skipped[0]
     assert len(report.skipped) == (1 if on_error == "skip" else 2), report.skipped

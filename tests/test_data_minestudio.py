@@ -24,8 +24,23 @@ H, W = 48, 64  # source frame size in the fixture (MineStudio's are 128x128, 224
 CHUNK = 32
 
 # MineStudio action dicts: the 24 MineRL env keys (process_action_openai.py's NOOP_ACTION), camera in degrees.
-_ENV_BUTTON_KEYS = ("ESC", "back", "drop", "forward", *(f"hotbar.{i}" for i in range(1, 10)), "inventory", "jump",
-                    "left", "right", "sneak", "sprint", "swapHands", "attack", "use", "pickItem")
+_ENV_BUTTON_KEYS = (
+    "ESC",
+    "back",
+    "drop",
+    "forward",
+    *(f"hotbar.{i}" for i in range(1, 10)),
+    "inventory",
+    "jump",
+    "left",
+    "right",
+    "sneak",
+    "sprint",
+    "swapHands",
+    "attack",
+    "use",
+    "pickItem",
+)
 
 
 def _frames(seed: int, n: int) -> np.ndarray:
@@ -36,7 +51,7 @@ def _frames(seed: int, n: int) -> np.ndarray:
     out = np.repeat(base[None], n, 0)
     for i in range(n):
         r, c = (i // 8) % 5, i % 8
-        out[i, r * 8:(r + 1) * 8, c * 8:(c + 1) * 8] = 250
+        out[i, r * 8 : (r + 1) * 8, c * 8 : (c + 1) * 8] = 250
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
@@ -93,26 +108,37 @@ class Fixture:
     def _part(self, modality: str, part: str) -> dict:
         return self.parts.setdefault((modality, part), {"infos": [], "kv": {}})
 
-    def add(self, name: str, n: int, seed: int, video_part: str = "part-1", action_part: str = "part-1",
-            num_frames: int | None = None, video: bool = True, action: bool = True, in_memory: bool = False) -> dict:
+    def add(
+        self,
+        name: str,
+        n: int,
+        seed: int,
+        video_part: str = "part-1",
+        action_part: str = "part-1",
+        num_frames: int | None = None,
+        video: bool = True,
+        action: bool = True,
+        in_memory: bool = False,
+    ) -> dict:
         """Add an episode of ``n`` frames, chunked by 32 (the last chunk holds the rest). Returns the raw chunks so
         a test can break them before ``write()``."""
         frames, acts = _frames(seed, n), _actions(seed + 1000, n)
         decoded, chunks = [], {"video": {}, "action": {}}
         for start in range(0, n, CHUNK):
-            chunk = frames[start:start + CHUNK]
+            chunk = frames[start : start + CHUNK]
             data = _encode_chunk_in_memory(chunk) if in_memory else _encode_chunk(chunk, self.tmp)
             decoded.append(_decode(data))
             chunks["video"][start] = data
-            chunks["action"][start] = pickle.dumps({k: v[start:start + CHUNK] for k, v in acts.items()})
+            chunks["action"][start] = pickle.dumps({k: v[start : start + CHUNK] for k, v in acts.items()})
         self.expected[name] = {"frames": np.concatenate(decoded), "actions": acts}
         for modality, part, present in (("image", video_part, video), ("action", action_part, action)):
             if not present:
                 continue
             p = self._part(modality, part)
             idx = len(p["infos"])
-            p["infos"].append({"episode": name, "episode_idx": idx, "num_frames": n if num_frames is None
-                               else num_frames})
+            p["infos"].append(
+                {"episode": name, "episode_idx": idx, "num_frames": n if num_frames is None else num_frames}
+            )
             for start in chunks["video" if modality == "image" else "action"]:
                 p["kv"][str((idx, start))] = (modality, name, start)
         self._chunks = getattr(self, "_chunks", {})
@@ -129,9 +155,12 @@ class Fixture:
                     value = self._chunks[name]["video" if mod == "image" else "action"].get(start)
                     if value is not None:  # a test may have deleted it
                         txn.put(key.encode(), value)
-                meta = {"__chunk_size__": CHUNK, "__chunk_infos__": p["infos"],
-                        "__num_episodes__": len(p["infos"]),
-                        "__num_total_frames__": sum(i["num_frames"] for i in p["infos"])}
+                meta = {
+                    "__chunk_size__": CHUNK,
+                    "__chunk_infos__": p["infos"],
+                    "__num_episodes__": len(p["infos"]),
+                    "__num_total_frames__": sum(i["num_frames"] for i in p["infos"]),
+                }
                 for key, value in meta.items():
                     txn.put(key.encode(), pickle.dumps(value))
             env.close()  # lmdb refuses to open an environment twice in one process: close before importing
@@ -142,8 +171,12 @@ def _expected_env(acts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     buttons = np.stack([acts[b] for b in BUTTONS], 1).astype(np.uint8)
     esc = acts["ESC"].astype(bool)
     pressed = buttons.any(1) | esc | acts["swapHands"].astype(bool) | acts["pickItem"].astype(bool)
-    return {"buttons": buttons, "camera": acts["camera"].astype(np.float32), "esc": esc,
-            "is_null": ~(pressed | (acts["camera"] != 0).any(1))}
+    return {
+        "buttons": buttons,
+        "camera": acts["camera"].astype(np.float32),
+        "esc": esc,
+        "is_null": ~(pressed | (acts["camera"] != 0).any(1)),
+    }
 
 
 class _SpyWriter(ms.StoreWriter):
@@ -168,10 +201,10 @@ class _SpyWriter(ms.StoreWriter):
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> Fixture:
     """Built once per module: importing only reads it."""
     fx = Fixture(tmp_path_factory.mktemp("minestudio") / "src")
-    fx.add("ep-full", 64, seed=1, in_memory=True)                  # two whole chunks, encoded as MineStudio does
-    fx.add("ep-tail", 70, seed=2, action_part="part-2")            # 32 + 32 + 6: the tail MineStudio would drop
-    fx.add("ep-short", 5, seed=3, video_part="part-2")             # a single, short chunk
-    fx.add("ep-extra", 40, seed=4, num_frames=32)                  # metadata counts whole chunks only (MineStudio)
+    fx.add("ep-full", 64, seed=1, in_memory=True)  # two whole chunks, encoded as MineStudio does
+    fx.add("ep-tail", 70, seed=2, action_part="part-2")  # 32 + 32 + 6: the tail MineStudio would drop
+    fx.add("ep-short", 5, seed=3, video_part="part-2")  # a single, short chunk
+    fx.add("ep-extra", 40, seed=4, num_frames=32)  # metadata counts whole chunks only (MineStudio)
     broken = fx.add("ep-missing-chunk", 96, seed=5)
     del broken["video"][32]
     broken = fx.add("ep-bad-video", 64, seed=6, video_part="part-2")
@@ -190,10 +223,14 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Fixture:
 
 
 GOOD = ["ep-extra", "ep-full", "ep-short", "ep-tail"]
-BAD = {"ep-missing-chunk": ("video chunk (", 32), "ep-bad-video": ("cannot be decoded", 32),
-       "ep-no-video": ("no video data", None), "ep-count-mismatch": ("has 8 frames but the action chunk has 10", 32),
-       "ep-evil-pickle": ("refusing to load", 0),
-       "ep-huge-camera": ("[0.0, 1000000000.0] at frame 35 is out of range", 32)}
+BAD = {
+    "ep-missing-chunk": ("video chunk (", 32),
+    "ep-bad-video": ("cannot be decoded", 32),
+    "ep-no-video": ("no video data", None),
+    "ep-count-mismatch": ("has 8 frames but the action chunk has 10", 32),
+    "ep-evil-pickle": ("refusing to load", 0),
+    "ep-huge-camera": ("[0.0, 1000000000.0] at frame 35 is out of range", 32),
+}
 
 
 def test_import_round_trips_every_frame_and_action(dataset: Fixture, tmp_path: Path, monkeypatch) -> None:
@@ -268,8 +305,13 @@ def test_unreadable_part_is_reported_and_the_rest_imported(tmp_path: Path) -> No
 
 
 def test_restricted_unpickler() -> None:
-    data = {"attack": np.arange(4), "camera": np.zeros((4, 2), np.float32), "n": np.int64(3), "s": {1, 2},
-            "b": b"\x00\xff"}
+    data = {
+        "attack": np.arange(4),
+        "camera": np.zeros((4, 2), np.float32),
+        "n": np.int64(3),
+        "s": {1, 2},
+        "b": b"\x00\xff",
+    }
     for protocol in (2, 4, 5):
         out = ms.restricted_loads(pickle.dumps(data, protocol=protocol))
         assert np.array_equal(out["attack"], data["attack"]) and out["camera"].dtype == np.float32

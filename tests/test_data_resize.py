@@ -8,8 +8,9 @@ import torch
 
 from minesweep.data.resize import resize_bilinear
 
-FIXTURE = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "vpt" / "preprocess" / \
-    "resize_reference.npz"
+FIXTURE = (
+    Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "vpt" / "preprocess" / "resize_reference.npz"
+)
 
 
 @pytest.fixture(scope="module")
@@ -24,14 +25,14 @@ def test_matches_opencv_reference_bit_for_bit(reference):
     out = resize_bilinear(reference["frames_rgb"], (128, 128))
     assert out.dtype == np.uint8 and out.shape == (10, 128, 128, 3)
     diff = np.abs(out.astype(int) - reference["resized_128"])
-    per_kind = {str(k): int(d.max()) for k, d in zip(reference["kinds"], diff)}
+    per_kind = {str(k): int(d.max()) for k, d in zip(reference["kinds"], diff, strict=False)}
     assert diff.max() == 0, f"max abs diff per frame kind: {per_kind}"
 
 
 def test_single_frame_equals_batched(reference):
     frames = reference["frames_rgb"][:3]
     batched = resize_bilinear(frames, (128, 128))
-    for frame, expected in zip(frames, batched):
+    for frame, expected in zip(frames, batched, strict=False):
         np.testing.assert_array_equal(resize_bilinear(frame, (128, 128)), expected)
 
 

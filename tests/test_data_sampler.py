@@ -30,8 +30,11 @@ def run_epoch(windows, batch_size, world_size, epoch=0, seed=0):
 
 
 CASES = [
-    (np.random.default_rng(case).integers(1, 9, size=np.random.default_rng(case + 1000).integers(1, 12)).tolist(),
-     int(np.random.default_rng(case).integers(1, 5)), int(np.random.default_rng(case + 7).integers(1, 5)))
+    (
+        np.random.default_rng(case).integers(1, 9, size=np.random.default_rng(case + 1000).integers(1, 12)).tolist(),
+        int(np.random.default_rng(case).integers(1, 5)),
+        int(np.random.default_rng(case + 7).integers(1, 5)),
+    )
     for case in range(150)
 ]
 
@@ -59,7 +62,7 @@ def test_every_window_once_in_order_equal_batches(lengths, batch_size, world_siz
                 position = 0
                 while position < len(real):
                     episode = episode_of[real[position]]
-                    assert real[position: position + len(windows[episode])] == windows[episode]
+                    assert real[position : position + len(windows[episode])] == windows[episode]
                     rank_episodes.add(episode)
                     position += len(windows[episode])
             episodes_per_rank.append(rank_episodes)

@@ -20,9 +20,16 @@ def write_store(root, lengths, null_every=0, value=0):
             is_null = np.zeros(n, bool)
             if null_every:
                 is_null[::null_every] = True
-            writer.add_episode(f"e{i}", frames, {"buttons": np.zeros((n, 20), np.uint8),
-                                                 "camera": np.zeros((n, 2), np.float32),
-                                                 "is_null": is_null, "esc": np.zeros(n, bool)})
+            writer.add_episode(
+                f"e{i}",
+                frames,
+                {
+                    "buttons": np.zeros((n, 20), np.uint8),
+                    "camera": np.zeros((n, 2), np.float32),
+                    "is_null": is_null,
+                    "esc": np.zeros(n, bool),
+                },
+            )
     return root
 
 
@@ -72,8 +79,16 @@ def test_mixture_reads_every_store_and_weights_set_their_share(tmp_path):
     assert len(mixture) == 6 and mixture.lengths.tolist() == [200] * 4 + [30] * 2
     assert mixture.read_frames(5, 2, 3)[0, 1, 1, 0] == 200 and mixture.read_frames(0, 0, 1)[0, 1, 1, 0] == 10
     assert mixture.episodes[4].id == "e0"
-    dm = MineDataModule([str(a), str(b)], win_len=8, batch_size=50, num_workers=0, val_fraction=0.0,
-                        sampling="frames", weights=[0.25, 0.75], samples_per_epoch=4000)
+    dm = MineDataModule(
+        [str(a), str(b)],
+        win_len=8,
+        batch_size=50,
+        num_workers=0,
+        val_fraction=0.0,
+        sampling="frames",
+        weights=[0.25, 0.75],
+        samples_per_epoch=4000,
+    )
     loader = dm.train_dataloader()
     episodes = torch.cat([batch["episode"] for batch in loader])
     share_b = (episodes >= 4).float().mean().item()
@@ -83,9 +98,16 @@ def test_mixture_reads_every_store_and_weights_set_their_share(tmp_path):
 def test_mixing_refuses_what_cannot_work(tmp_path):
     a = write_store(tmp_path / "a", [20])
     with StoreWriter(tmp_path / "big", resolution=(H * 2, W), codec="raw") as writer:
-        writer.add_episode("x", np.zeros((5, H * 2, W, 3), np.uint8), {
-            "buttons": np.zeros((5, 20), np.uint8), "camera": np.zeros((5, 2), np.float32),
-            "is_null": np.zeros(5, bool), "esc": np.zeros(5, bool)})
+        writer.add_episode(
+            "x",
+            np.zeros((5, H * 2, W, 3), np.uint8),
+            {
+                "buttons": np.zeros((5, 20), np.uint8),
+                "camera": np.zeros((5, 2), np.float32),
+                "is_null": np.zeros(5, bool),
+                "esc": np.zeros(5, bool),
+            },
+        )
     with pytest.raises(ValueError, match="cannot be mixed.*re-ingest"):
         StoreMixture([a, tmp_path / "big"])
     with pytest.raises(ValueError, match="one non-negative number per store"):

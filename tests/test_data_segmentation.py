@@ -10,8 +10,14 @@ from torch.utils.data import default_collate
 
 from minesweep.data.datamodule import MineDataModule, WindowDataset
 from minesweep.data.ingest import ingest
-from minesweep.data.segmentation import (INTERACTION_TYPES, SegmentationError, check_segmentation, read_sidecar,
-                                         resize_masks, sidecar_path)
+from minesweep.data.segmentation import (
+    INTERACTION_TYPES,
+    SegmentationError,
+    check_segmentation,
+    read_sidecar,
+    resize_masks,
+    sidecar_path,
+)
 from minesweep.data.store import EpisodeStore, StoreWriter
 from minesweep.data.synth import generate_recordings
 
@@ -88,8 +94,12 @@ def test_ingest_carries_resized_segmentation_into_the_store(raw, store):
 def test_store_segmentation_is_optional_and_checked(tmp_path):
     frames = np.zeros((4, 16, 16, 3), np.uint8)
     actions = {"buttons": np.zeros((4, 20)), "camera": np.zeros((4, 2)), "is_null": np.zeros(4), "esc": np.zeros(4)}
-    seg = {"mask": np.zeros((4, 16, 16), bool), "object_id": np.zeros(4, int), "interaction": np.ones(4, int),
-           "valid": np.ones(4, bool)}
+    seg = {
+        "mask": np.zeros((4, 16, 16), bool),
+        "object_id": np.zeros(4, int),
+        "interaction": np.ones(4, int),
+        "valid": np.ones(4, bool),
+    }
     with StoreWriter(tmp_path / "s", resolution=(16, 16)) as writer:
         writer.add_episode("plain", frames, actions)
         writer.add_episode("seg", frames, actions, segmentation=seg)
@@ -111,8 +121,12 @@ def test_store_segmentation_is_optional_and_checked(tmp_path):
 
 
 def test_check_segmentation_names_the_key():
-    good = {"mask": np.zeros((2, 4, 4), bool), "object_id": np.zeros(2, int), "interaction": np.zeros(2, int),
-            "valid": np.array([True, False])}
+    good = {
+        "mask": np.zeros((2, 4, 4), bool),
+        "object_id": np.zeros(2, int),
+        "interaction": np.zeros(2, int),
+        "valid": np.array([True, False]),
+    }
     with pytest.raises(SegmentationError, match=r"f\.npz: segmentation lacks \['valid'\]"):
         check_segmentation({k: v for k, v in good.items() if k != "valid"}, "f.npz")
     with pytest.raises(SegmentationError, match="'interaction' at frame 1 is 9"):
@@ -180,8 +194,9 @@ def test_reference_window_is_another_non_overlapping_window_of_the_same_episode(
 
 
 def test_datamodule_decides_segmentation_for_the_whole_store(store):
-    dm = MineDataModule(str(store.root), win_len=8, batch_size=2, num_workers=0, val_fraction=0.34,
-                        reference_window="other")
+    dm = MineDataModule(
+        str(store.root), win_len=8, batch_size=2, num_workers=0, val_fraction=0.34, reference_window="other"
+    )
     dm.setup()
     train, val = next(iter(dm.train_dataloader())), next(iter(dm.val_dataloader()))
     for batch in (train, val):

@@ -26,7 +26,7 @@ def make_frames(n: int, seed: int = 0) -> np.ndarray:
         frames[t, ..., 1] = (y * 3 + t) % 256
         frames[t, ..., 2] = 90
         c = (t * 5) % (W - 16)
-        frames[t, 20:36, c:c + 16] = rng.integers(0, 256, 3)
+        frames[t, 20:36, c : c + 16] = rng.integers(0, 256, 3)
     return frames
 
 
@@ -65,8 +65,11 @@ def test_manifest_index_and_journal(store_root):
     assert [s["file"] for s in manifest["shards"]] == ["shards/shard-00000.bin"]
     assert manifest["shards"][0]["size"] == (store_root / "shards/shard-00000.bin").stat().st_size
     journal = [json.loads(line) for line in (store_root / "episodes.jsonl").read_text().splitlines()]
-    assert [(e["id"], e["length"], e["source"]) for e in journal] == [("ep-a", T, "a.mp4"), ("ep-b", 40, "b.mp4"),
-                                                                      ("ep-c", 33, "")]
+    assert [(e["id"], e["length"], e["source"]) for e in journal] == [
+        ("ep-a", T, "a.mp4"),
+        ("ep-b", 40, "b.mp4"),
+        ("ep-c", 33, ""),
+    ]
     assert all(len(e["sha256"]) == 64 for e in journal)
     # episodes are back to back in the shard: video bytes, then actions
     ends = [(e["video_offset"], e["actions_offset"] + e["actions_size"]) for e in journal]
@@ -107,7 +110,7 @@ def test_window_equals_sequential_decode(store_root, start, length):
     sequential = decode_all(EpisodeStore(store_root).read_video_bytes("ep-a"))
     store = EpisodeStore(store_root)
     store.read_frames("ep-b", 3, 10)  # the same store hops between episodes and positions
-    np.testing.assert_array_equal(store.read_frames("ep-a", start, length), sequential[start:start + length])
+    np.testing.assert_array_equal(store.read_frames("ep-a", start, length), sequential[start : start + length])
     np.testing.assert_array_equal(store.read_frames("ep-a", 1, 4), sequential[1:5])
 
 
@@ -159,7 +162,9 @@ def test_failed_episode_leaves_nothing_behind(tmp_path):
     store = EpisodeStore(tmp_path)
     assert [e.id for e in store.episodes] == ["good"]
     record = store.episodes[0]
-    assert (tmp_path / "shards/shard-00000.bin").stat().st_size == record.actions_offset + record.actions_size + record.segmentation_size
+    assert (
+        tmp_path / "shards/shard-00000.bin"
+    ).stat().st_size == record.actions_offset + record.actions_size + record.segmentation_size
 
 
 @pytest.mark.parametrize("codec", ["h264", "raw"])
@@ -235,11 +240,17 @@ def test_corrupt_bytes_in_the_last_shard_are_not_trusted_on_resume(tmp_path):
 
 def test_encoding_is_reproducible_across_processes():
     # Resume compares bytes, so the same frames must encode to the same H.264 in any process.
-    code = ("import sys, hashlib; sys.path.insert(0, {root!r}); from tests.test_data_store import *; "
-            "e = encode_episode('x', make_frames(40), make_actions(40), (H, W)); print(e.sha256)")
+    code = (
+        "import sys, hashlib; sys.path.insert(0, {root!r}); from tests.test_data_store import *; "
+        "e = encode_episode('x', make_frames(40), make_actions(40), (H, W)); print(e.sha256)"
+    )
     root = str(__import__("pathlib").Path(__file__).resolve().parents[1])
-    digests = {subprocess.run([sys.executable, "-c", code.format(root=root)], capture_output=True, text=True,
-                              check=True).stdout.strip() for _ in range(2)}
+    digests = {
+        subprocess.run(
+            [sys.executable, "-c", code.format(root=root)], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        for _ in range(2)
+    }
     assert len(digests) == 1 and encode_episode("x", make_frames(40), make_actions(40), (H, W)).sha256 in digests
 
 
@@ -254,6 +265,7 @@ def corrupt_store(tmp_path, codec="h264", segmentation=False):
             seg = None
             if segmentation:
                 from minesweep.data.segmentation import empty_segmentation
+
                 seg = empty_segmentation(n, (H, W))
                 seg["mask"][:, 10:20, 10:30] = True
                 seg["valid"][:] = True
@@ -418,7 +430,7 @@ def test_unit_hashes_hash_each_unit_and_catch_flips_and_swaps(unit_bytes):
     data = rng.integers(0, 256, 3 * unit_bytes, dtype=np.uint8).tobytes()
     sums = _unit_hashes(data, unit_bytes, 3)
     assert sums.dtype == np.uint64
-    assert sums.tolist() == [xxhash.xxh3_64(data[i * unit_bytes:(i + 1) * unit_bytes]).intdigest() for i in range(3)]
+    assert sums.tolist() == [xxhash.xxh3_64(data[i * unit_bytes : (i + 1) * unit_bytes]).intdigest() for i in range(3)]
     for _ in range(50):  # any single flipped byte changes its unit's hash, and only that one
         i = int(rng.integers(3 * unit_bytes))
         damaged = bytearray(data)

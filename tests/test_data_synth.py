@@ -1,6 +1,5 @@
 """Synthetic contractor recordings: format, determinism, colours, and a learnable (scripted) policy."""
 
-
 import av
 import numpy as np
 import pytest
@@ -11,8 +10,24 @@ from minesweep.data import synth
 from minesweep.data.synth import generate_recordings, write_synthetic_episode
 
 W, H, N = 96, 64, 160
-STEP_KEYS = {"mouse", "keyboard", "isGuiOpen", "isGuiInventory", "hotbar", "yaw", "pitch", "xpos", "ypos", "zpos",
-             "tick", "milli", "inventory", "serverTick", "serverTickDurationMs", "stats"}
+STEP_KEYS = {
+    "mouse",
+    "keyboard",
+    "isGuiOpen",
+    "isGuiInventory",
+    "hotbar",
+    "yaw",
+    "pitch",
+    "xpos",
+    "ypos",
+    "zpos",
+    "tick",
+    "milli",
+    "inventory",
+    "serverTick",
+    "serverTickDurationMs",
+    "stats",
+}
 MOUSE_KEYS = {"x", "y", "dx", "dy", "scaledX", "scaledY", "dwheel", "buttons", "newButtons"}
 
 
@@ -72,7 +87,7 @@ def test_deterministic_in_seed(tmp_path):
     b = generate_recordings(tmp_path / "b", episodes=2, frames=20, seed=5, width=64, height=64)
     c = generate_recordings(tmp_path / "c", episodes=1, frames=20, seed=6, width=64, height=64)
     assert [p.name for p in a] == ["synth-0000.mp4", "synth-0001.mp4"]
-    for pa, pb in zip(a, b):
+    for pa, pb in zip(a, b, strict=False):
         assert pa.with_suffix(".jsonl").read_text() == pb.with_suffix(".jsonl").read_text()
         np.testing.assert_array_equal(decode(pa)[0], decode(pb)[0])
     assert a[0].with_suffix(".jsonl").read_text() != c[0].with_suffix(".jsonl").read_text()
@@ -86,7 +101,7 @@ def test_policy_is_rich_and_tied_to_the_target(episode):
     forward, attack = env.buttons[:, col["forward"]], env.buttons[:, col["attack"]]
     assert forward.mean() > 0.2 and attack.mean() > 0.05
     assert env.buttons[:, col["sprint"]].any()
-    assert not env.buttons[:, col["hotbar.1"]:].any() and not env.buttons[:, col["inventory"]].any()
+    assert not env.buttons[:, col["hotbar.1"] :].any() and not env.buttons[:, col["inventory"]].any()
     bins = camera_to_bins(env.camera)
     assert len(np.unique(bins[:, 0])) >= 4 and len(np.unique(bins[:, 1])) >= 4
     assert np.mean(np.abs(env.camera) <= 10.0) > 0.95

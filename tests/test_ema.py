@@ -58,10 +58,19 @@ def loader(n: int = 40) -> torch.utils.data.DataLoader:
 
 def fit(ema: EMA, steps: int = 9, precision: str = "32-true", val_every: int | None = None) -> tuple[Toy, Recorder]:
     model, recorder = Toy(), Recorder()
-    trainer = L.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, callbacks=[recorder, ema],
-                        precision=precision, val_check_interval=val_every or steps, limit_val_batches=1,
-                        num_sanity_val_steps=0)
+    trainer = L.Trainer(
+        max_steps=steps,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[recorder, ema],
+        precision=precision,
+        val_check_interval=val_every or steps,
+        limit_val_batches=1,
+        num_sanity_val_steps=0,
+    )
     trainer.fit(model, loader(), loader(8))
     return model, recorder
 
@@ -90,8 +99,9 @@ def test_bf16_training_keeps_the_average_in_float32():
     assert model.layer.weight.dtype == torch.bfloat16
     assert ema._average_model.module.layer.weight.dtype == torch.float32
     expected = closed_form(recorder.weights, 0.9, 0, 1)  # from the bf16 weights, summed in float32
-    torch.testing.assert_close(torch.cat([p.flatten() for p in ema._average_model.module.parameters()]), expected,
-                               rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(
+        torch.cat([p.flatten() for p in ema._average_model.module.parameters()]), expected, rtol=1e-6, atol=1e-7
+    )
 
 
 @pytest.mark.parametrize("validate_on_ema", [True, False])
@@ -118,26 +128,45 @@ def test_a_run_with_ema_saves_it_and_evaluates_it(tmp_path):
     from minesweep.train import train
 
     store = tmp_path / "store"
-    MineDataModule(root=str(store), demo={"episodes": 4, "frames": 64, "width": 96, "height": 64, "seed": 1}
-                   ).prepare_data()
+    MineDataModule(
+        root=str(store), demo={"episodes": 4, "frames": 64, "width": 96, "height": 64, "seed": 1}
+    ).prepare_data()
     run = tmp_path / "run"
     with initialize_config_dir(config_dir=str(CONF_DIR)):
-        cfg = compose("train", overrides=[
-            *SMALL_RUN, f"data.root={store}", f"paths.output_dir={run}", "logger=csv", "trainer.max_steps=6",
-            "trainer.val_check_interval=3", "callbacks/ema=default", "callbacks.ema.decay=0.5",
-            "optim.learning_rate=1e-2", "callbacks.final_eval=null"])
+        cfg = compose(
+            "train",
+            overrides=[
+                *SMALL_RUN,
+                f"data.root={store}",
+                f"paths.output_dir={run}",
+                "logger=csv",
+                "trainer.max_steps=6",
+                "trainer.val_check_interval=3",
+                "callbacks/ema=default",
+                "callbacks.ema.decay=0.5",
+                "optim.learning_rate=1e-2",
+                "callbacks.final_eval=null",
+            ],
+        )
     train(cfg)
     checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
-    ema = {k[len(CHECKPOINT_PREFIX):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(CHECKPOINT_PREFIX)}
-    trained = {k[len(CHECKPOINT_PREFIX):]: v for k, v in checkpoint[TRAINED_WEIGHTS_KEY].items()
-               if k.startswith(CHECKPOINT_PREFIX)}
+    ema = {
+        k[len(CHECKPOINT_PREFIX) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(CHECKPOINT_PREFIX)
+    }
+    trained = {
+        k[len(CHECKPOINT_PREFIX) :]: v
+        for k, v in checkpoint[TRAINED_WEIGHTS_KEY].items()
+        if k.startswith(CHECKPOINT_PREFIX)
+    }
     assert ema.keys() == trained.keys()
     assert any(not torch.equal(ema[k], trained[k]) for k in ema if ema[k].is_floating_point())
 
     # the EMA alone, as a plain state dict for policy.weights=
     weights_file = torch.load(run / "checkpoints" / "ema.weights", weights_only=True)
     assert weights_file.keys() == ema.keys() and all(torch.equal(weights_file[k], ema[k]) for k in ema)
-    from_file = build_policy({**checkpoint["minesweep_policy_config"], "weights": str(run / "checkpoints" / "ema.weights")})
+    from_file = build_policy(
+        {**checkpoint["minesweep_policy_config"], "weights": str(run / "checkpoints" / "ema.weights")}
+    )
 
     # minesweep-eval plays the EMA by default, the trained weights with eval.use_ema=false
     for use_ema, expected in ((True, ema), (False, trained)):

@@ -81,9 +81,19 @@ def test_unmapped_agent_actions_play_noop_and_camera_is_ignored():
 def test_jsonl_round_trip_with_contractor_quirks(tmp_path):
     # every action, each twice in a row (hotbar keys repeat), an attack at step 0 (the attack-stuck fix)
     # and hotbar slots revisited after other actions
-    actions = [ACTION_INDEX["do"], ACTION_INDEX["do"]] + [a for a in ALL for _ in range(2)] + \
-        [ACTION_INDEX["place_table"], ACTION_INDEX["move_up"], ACTION_INDEX["make_stone_pickaxe"], NOOP,
-         ACTION_INDEX["place_stone"], ACTION_INDEX["make_wood_pickaxe"], ACTION_INDEX["place_stone"]]
+    actions = (
+        [ACTION_INDEX["do"], ACTION_INDEX["do"]]
+        + [a for a in ALL for _ in range(2)]
+        + [
+            ACTION_INDEX["place_table"],
+            ACTION_INDEX["move_up"],
+            ACTION_INDEX["make_stone_pickaxe"],
+            NOOP,
+            ACTION_INDEX["place_stone"],
+            ACTION_INDEX["make_wood_pickaxe"],
+            ACTION_INDEX["place_stone"],
+        ]
+    )
     path = tmp_path / "ep.jsonl"
     path.write_text("".join(json.dumps(s) + "\n" for s in contractor_steps(actions)))
     env = contractor_to_env(read_jsonl(path), source=str(path))
@@ -107,7 +117,7 @@ def test_recording_ingests_unchanged_and_keeps_every_action(tmp_path):
     report = ingest(tmp_path / "raw", tmp_path / "store", print_summary=False)
     assert report.skipped == [] and report.ingested == ["crafter-0000", "crafter-0001"]
     store = EpisodeStore(tmp_path / "store")
-    for result, record in zip(results, store.episodes):
+    for result, record in zip(results, store.episodes, strict=False):
         assert record.length == result.length > 0
         actions = store.read_actions(record.id)
         np.testing.assert_array_equal(env_buttons_to_action(actions["buttons"]), result.actions)
@@ -170,8 +180,12 @@ def test_scripted_player_never_walks_into_lava():
 def test_cli_crafter(tmp_path, capsys):
     out = tmp_path / "raw"
     assert cli_main(["crafter", str(out), "--episodes", "2", "--length", "15", "--workers", "2"]) == 0
-    assert sorted(p.name for p in out.glob("crafter-*")) == ["crafter-0000.jsonl", "crafter-0000.mp4",
-                                                             "crafter-0001.jsonl", "crafter-0001.mp4"]
+    assert sorted(p.name for p in out.glob("crafter-*")) == [
+        "crafter-0000.jsonl",
+        "crafter-0000.mp4",
+        "crafter-0001.jsonl",
+        "crafter-0001.mp4",
+    ]
     assert "wrote 2 recordings" in capsys.readouterr().out
     assert cli_main(["crafter", str(out), "--episodes", "0"]) == 1
 

@@ -17,7 +17,8 @@ from minesweep.data.ingest import ingest
 from minesweep.envs.crafter import ACHIEVEMENTS, CrafterEnv, agent_to_action
 from minesweep.envs.crafter_player import RandomPlayer
 from minesweep.envs.crafter_record import EpisodeResult, play_episode, record_crafter
-from minesweep.eval import PolicyPlayer, main as eval_main, plot_achievements, summarize
+from minesweep.eval import PolicyPlayer, plot_achievements, summarize
+from minesweep.eval import main as eval_main
 from minesweep.final_eval import FinalEvalCallback
 from minesweep.online_eval import OnlineEvalCallback
 from minesweep.policies.tiny import TinyPolicy
@@ -27,13 +28,19 @@ from tests.helpers import SMALL_RUN
 
 
 def result(ret: float, unlocked: list[str], length: int = 10) -> EpisodeResult:
-    return EpisodeResult(seed=0, player="x", length=length, episode_return=ret,
-                         achievements={a: int(a in unlocked) for a in ACHIEVEMENTS})
+    return EpisodeResult(
+        seed=0,
+        player="x",
+        length=length,
+        episode_return=ret,
+        achievements={a: int(a in unlocked) for a in ACHIEVEMENTS},
+    )
 
 
 def test_summarize_mean_stderr_and_rates():
-    s = summarize([result(1.0, ["collect_wood"], 10), result(3.0, ["collect_wood", "place_table"], 20),
-                   result(5.0, [], 30)])
+    s = summarize(
+        [result(1.0, ["collect_wood"], 10), result(3.0, ["collect_wood", "place_table"], 20), result(5.0, [], 30)]
+    )
     assert s["mean_return"] == pytest.approx(3.0)
     assert s["stderr_return"] == pytest.approx(2.0 / math.sqrt(3))  # sample std 2
     assert s["mean_length"] == pytest.approx(20.0)
@@ -85,8 +92,9 @@ def test_plot_achievements_writes_png(tmp_path):
 def test_online_eval_logs_return_and_leaves_training_rng_alone():
     from functools import partial
 
-    callback = OnlineEvalCallback(env=partial(CrafterEnv, size=64, length=15), every_n_steps=5, episodes=2,
-                                  first_seed=3)
+    callback = OnlineEvalCallback(
+        env=partial(CrafterEnv, size=64, length=15), every_n_steps=5, episodes=2, first_seed=3
+    )
     policy = TinyPolicy(hidsize=16)
     torch.manual_seed(123)
     expected = torch.rand(3)
@@ -105,8 +113,9 @@ def _online_eval_on_rank(rank: int, world_size: int, init_file: str, out_dir: st
     try:
         torch.manual_seed(0)  # the same weights on every rank, as DDP keeps them
         policy = TinyPolicy(hidsize=16)
-        callback = OnlineEvalCallback(env=partial(CrafterEnv, size=64, length=15), episodes=5, first_seed=3,
-                                      deterministic=True)
+        callback = OnlineEvalCallback(
+            env=partial(CrafterEnv, size=64, length=15), episodes=5, first_seed=3, deterministic=True
+        )
         metrics = callback.evaluate(policy, rank=rank, world_size=world_size)
         torch.save({"metrics": metrics, "played": callback.played_seeds}, f"{out_dir}/rank{rank}.pt")
     finally:
@@ -123,8 +132,9 @@ def test_online_eval_deals_worlds_across_ddp_ranks_and_gathers_them(tmp_path):
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     assert ranks[0]["played"] == [3, 5, 7] and ranks[1]["played"] == [4, 6]
     torch.manual_seed(0)
-    single = OnlineEvalCallback(env=partial(CrafterEnv, size=64, length=15), episodes=5, first_seed=3,
-                                deterministic=True).evaluate(TinyPolicy(hidsize=16))
+    single = OnlineEvalCallback(
+        env=partial(CrafterEnv, size=64, length=15), episodes=5, first_seed=3, deterministic=True
+    ).evaluate(TinyPolicy(hidsize=16))
     for rank in ranks:
         assert rank["metrics"] == pytest.approx(single)
 
@@ -156,12 +166,22 @@ def test_record_ingest_train_eval(tmp_path):
     assert ingest(tmp_path / "raw", tmp_path / "store", resolution=(64, 64), print_summary=False).ingested
     run = tmp_path / "run"
     with initialize_config_dir(config_dir=str(CONF_DIR)):
-        cfg = compose("train", overrides=[
-            *SMALL_RUN, f"data.root={tmp_path / 'store'}", f"paths.output_dir={run}", "logger=csv",
-            "trainer.max_steps=12", "trainer.val_check_interval=6", "callbacks/online_eval=crafter",
-            "callbacks.online_eval.episodes=2", "eval.env.size=64", "eval.env.length=40",
-            "optimized_metric=eval/return",
-        ])
+        cfg = compose(
+            "train",
+            overrides=[
+                *SMALL_RUN,
+                f"data.root={tmp_path / 'store'}",
+                f"paths.output_dir={run}",
+                "logger=csv",
+                "trainer.max_steps=12",
+                "trainer.val_check_interval=6",
+                "callbacks/online_eval=crafter",
+                "callbacks.online_eval.episodes=2",
+                "eval.env.size=64",
+                "eval.env.length=40",
+                "optimized_metric=eval/return",
+            ],
+        )
     metrics = train(cfg)
     assert "eval/return" in metrics and math.isfinite(metrics["eval/return"])
     assert metrics["eval/length"] <= 40
@@ -169,9 +189,21 @@ def test_record_ingest_train_eval(tmp_path):
     assert any("eval/return" in p.read_text().splitlines()[0] for p in rows)
 
     checkpoint = run / "checkpoints" / "last.ckpt"
-    assert eval_main([f"eval.checkpoint={checkpoint}", "eval.episodes=2", "eval.env.size=64", "eval.env.length=40",
-                      "eval.video.max_steps=20", "eval.video.size=64", "eval.progress=false",
-                      f"paths.cache_dir={tmp_path / 'cache'}"]) == 0
+    assert (
+        eval_main(
+            [
+                f"eval.checkpoint={checkpoint}",
+                "eval.episodes=2",
+                "eval.env.size=64",
+                "eval.env.length=40",
+                "eval.video.max_steps=20",
+                "eval.video.size=64",
+                "eval.progress=false",
+                f"paths.cache_dir={tmp_path / 'cache'}",
+            ]
+        )
+        == 0
+    )
     out = run / "eval"
     report = json.loads((out / "results.json").read_text())
     assert set(report["players"]) == {"policy", "random", "scripted"}
@@ -179,9 +211,21 @@ def test_record_ingest_train_eval(tmp_path):
     assert report["players"]["random"]["seeds"] == report["players"]["policy"]["seeds"]
     assert not report["players"]["random"]["from_cache"] and not report["players"]["scripted"]["from_cache"]
     # again: the baselines come from the cache, with the same figures; the policy plays the same episodes
-    assert eval_main([f"eval.checkpoint={checkpoint}", "eval.episodes=2", "eval.env.size=64", "eval.env.length=40",
-                      "eval.video.max_steps=0", "eval.progress=false", f"paths.cache_dir={tmp_path / 'cache'}",
-                      f"eval.output_dir={tmp_path / 'again'}"]) == 0
+    assert (
+        eval_main(
+            [
+                f"eval.checkpoint={checkpoint}",
+                "eval.episodes=2",
+                "eval.env.size=64",
+                "eval.env.length=40",
+                "eval.video.max_steps=0",
+                "eval.progress=false",
+                f"paths.cache_dir={tmp_path / 'cache'}",
+                f"eval.output_dir={tmp_path / 'again'}",
+            ]
+        )
+        == 0
+    )
     again = json.loads((tmp_path / "again" / "results.json").read_text())
     assert again["baseline_cache"]["random"] == {"from_cache": True, "cached_worlds": 2}
     for name in ("policy", "random", "scripted"):
@@ -198,14 +242,44 @@ def test_record_ingest_train_eval(tmp_path):
 def test_crafter_bc_benchmark_runs_end_to_end_and_reports_the_targets(tmp_path):
     """benchmarks/crafter_bc.py at a toy scale: record -> ingest -> train -> evaluate, figures checked against the
     targets (a 3-step policy misses them: exit code 1, not a crash)."""
-    args = [sys.executable, "benchmarks/crafter_bc.py", "--episodes", "2", "--length", "40", "--steps", "3",
-            "--eval-episodes", "2", "--workers", "1", "--out", str(tmp_path), *SMALL_RUN, "data.val_fraction=0.5",
-            "trainer.val_check_interval=2", "eval.env.length=20", "eval.progress=false"]
-    result = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600,
-                            env={**os.environ, "WANDB_MODE": "disabled", "MINESWEEP_CACHE": str(tmp_path / "cache")})
+    args = [
+        sys.executable,
+        "benchmarks/crafter_bc.py",
+        "--episodes",
+        "2",
+        "--length",
+        "40",
+        "--steps",
+        "3",
+        "--eval-episodes",
+        "2",
+        "--workers",
+        "1",
+        "--out",
+        str(tmp_path),
+        *SMALL_RUN,
+        "data.val_fraction=0.5",
+        "trainer.val_check_interval=2",
+        "eval.env.length=20",
+        "eval.progress=false",
+    ]
+    result = subprocess.run(
+        args,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "WANDB_MODE": "disabled", "MINESWEEP_CACHE": str(tmp_path / "cache")},
+    )
     assert result.returncode in (0, 1), result.stderr[-3000:]
-    for line in ("machine:", "recordings: 2 episodes", "training: 3 steps", "return_vs_random", "collect_wood",
-                 "place_table"):
+    for line in (
+        "machine:",
+        "recordings: 2 episodes",
+        "training: 3 steps",
+        "return_vs_random",
+        "collect_wood",
+        "place_table",
+    ):
         assert line in result.stdout, result.stdout[-3000:]
     figures = json.loads((tmp_path / "benchmark.json").read_text())
     assert figures["steps"] == 3 and set(figures["figures"]) == {"return_vs_random", "collect_wood", "place_table"}
@@ -214,6 +288,7 @@ def test_crafter_bc_benchmark_runs_end_to_end_and_reports_the_targets(tmp_path):
 
 
 # -- batched play: a world's episode does not depend on the worlds it shares a batch (or a process) with -------------
+
 
 def crafter_policy(seed: int = 0) -> TinyPolicy:
     """A random TinyPolicy whose samples are mostly Crafter actions (a plain random one plays almost only noop)."""
@@ -228,8 +303,13 @@ def crafter_policy(seed: int = 0) -> TinyPolicy:
 
 
 def same_episode(a: EpisodeResult, b: EpisodeResult) -> bool:
-    return (a.seed, a.actions, a.length, a.episode_return, a.achievements) == \
-        (b.seed, b.actions, b.length, b.episode_return, b.achievements)
+    return (a.seed, a.actions, a.length, a.episode_return, a.achievements) == (
+        b.seed,
+        b.actions,
+        b.length,
+        b.episode_return,
+        b.achievements,
+    )
 
 
 def test_a_world_plays_the_same_alone_batched_and_per_world():
@@ -248,10 +328,11 @@ def test_a_world_plays_the_same_alone_batched_and_per_world():
     assert len(set(batched[0].actions)) > 4 and len({tuple(r.actions) for r in batched}) == 3  # real, distinct play
     for result in batched:
         assert same_episode(result, play([result.seed])[0])  # the world alone
-    for alone, refilled in zip(batched, play(seeds, batch_size=2)):  # two at a time, the third joins later
+    # two at a time, the third joins later
+    for alone, refilled in zip(batched, play(seeds, batch_size=2), strict=True):
         assert same_episode(alone, refilled)
     per_world = evaluate_players({"policy": PolicyPlayer(policy, eval_seed=5)}, env, seeds)["policy"]
-    for alone, player in zip(batched, per_world):
+    for alone, player in zip(batched, per_world, strict=False):
         assert same_episode(alone, player)
     # the sampling follows the eval seed: another one plays otherwise
     other = play_jobs([(PolicyJob(policy, env, eval_seed=6), [11])])["policy"][0]
@@ -287,8 +368,13 @@ def test_policy_states_are_batch_first_and_other_layouts_play_one_world_at_a_tim
     odd = TimeFirst(hidsize=16).eval()
     assert not state_is_batch_first(odd)
     with caplog.at_level("INFO", logger="minesweep"):
-        report = evaluate_policy(odd, {"_target_": "minesweep.envs.crafter.CrafterEnv", "_partial_": True,
-                                       "size": 64, "length": 10}, [3, 4], tmp_path, workers=1)
+        report = evaluate_policy(
+            odd,
+            {"_target_": "minesweep.envs.crafter.CrafterEnv", "_partial_": True, "size": 64, "length": 10},
+            [3, 4],
+            tmp_path,
+            workers=1,
+        )
     assert "played one at a time" in caplog.text and report["play"]["batch_size"] == 1
     assert report["players"]["policy"]["episodes"] == 2
 
@@ -297,24 +383,30 @@ def test_policy_states_are_batch_first_and_other_layouts_play_one_world_at_a_tim
 def test_worker_processes_play_the_worlds_as_one_process_does():
     from functools import partial
 
-    from minesweep.eval_parallel import PlayerJob, PolicyJob, play_jobs
     from minesweep.envs.crafter_player import ScriptedPlayer
+    from minesweep.eval_parallel import PlayerJob, PolicyJob, play_jobs
 
     policy = crafter_policy()
     env = {"_target_": "minesweep.envs.crafter.CrafterEnv", "_partial_": True, "size": 64, "length": 30}
-    jobs = [(PolicyJob(policy, env, eval_seed=2), [21, 22, 23]),
-            (PlayerJob("scripted", ScriptedPlayer(), env), [21, 22])]
+    jobs = [
+        (PolicyJob(policy, env, eval_seed=2), [21, 22, 23]),
+        (PlayerJob("scripted", ScriptedPlayer(), env), [21, 22]),
+    ]
     before = {k: v.clone() for k, v in policy.state_dict().items()}
     one = play_jobs(jobs, workers=1)
     two = play_jobs(jobs, workers=2)
     assert [r.seed for r in two["policy"]] == [21, 22, 23] and [r.seed for r in two["scripted"]] == [21, 22]
     for name in ("policy", "scripted"):
-        for a, b in zip(one[name], two[name]):
+        for a, b in zip(one[name], two[name], strict=False):
             assert same_episode(a, b)
     for key, value in policy.state_dict().items():  # the caller's policy is untouched (not moved to shared memory)
         assert torch.equal(value, before[key]) and not value.is_shared()
-    assert one["policy"][0].actions == play_jobs([(PolicyJob(policy, partial(CrafterEnv, size=64, length=30),
-                                                           eval_seed=2), [21])])["policy"][0].actions
+    assert (
+        one["policy"][0].actions
+        == play_jobs([(PolicyJob(policy, partial(CrafterEnv, size=64, length=30), eval_seed=2), [21])])["policy"][
+            0
+        ].actions
+    )
 
 
 # -- the baseline cache ------------------------------------------------------------------------------------------------
@@ -330,13 +422,20 @@ def test_baseline_key_is_the_worlds_env_game_and_player():
     game = {"crafter": "1.8.3", "opensimplex": "0.3"}
     key = baseline_key(SCRIPTED, ENV, 7, game)
     assert key == baseline_key(dict(SCRIPTED), OmegaConf.create(ENV), 7, game)  # configs count by content
-    assert len({key,
+    assert (
+        len(
+            {
+                key,
                 baseline_key(SCRIPTED, {**ENV, "length": 16}, 7, game),
                 baseline_key(SCRIPTED, {**ENV, "size": 128}, 7, game),
                 baseline_key(SCRIPTED, ENV, 8, game),
                 baseline_key({**SCRIPTED, "noise": 0.1}, ENV, 7, game),
                 baseline_key(RANDOM, ENV, 7, game),
-                baseline_key(SCRIPTED, ENV, 7, {**game, "crafter": "1.8.4"})}) == 7
+                baseline_key(SCRIPTED, ENV, 7, {**game, "crafter": "1.8.4"}),
+            }
+        )
+        == 7
+    )
 
 
 def test_baselines_are_cached_and_a_corrupt_cache_file_is_played_again(tmp_path, caplog, monkeypatch):
@@ -346,8 +445,9 @@ def test_baselines_are_cached_and_a_corrupt_cache_file_is_played_again(tmp_path,
     cache = tmp_path / "cache"
 
     def run(out: str) -> dict:
-        return evaluate_policy(crafter_policy(), ENV, [5, 6], tmp_path / out, baselines={"random": RANDOM},
-                               cache_dir=cache, workers=1)
+        return evaluate_policy(
+            crafter_policy(), ENV, [5, 6], tmp_path / out, baselines={"random": RANDOM}, cache_dir=cache, workers=1
+        )
 
     first = run("first")
     assert first["baseline_cache"]["random"] == {"from_cache": False, "cached_worlds": 0}
@@ -378,18 +478,33 @@ def test_an_unwritable_cache_is_a_warning(tmp_path, caplog):
 
     (tmp_path / "cache").write_text("a file where the cache folder should be")
     with caplog.at_level("WARNING", logger="minesweep"):
-        report = evaluate_policy(crafter_policy(), ENV, [5], tmp_path / "out", baselines={"random": RANDOM},
-                                 cache_dir=tmp_path / "cache", workers=1)
+        report = evaluate_policy(
+            crafter_policy(),
+            ENV,
+            [5],
+            tmp_path / "out",
+            baselines={"random": RANDOM},
+            cache_dir=tmp_path / "cache",
+            workers=1,
+        )
     assert report["players"]["random"]["episodes"] == 1 and "not cached" in caplog.text
 
 
 # -- the end-of-training evaluation ------------------------------------------------------------------------------------
 
+
 def test_final_eval_reports_figures_and_leaves_training_rng_alone(tmp_path, caplog):
     import random
 
-    callback = FinalEvalCallback(env=ENV, episodes=2, first_seed=5, baselines={"random": RANDOM},
-                                 output_dir=str(tmp_path / "eval_final"), cache_dir=str(tmp_path / "cache"), workers=1)
+    callback = FinalEvalCallback(
+        env=ENV,
+        episodes=2,
+        first_seed=5,
+        baselines={"random": RANDOM},
+        output_dir=str(tmp_path / "eval_final"),
+        cache_dir=str(tmp_path / "cache"),
+        workers=1,
+    )
     policy = crafter_policy().train()
     torch.manual_seed(1), np.random.seed(1), random.seed(1)
     expected = (torch.rand(2), np.random.rand(2), random.random())
@@ -399,8 +514,13 @@ def test_final_eval_reports_figures_and_leaves_training_rng_alone(tmp_path, capl
     assert torch.equal(torch.rand(2), expected[0]) and np.array_equal(np.random.rand(2), expected[1])
     assert random.random() == expected[2]
     assert policy.training  # restored
-    assert set(metrics) == {"final_eval/return", "final_eval/return_stderr", "final_eval/collect_wood",
-                            "final_eval/random_return", "final_eval/return_vs_random"}
+    assert set(metrics) == {
+        "final_eval/return",
+        "final_eval/return_stderr",
+        "final_eval/collect_wood",
+        "final_eval/random_return",
+        "final_eval/return_vs_random",
+    }
     assert "policy/random" in caplog.text and str(tmp_path / "eval_final" / "achievements.png") in caplog.text
     assert (tmp_path / "eval_final" / "achievements.png").is_file()
 
@@ -421,14 +541,28 @@ def test_training_on_the_crafter_demo_ends_with_a_short_eval(tmp_path, caplog):
     its chart in the run folder and puts its figures in train()'s metrics."""
     run = tmp_path / "run"
     with initialize_config_dir(config_dir=str(CONF_DIR)):
-        cfg = compose("train", overrides=[
-            *[o for o in SMALL_RUN if o != "data.demo=null"], f"data.root={tmp_path / 'demo' / 'store'}",
-            "data.demo.episodes=2", "data.demo.length=40", "data.demo.size=64", "data.demo.workers=1",
-            "+data.demo.progress=false", "data.val_fraction=0.5", f"paths.output_dir={run}",
-            f"paths.cache_dir={tmp_path / 'cache'}", "logger=csv", "trainer.max_steps=3",
-            "trainer.val_check_interval=3", "callbacks.final_eval.episodes=2", "eval.env.length=30", "eval.workers=1",
-            "callbacks/ema=default",
-        ])
+        cfg = compose(
+            "train",
+            overrides=[
+                *[o for o in SMALL_RUN if o != "data.demo=null"],
+                f"data.root={tmp_path / 'demo' / 'store'}",
+                "data.demo.episodes=2",
+                "data.demo.length=40",
+                "data.demo.size=64",
+                "data.demo.workers=1",
+                "+data.demo.progress=false",
+                "data.val_fraction=0.5",
+                f"paths.output_dir={run}",
+                f"paths.cache_dir={tmp_path / 'cache'}",
+                "logger=csv",
+                "trainer.max_steps=3",
+                "trainer.val_check_interval=3",
+                "callbacks.final_eval.episodes=2",
+                "eval.env.length=30",
+                "eval.workers=1",
+                "callbacks/ema=default",
+            ],
+        )
     with caplog.at_level("INFO", logger="minesweep"):
         metrics = train(cfg)
     assert "final eval: the policy plays its EMA weights" in caplog.text

@@ -1,4 +1,3 @@
-import ctypes
 import subprocess
 import sys
 

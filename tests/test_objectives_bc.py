@@ -38,7 +38,9 @@ def test_bc_matches_hand_computation_with_masks():
     }
     mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 1]], dtype=torch.float32)
     policy = TinyPolicy(hidsize=8)
-    out = BehaviorCloneCallback(weight=0.5)({"agent_action": action, "mask": mask}, 0, "train", {"pi_logits": pi}, policy)
+    out = BehaviorCloneCallback(weight=0.5)(
+        {"agent_action": action, "mask": mask}, 0, "train", {"pi_logits": pi}, policy
+    )
     loss, cam, but, per_frame = hand_computed_bc(pi, action, mask)
     assert math.isclose(out["loss"].item(), 0.5 * loss, rel_tol=1e-5)
     assert math.isclose(out["camera_loss"].item(), cam, rel_tol=1e-5)

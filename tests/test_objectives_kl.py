@@ -21,9 +21,11 @@ def test_kl_callback_matches_torch_distributions_and_weight():
     q = {"mu": torch.randn(4, 8), "log_var": torch.randn(4, 8)}
     p = {"mu": torch.randn(4, 8), "log_var": torch.randn(4, 8)}
     out = KLDivergenceCallback(weight=0.01)({}, 0, "train", {"posterior_dist": q, "prior_dist": p}, TinyPolicy(8))
-    reference = kl_divergence(
-        Normal(q["mu"], (0.5 * q["log_var"]).exp()), Normal(p["mu"], (0.5 * p["log_var"]).exp())
-    ).sum(-1).mean()
+    reference = (
+        kl_divergence(Normal(q["mu"], (0.5 * q["log_var"]).exp()), Normal(p["mu"], (0.5 * p["log_var"]).exp()))
+        .sum(-1)
+        .mean()
+    )
     assert out["kl_div"].item() == pytest.approx(reference.item(), rel=1e-5)
     assert out["loss"].item() == pytest.approx(0.01 * reference.item(), rel=1e-5)
 
@@ -33,8 +35,9 @@ def test_kl_of_per_frame_latents_sums_the_real_frames_of_each_window():
     q = {"mu": torch.randn(2, 5, 3), "log_var": torch.randn(2, 5, 3)}
     p = {"mu": torch.zeros(2, 5, 3), "log_var": torch.zeros(2, 5, 3)}
     mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.float32)
-    out = KLDivergenceCallback(weight=0.5)({"mask": mask}, 0, "train", {"posterior_dist": q, "prior_dist": p},
-                                           TinyPolicy(8))
+    out = KLDivergenceCallback(weight=0.5)(
+        {"mask": mask}, 0, "train", {"posterior_dist": q, "prior_dist": p}, TinyPolicy(8)
+    )
     per_frame = gaussian_kl(q["mu"], q["log_var"], p["mu"], p["log_var"])  # (2, 5)
     expected = (per_frame[0, :3].sum() + per_frame[1].sum()) / 2  # padding frames of window 0 left out
     assert out["kl_div"].item() == pytest.approx(expected.item(), rel=1e-6)

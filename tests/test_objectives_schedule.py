@@ -12,8 +12,10 @@ from tests.helpers import random_batch
 
 def dists(seed: int = 0) -> dict:
     g = torch.Generator().manual_seed(seed)
-    return {name: {"mu": torch.randn(3, 4, generator=g), "log_var": torch.randn(3, 4, generator=g)}
-            for name in ("posterior_dist", "prior_dist")}
+    return {
+        name: {"mu": torch.randn(3, 4, generator=g), "log_var": torch.randn(3, 4, generator=g)}
+        for name in ("posterior_dist", "prior_dist")
+    }
 
 
 def test_kl_warmup_is_linear_then_constant():
@@ -59,7 +61,9 @@ def test_entropy_bonus_matches_categorical_entropy_and_raises_it():
     out = EntropyBonusCallback(weight=0.1)(batch, 0, "train", latents, policy)
 
     pi = latents["pi_logits"]
-    per_frame = Categorical(logits=pi["buttons"][:, :, 0]).entropy() + Categorical(logits=pi["camera"][:, :, 0]).entropy()
+    per_frame = (
+        Categorical(logits=pi["buttons"][:, :, 0]).entropy() + Categorical(logits=pi["camera"][:, :, 0]).entropy()
+    )
     expected = (per_frame * batch["mask"]).sum() / batch["mask"].sum()
     assert out["entropy"].item() == pytest.approx(expected.item(), rel=1e-5)
     assert out["loss"].item() == pytest.approx(-0.1 * expected.item(), rel=1e-5)

@@ -19,8 +19,9 @@ from tests.helpers import random_batch
 
 def small_groot(**kwargs) -> GrootPolicy:
     torch.manual_seed(0)
-    args = dict(hidsize=64, latent_dim=16, encoder_layers=1, encoder_heads=4, decoder_layers=1, decoder_heads=4,
-                memory_size=8)
+    args = dict(
+        hidsize=64, latent_dim=16, encoder_layers=1, encoder_heads=4, decoder_layers=1, decoder_heads=4, memory_size=8
+    )
     return GrootPolicy(**{**args, **kwargs})
 
 
@@ -58,12 +59,16 @@ def test_kl_objective_equals_closed_form_and_gradients_reach_both_encoders():
 
     q, p = latents["posterior_dist"], latents["prior_dist"]
     # Independently: torch.distributions, and the textbook formula per dimension.
-    reference = kl_divergence(
-        Normal(q["mu"].double(), (0.5 * q["log_var"].double()).exp()),
-        Normal(p["mu"].double(), (0.5 * p["log_var"].double()).exp()),
-    ).sum(-1).mean()
+    reference = (
+        kl_divergence(
+            Normal(q["mu"].double(), (0.5 * q["log_var"].double()).exp()),
+            Normal(p["mu"].double(), (0.5 * p["log_var"].double()).exp()),
+        )
+        .sum(-1)
+        .mean()
+    )
     qv, pv = q["log_var"].double().exp(), p["log_var"].double().exp()
-    by_hand = (0.5 * (pv.log() - qv.log()) + (qv + (q["mu"].double() - p["mu"].double()) ** 2) / (2 * pv) - 0.5)
+    by_hand = 0.5 * (pv.log() - qv.log()) + (qv + (q["mu"].double() - p["mu"].double()) ** 2) / (2 * pv) - 0.5
     assert out["kl_div"].item() == pytest.approx(reference.item(), rel=1e-5)
     assert out["kl_div"].item() == pytest.approx(by_hand.sum(-1).mean().item(), rel=1e-5)
     assert out["loss"].item() == pytest.approx(0.1 * reference.item(), rel=1e-5)
@@ -156,8 +161,7 @@ def test_memory_carries_across_windows_and_resets_at_episode_start():
     whole, _ = policy({"image": batch["image"], "first": batch["first"], "goal": goal})
     _, state = policy({"image": batch["image"][:, :3], "first": batch["first"][:, :3], "goal": goal})
     second, _ = policy({"image": batch["image"][:, 3:], "first": batch["first"][:, 3:], "goal": goal}, state)
-    torch.testing.assert_close(second["pi_logits"]["camera"], whole["pi_logits"]["camera"][:, 3:],
-                               atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(second["pi_logits"]["camera"], whole["pi_logits"]["camera"][:, 3:], atol=1e-4, rtol=1e-4)
     # An episode start wipes the carried memory: same output as from the initial state.
     restart = batch["first"][:, 3:].clone()
     restart[:, 0] = True
@@ -171,7 +175,9 @@ def test_impala_backbone_starts_from_vpt_weights(tmp_path):
         cfg = compose("train", overrides=["policy=vpt_tiny"])
     vpt = build_policy(cfg.policy)
     torch.save(vpt.state_dict(), tmp_path / "vpt.weights")
-    backbone = ImpalaBackbone(64, img_shape=(128, 128, 3), chans=(16, 32, 32), vpt_weights=str(tmp_path / "vpt.weights"))
+    backbone = ImpalaBackbone(
+        64, img_shape=(128, 128, 3), chans=(16, 32, 32), vpt_weights=str(tmp_path / "vpt.weights")
+    )
     for name, value in backbone.cnn.state_dict().items():
         assert torch.equal(value, vpt.state_dict()[f"net.img_process.cnn.{name}"]), name
     policy = small_groot(backbone=backbone)

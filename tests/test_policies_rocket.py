@@ -31,8 +31,12 @@ def with_segmentation(batch: dict, seed: int = 0) -> dict:
         y, x = torch.randint(0, H - 8, (2,), generator=g).tolist()
         mask[b, :, y : y + 8, x : x + 8] = True
     interaction = torch.full((B, T), INTERACTION_TYPES.index("mine"))
-    return {**batch, "segment_mask": mask, "segment_interaction": interaction,
-            "segment_valid": torch.ones(B, T, dtype=torch.bool)}
+    return {
+        **batch,
+        "segment_mask": mask,
+        "segment_interaction": interaction,
+        "segment_valid": torch.ones(B, T, dtype=torch.bool),
+    }
 
 
 def test_latents_and_state():
@@ -87,12 +91,17 @@ def test_memory_carries_across_windows():
     policy = small_rocket().eval()
     batch = with_segmentation(random_batch(B=2, T=6, size=32))
     whole, _ = policy(batch)
-    half = lambda sl: {k: (v[:, sl] if k != "episode" and torch.is_tensor(v) and v.dim() >= 2 else v)  # noqa: E731
-                       for k, v in batch.items() if k != "agent_action"}
+
+    def half(sl: slice) -> dict:
+        return {
+            k: (v[:, sl] if k != "episode" and torch.is_tensor(v) and v.dim() >= 2 else v)
+            for k, v in batch.items()
+            if k != "agent_action"
+        }
+
     _, state = policy(half(slice(0, 3)))
     second, _ = policy(half(slice(3, 6)), state)
-    torch.testing.assert_close(second["pi_logits"]["camera"], whole["pi_logits"]["camera"][:, 3:],
-                               atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(second["pi_logits"]["camera"], whole["pi_logits"]["camera"][:, 3:], atol=1e-4, rtol=1e-4)
 
 
 def test_get_action_with_a_condition_and_nucleus_sampling():
@@ -118,8 +127,10 @@ def test_nucleus_filter_keeps_the_smallest_top_set():
     assert torch.isfinite(nucleus_filter(log_probs, 0.6)).tolist() == [True, True, False, False]
     assert torch.isfinite(nucleus_filter(log_probs, 0.97)).tolist() == [True, True, True, True]
     head = MineActionHead(4, nucleus_prob=0.6)
-    pi = {"buttons": torch.tensor([[0.9, 0.1] + [0.0] * 8639]).log()[:, None],
-          "camera": torch.tensor([[0.5, 0.3, 0.2] + [0.0] * 118]).log()[:, None]}
+    pi = {
+        "buttons": torch.tensor([[0.9, 0.1] + [0.0] * 8639]).log()[:, None],
+        "camera": torch.tensor([[0.5, 0.3, 0.2] + [0.0] * 118]).log()[:, None],
+    }
     samples = [head.sample(pi) for _ in range(200)]
     assert {int(s["camera"]) for s in samples} == {0, 1}
     assert {int(s["buttons"]) for s in samples} == {0}
@@ -154,8 +165,10 @@ def two_object_frames(B: int, T: int, size: int, gen: torch.Generator, pick: tor
         "segment_mask": mask,
         "segment_interaction": torch.full((B, T), INTERACTION_TYPES.index("mine")),
         "segment_valid": torch.ones(B, T, dtype=torch.bool),
-        "agent_action": {"buttons": torch.zeros(B, T, 1, dtype=torch.long),
-                         "camera": camera[:, None, None].expand(B, T, 1).clone()},
+        "agent_action": {
+            "buttons": torch.zeros(B, T, 1, dtype=torch.long),
+            "camera": camera[:, None, None].expand(B, T, 1).clone(),
+        },
         "mask": torch.ones(B, T),
         "first": first,
     }

@@ -244,7 +244,7 @@ def test_split_chunks_equal_one_chunk_and_train():
         latents, state = run(model, images[:, a:b], first[:, a:b], state)
         parts.append(latents["pi_logits"]["buttons"])
     torch.testing.assert_close(torch.cat(parts, 1), whole["pi_logits"]["buttons"], **TOL)
-    for x, y in zip(state, whole_state):
+    for x, y in zip(state, whole_state, strict=False):
         torch.testing.assert_close(x, y, **TOL)
 
     # trainable through a carried state; the value normaliser's statistics are not parameters
@@ -282,7 +282,7 @@ def test_first_flags_follow_the_reference(policy, ref, chunks):
     no_mid[0, 7] = False
     latents, state = run(policy, img[1], no_mid, chunks[1][1])
     assert torch.equal(latents["pi_logits"]["buttons"], chunks[1][0]["pi_logits"]["buttons"])
-    assert all(torch.equal(x, y) for x, y in zip(state, chunks[1][2]))
+    assert all(torch.equal(x, y) for x, y in zip(state, chunks[1][2], strict=False))
 
     # an episode start at a chunk start (chunk 2, b=1) hides the memory of that slot only ...
     no_start = first[2].clone()

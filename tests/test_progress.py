@@ -26,8 +26,9 @@ class _Regression(L.LightningModule):
 
 def _fit(bar: StepProgressBar, **trainer_kwargs) -> str:
     data = DataLoader(TensorDataset(torch.randn(6, 2), torch.randn(6, 1)), batch_size=2)  # 3 batches an epoch
-    trainer = L.Trainer(callbacks=[bar], logger=False, enable_checkpointing=False, enable_model_summary=False,
-                        **trainer_kwargs)
+    trainer = L.Trainer(
+        callbacks=[bar], logger=False, enable_checkpointing=False, enable_model_summary=False, **trainer_kwargs
+    )
     trainer.fit(_Regression(), data)
     return bar._console.file.getvalue()
 

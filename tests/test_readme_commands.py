@@ -18,8 +18,17 @@ from tests.conftest import REPO
 pytestmark = pytest.mark.slow
 
 # Toy scale: what each README line is run with, appended after its own arguments.
-TOY = ["data.demo=null", "data.win_len=8", "data.batch_size=2", "data.num_workers=0", "trainer.max_steps=2",
-       "trainer.val_check_interval=2", "trainer.limit_val_batches=1", "callbacks.progress_bar=null", "logger=csv"]
+TOY = [
+    "data.demo=null",
+    "data.win_len=8",
+    "data.batch_size=2",
+    "data.num_workers=0",
+    "trainer.max_steps=2",
+    "trainer.val_check_interval=2",
+    "trainer.limit_val_batches=1",
+    "callbacks.progress_bar=null",
+    "logger=csv",
+]
 FORCED = {"trainer.max_steps"}  # the line's own value is replaced by the toy one
 
 
@@ -35,8 +44,9 @@ def using_it_lines() -> list[str]:
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("readme") / "store"
-    MineDataModule(root=str(root), demo={"episodes": 4, "frames": 48, "width": 96, "height": 64,
-                                         "seed": 3, "resolution": 64}).prepare_data()
+    MineDataModule(
+        root=str(root), demo={"episodes": 4, "frames": 48, "width": 96, "height": 64, "seed": 3, "resolution": 64}
+    ).prepare_data()
     return root
 
 
@@ -55,8 +65,9 @@ def test_readme_line_runs_with_the_defaults(line: str, store: Path, tmp_path: Pa
         _run(first, store, tmp_path)
     result = _run(args, store, tmp_path)
     multirun = "-m" in args
-    ran = list(tmp_path.glob("demo/multirun/*/*/checkpoints/last.ckpt" if multirun
-                             else "demo/runs/*/checkpoints/last.ckpt"))
+    ran = list(
+        tmp_path.glob("demo/multirun/*/*/checkpoints/last.ckpt" if multirun else "demo/runs/*/checkpoints/last.ckpt")
+    )
     assert ran, result.stdout[-2000:]
     if multirun:  # every job of the sweep trained: none failed for want of a latent
         assert len(ran) == len(list(tmp_path.glob("demo/multirun/*/*/config.yaml"))) >= 2

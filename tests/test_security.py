@@ -25,7 +25,8 @@ from omegaconf import OmegaConf
 from minesweep import allowed_targets
 from minesweep.allowed_targets import ENV_VAR, RefusedTarget, check_target, check_targets
 from minesweep.data.datamodule import MineDataModule
-from minesweep.eval import load_policy, main as eval_main
+from minesweep.eval import load_policy
+from minesweep.eval import main as eval_main
 from minesweep.train import build, build_policy, train
 from minesweep.trainer import POLICY_CONFIG_KEY
 from tests.conftest import CONF_DIR, REPO
@@ -59,13 +60,15 @@ def evil_hub(tmp_path: Path, marker: Path) -> Path:
     """A folder whose hubconf.py writes the marker when torch.hub.load(source='local') imports it."""
     hub = tmp_path / "hub"
     hub.mkdir()
-    (hub / "hubconf.py").write_text(f"open({str(marker)!r}, 'w').close()\ndependencies = []\n\ndef x():\n    return None\n")
+    (hub / "hubconf.py").write_text(
+        f"open({str(marker)!r}, 'w').close()\ndependencies = []\n\ndef x():\n    return None\n"
+    )
     return hub
 
 
 def test_the_payloads_work(evil_pickle: Path, evil_hub: Path, marker: Path):
     """The attack tests below are only meaningful if these payloads really run when loaded."""
-    with pytest.raises(Exception):
+    with pytest.raises(Exception):  # noqa: B017 - whatever torch says of a non-torch file: the payload ran before
         torch.load(evil_pickle, weights_only=False)  # not a torch file, but unpickled first
     assert marker.exists()
     marker.unlink()
@@ -73,12 +76,15 @@ def test_the_payloads_work(evil_pickle: Path, evil_hub: Path, marker: Path):
     assert marker.exists()
 
 
-def run_train(*overrides: str, env: dict[str, str] | None = None, pythonpath: str = str(REPO)) -> subprocess.CompletedProcess:
+def run_train(
+    *overrides: str, env: dict[str, str] | None = None, pythonpath: str = str(REPO)
+) -> subprocess.CompletedProcess:
     """``python train.py`` from this checkout (its code, not an installed copy)."""
     env = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true", PYTHONPATH=pythonpath, **(env or {}))
     env.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.run([sys.executable, "train.py", *overrides], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "train.py", *overrides], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+    )
 
 
 # -- door 1: torch.* on the allow-list ----------------------------------------------------------------------------
@@ -86,8 +92,13 @@ def run_train(*overrides: str, env: dict[str, str] | None = None, pythonpath: st
 
 @pytest.mark.slow
 def test_cli_override_torch_load_is_refused(tmp_path: Path, evil_pickle: Path, marker: Path):
-    result = run_train("+callbacks.x._target_=torch.load", f"+callbacks.x.f={evil_pickle}",
-                       "+callbacks.x.weights_only=false", "logger=csv", f"hydra.run.dir={tmp_path / 'run'}")
+    result = run_train(
+        "+callbacks.x._target_=torch.load",
+        f"+callbacks.x.f={evil_pickle}",
+        "+callbacks.x.weights_only=false",
+        "logger=csv",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )
     assert result.returncode != 0
     assert "config key 'callbacks.x'" in result.stderr and "'torch.load'" in result.stderr, result.stderr[-3000:]
     assert "allow-list" in result.stderr
@@ -107,15 +118,20 @@ def test_config_dir_yaml_naming_torch_load_is_refused(tmp_path: Path, evil_pickl
 
 def compose_train(tmp_path: Path, *overrides: str):
     with initialize_config_dir(config_dir=str(CONF_DIR)):
-        return compose("train", overrides=["logger=csv", f"paths.output_dir={tmp_path}", f"data.root={tmp_path}/store",
-                                           *overrides])
+        return compose(
+            "train", overrides=["logger=csv", f"paths.output_dir={tmp_path}", f"data.root={tmp_path}/store", *overrides]
+        )
 
 
 @pytest.mark.parametrize("target", ["torch.hub.load", "torch.hub._load_local", "minesweep.train.torch.hub.load"])
 def test_torch_hub_local_hubconf_is_refused(tmp_path: Path, evil_hub: Path, marker: Path, target: str):
     cfg = compose_train(tmp_path)
-    OmegaConf.update(cfg, "callbacks.hub", {"_target_": target, "repo_or_dir": str(evil_hub), "model": "x",
-                                            "source": "local", "trust_repo": True}, force_add=True)
+    OmegaConf.update(
+        cfg,
+        "callbacks.hub",
+        {"_target_": target, "repo_or_dir": str(evil_hub), "model": "x", "source": "local", "trust_repo": True},
+        force_add=True,
+    )
     with pytest.raises(RefusedTarget, match="callbacks.hub") as info:
         build(cfg)
     assert target in str(info.value)
@@ -125,8 +141,11 @@ def test_torch_hub_local_hubconf_is_refused(tmp_path: Path, evil_hub: Path, mark
 def test_nested_target_and_alias_are_refused(tmp_path: Path, evil_pickle: Path, marker: Path):
     """A payload one level down (an argument of an allowed class), and torch.load reached through our own module."""
     cfg = compose_train(tmp_path)
-    OmegaConf.update(cfg, "objective.bc.weight",
-                     {"_target_": "minesweep.train.torch.load", "f": str(evil_pickle), "weights_only": False})
+    OmegaConf.update(
+        cfg,
+        "objective.bc.weight",
+        {"_target_": "minesweep.train.torch.load", "f": str(evil_pickle), "weights_only": False},
+    )
     with pytest.raises(RefusedTarget, match=r"objective\.bc\.weight") as info:
         build(cfg)
     assert "torch.serialization.load" in str(info.value)
@@ -145,8 +164,13 @@ def test_build_policy_refuses_outside_build(evil_pickle: Path, marker: Path):
 @pytest.mark.slow
 def test_hydra_callback_is_refused_before_anything_runs(tmp_path: Path, evil_pickle: Path, marker: Path):
     run_dir = tmp_path / "run"
-    result = run_train("+hydra.callbacks.x._target_=torch.load", f"+hydra.callbacks.x.f={evil_pickle}",
-                       "+hydra.callbacks.x.weights_only=false", "logger=csv", f"hydra.run.dir={run_dir}")
+    result = run_train(
+        "+hydra.callbacks.x._target_=torch.load",
+        f"+hydra.callbacks.x.f={evil_pickle}",
+        "+hydra.callbacks.x.weights_only=false",
+        "logger=csv",
+        f"hydra.run.dir={run_dir}",
+    )
     assert result.returncode != 0
     assert "config key 'hydra.callbacks.x': _target_ 'torch.load' is refused" in result.stderr, result.stderr[-3000:]
     assert "MINESWEEP_ALLOWED_TARGETS" in result.stderr  # the refusal says what is allowed and how to extend it
@@ -158,9 +182,14 @@ def test_hydra_callback_is_refused_before_anything_runs(tmp_path: Path, evil_pic
 def test_hydra_callback_is_refused_without_our_check(tmp_path: Path, evil_pickle: Path, marker: Path):
     """Removing our checking callback leaves Hydra's whitelist (the second lock), set by @hydra.main."""
     run_dir = tmp_path / "run"
-    result = run_train("~hydra.callbacks.allow_list", "+hydra.callbacks.x._target_=torch.load",
-                       f"+hydra.callbacks.x.f={evil_pickle}", "+hydra.callbacks.x.weights_only=false", "logger=csv",
-                       f"hydra.run.dir={run_dir}")
+    result = run_train(
+        "~hydra.callbacks.allow_list",
+        "+hydra.callbacks.x._target_=torch.load",
+        f"+hydra.callbacks.x.f={evil_pickle}",
+        "+hydra.callbacks.x.weights_only=false",
+        "logger=csv",
+        f"hydra.run.dir={run_dir}",
+    )
     assert result.returncode != 0
     assert "hydra.callbacks.x" in result.stderr and "'torch.load'" in result.stderr, result.stderr[-3000:]
     assert not marker.exists()
@@ -169,8 +198,11 @@ def test_hydra_callback_is_refused_without_our_check(tmp_path: Path, evil_pickle
 @pytest.mark.slow
 def test_hydra_logging_factory_is_refused(tmp_path: Path, evil_pickle: Path, marker: Path):
     """Hydra's logging config (dictConfig 'class'/'()' factories) is built under the same @hydra.main whitelist."""
-    result = run_train(f"+hydra.job_logging.handlers.evil={{class:torch.load,f:{evil_pickle},weights_only:false}}",
-                       "logger=csv", f"hydra.run.dir={tmp_path / 'run'}")
+    result = run_train(
+        f"+hydra.job_logging.handlers.evil={{class:torch.load,f:{evil_pickle},weights_only:false}}",
+        "logger=csv",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )
     assert result.returncode != 0
     assert "'torch.load'" in result.stderr and "hydra.logging" in result.stderr, result.stderr[-3000:]
     assert not marker.exists()
@@ -182,7 +214,9 @@ def test_hydra_logging_factory_is_refused(tmp_path: Path, evil_pickle: Path, mar
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("demo") / "store"
-    MineDataModule(root=str(root), demo={"episodes": 4, "frames": 48, "width": 160, "height": 90, "seed": 1}).prepare_data()
+    MineDataModule(
+        root=str(root), demo={"episodes": 4, "frames": 48, "width": 160, "height": 90, "seed": 1}
+    ).prepare_data()
     return root
 
 
@@ -191,8 +225,18 @@ def trained_run(store: Path, tmp_path_factory) -> Path:
     """A real (tiny) training run: its folder holds config.yaml and checkpoints/last.ckpt."""
     run = tmp_path_factory.mktemp("run")
     with initialize_config_dir(config_dir=str(CONF_DIR)):
-        cfg = compose("train", overrides=[*SMALL_RUN, f"data.root={store}", f"paths.output_dir={run}", "logger=csv",
-                                          "policy.hidsize=24", "trainer.max_steps=2", "trainer.val_check_interval=2"])
+        cfg = compose(
+            "train",
+            overrides=[
+                *SMALL_RUN,
+                f"data.root={store}",
+                f"paths.output_dir={run}",
+                "logger=csv",
+                "policy.hidsize=24",
+                "trainer.max_steps=2",
+                "trainer.val_check_interval=2",
+            ],
+        )
     train(cfg)
     return run
 
@@ -210,8 +254,9 @@ def eval_cfg():
 
 
 @pytest.mark.slow
-def test_checkpoint_carries_its_policy_config_and_eval_ignores_the_side_file(trained_run: Path, evil_pickle: Path,
-                                                                             marker: Path, tmp_path: Path):
+def test_checkpoint_carries_its_policy_config_and_eval_ignores_the_side_file(
+    trained_run: Path, evil_pickle: Path, marker: Path, tmp_path: Path
+):
     ckpt = trained_run / "checkpoints" / "last.ckpt"
     stored = torch.load(ckpt, weights_only=True, map_location="cpu")[POLICY_CONFIG_KEY]
     assert stored["_target_"] == "minesweep.policies.tiny.TinyPolicy" and stored["hidsize"] == 24
@@ -245,8 +290,9 @@ def legacy_checkpoint(run: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_eval_of_an_older_checkpoint_checks_the_run_config(tmp_path: Path, evil_pickle: Path, marker: Path,
-                                                           trained_run: Path, capsys):
+def test_eval_of_an_older_checkpoint_checks_the_run_config(
+    tmp_path: Path, evil_pickle: Path, marker: Path, trained_run: Path, capsys
+):
     run = tmp_path / "old_run"
     ckpt = legacy_checkpoint(run)
     (run / "config.yaml").write_text((trained_run / "config.yaml").read_text())
@@ -329,17 +375,29 @@ def my_project(tmp_path: Path) -> Path:
     (pkg / "policies.py").write_text(MY_POLICIES)
     (pkg / "conf" / "objective" / "mine.yaml").write_text("mine:\n  _target_: myproject.losses.MyBC\n  weight: 0.5\n")
     (pkg / "conf" / "policy" / "mine.yaml").write_text(
-        "_target_: myproject.policies.MyPolicy\nhidsize: 32\nname: mine\nweights: null\n")
+        "_target_: myproject.policies.MyPolicy\nhidsize: 32\nname: mine\nweights: null\n"
+    )
     return root
 
 
 @pytest.mark.slow
-def test_own_objective_and_policy_train_when_allowed_from_the_environment(my_project: Path, store: Path,
-                                                                           tmp_path: Path):
+def test_own_objective_and_policy_train_when_allowed_from_the_environment(
+    my_project: Path, store: Path, tmp_path: Path
+):
     run_dir = tmp_path / "run"
-    args = ["--config-dir", str(my_project / "myproject" / "conf"), "objective=[bc,mine]", "policy=mine",
-            *[o for o in SMALL_RUN if not o.startswith("policy.")], f"data.root={store}", "logger=csv",
-            "trainer.max_steps=3", "trainer.val_check_interval=3", "log_freq=1", f"hydra.run.dir={run_dir}"]
+    args = [
+        "--config-dir",
+        str(my_project / "myproject" / "conf"),
+        "objective=[bc,mine]",
+        "policy=mine",
+        *[o for o in SMALL_RUN if not o.startswith("policy.")],
+        f"data.root={store}",
+        "logger=csv",
+        "trainer.max_steps=3",
+        "trainer.val_check_interval=3",
+        "log_freq=1",
+        f"hydra.run.dir={run_dir}",
+    ]
     pythonpath = f"{my_project}{os.pathsep}{REPO}"
 
     refused = run_train(*args, pythonpath=pythonpath)  # without the trusted setting: not on the allow-list
@@ -358,13 +416,32 @@ def test_own_objective_and_policy_train_when_allowed_from_the_environment(my_pro
 # -- the allow-list itself -----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("target", [
-    "torch.load", "torch.hub.load", "torch.jit.load", "torch.package.PackageImporter", "torch.serialization.load",
-    "importlib.import_module", "pickle.loads", "numpy.load", "os.system", "subprocess.Popen", "builtins.exec",
-    "runpy.run_path", "minesweep.train.main", "minesweep.train.train", "minesweep.policies.weights.read_policy_state_dict",
-    "minesweep.trainer.MineLightning.load_from_checkpoint", "minesweep.train.Path", "minesweep.policies",
-    "torch.optim.AdamW.load_state_dict", "torch.nn.Linear", "collections.OrderedDict",
-])
+@pytest.mark.parametrize(
+    "target",
+    [
+        "torch.load",
+        "torch.hub.load",
+        "torch.jit.load",
+        "torch.package.PackageImporter",
+        "torch.serialization.load",
+        "importlib.import_module",
+        "pickle.loads",
+        "numpy.load",
+        "os.system",
+        "subprocess.Popen",
+        "builtins.exec",
+        "runpy.run_path",
+        "minesweep.train.main",
+        "minesweep.train.train",
+        "minesweep.policies.weights.read_policy_state_dict",
+        "minesweep.trainer.MineLightning.load_from_checkpoint",
+        "minesweep.train.Path",
+        "minesweep.policies",
+        "torch.optim.AdamW.load_state_dict",
+        "torch.nn.Linear",
+        "collections.OrderedDict",
+    ],
+)
 def test_refused(target: str):
     with pytest.raises(RefusedTarget) as info:
         check_target(target, "some.key")
@@ -372,12 +449,20 @@ def test_refused(target: str):
     assert "minesweep.* (classes)" in str(info.value)  # the allow-list is named
 
 
-@pytest.mark.parametrize("target", [
-    "minesweep.policies.tiny.TinyPolicy", "minesweep.objectives.BehaviorCloneCallback",
-    "minesweep.policies.vpt.VPTPolicy.from_model_file", "torch.optim.AdamW", "torch.optim.lr_scheduler.CosineAnnealingLR",
-    "lightning.pytorch.callbacks.ModelCheckpoint", "lightning.pytorch.loggers.CSVLogger", "lightning.Trainer",
-    "lightning.pytorch.Trainer",
-])
+@pytest.mark.parametrize(
+    "target",
+    [
+        "minesweep.policies.tiny.TinyPolicy",
+        "minesweep.objectives.BehaviorCloneCallback",
+        "minesweep.policies.vpt.VPTPolicy.from_model_file",
+        "torch.optim.AdamW",
+        "torch.optim.lr_scheduler.CosineAnnealingLR",
+        "lightning.pytorch.callbacks.ModelCheckpoint",
+        "lightning.pytorch.loggers.CSVLogger",
+        "lightning.Trainer",
+        "lightning.pytorch.Trainer",
+    ],
+)
 def test_admitted(target: str):
     check_target(target, "k")
 
@@ -385,8 +470,16 @@ def test_admitted(target: str):
 def test_every_target_in_conf_and_launch_is_admitted():
     """Each config group option, and every _target_ written in conf/ (launch/ holds Hydra plugins: Hydra's side)."""
     with initialize_config_dir(config_dir=str(CONF_DIR)):
-        for group in ("policy", "data", "logger", "trainer", "optim", "objective", "callbacks/online_eval",
-                      "callbacks/final_eval"):
+        for group in (
+            "policy",
+            "data",
+            "logger",
+            "trainer",
+            "optim",
+            "objective",
+            "callbacks/online_eval",
+            "callbacks/final_eval",
+        ):
             for option in sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml")):
                 choice = f"[{option}]" if group == "objective" else option
                 cfg = compose("train", overrides=["paths.output_dir=.", f"{group}={choice}"])
@@ -397,8 +490,12 @@ def test_a_config_cannot_extend_the_allow_list(tmp_path: Path):
     cfg = compose_train(tmp_path)
     for key in ("allowed_targets", ENV_VAR):
         OmegaConf.update(cfg, key, ["collections.*"], force_add=True)
-    OmegaConf.update(cfg, "callbacks.x", {"_target_": "collections.OrderedDict",
-                                          "_execution_whitelist_": ["collections.*"]}, force_add=True)
+    OmegaConf.update(
+        cfg,
+        "callbacks.x",
+        {"_target_": "collections.OrderedDict", "_execution_whitelist_": ["collections.*"]},
+        force_add=True,
+    )
     with pytest.raises(InstantiationException, match="callbacks.x"):
         build(cfg)
 
@@ -410,7 +507,11 @@ def test_environment_extends_with_packages_and_exact_names(monkeypatch):
     check_target("json.dumps", "k")  # an exact name admits a function
     with pytest.raises(RefusedTarget, match="classes only"):
         check_target("collections.namedtuple", "k")  # a pattern admits classes only
-    assert allowed_targets.hydra_whitelist() == ("minesweep.allowed_targets.HydraCallbacksChecked", "collections.*", "json.dumps")
+    assert allowed_targets.hydra_whitelist() == (
+        "minesweep.allowed_targets.HydraCallbacksChecked",
+        "collections.*",
+        "json.dumps",
+    )
 
 
 @pytest.mark.parametrize("pattern", ["torch.*", "os.path.*", "numpy.*", "*", "pickle", "importlib.*"])
@@ -426,7 +527,8 @@ def test_entry_points_extend_the_allow_list(tmp_path: Path, monkeypatch):
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: myproject\nVersion: 0.1\n")
     (dist / "entry_points.txt").write_text(
-        "[minesweep.allowed_targets]\nmyproject = myproject\nodict = collections:OrderedDict\n")
+        "[minesweep.allowed_targets]\nmyproject = myproject\nodict = collections:OrderedDict\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delenv(ENV_VAR, raising=False)
     extensions = allowed_targets.extension_targets()

@@ -15,9 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from minesweep.data.datamodule import MineDataModule
-from tests.helpers import SMALL_RUN
 from tests.conftest import REPO
+from tests.helpers import SMALL_RUN
 
 pytestmark = pytest.mark.slow
 
@@ -26,22 +25,26 @@ MAX_STEPS, VAL_EVERY = 10, 5
 PRUNED_LR, NAN_LR = 3.0, 1e4
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("demo") / "store"
-    MineDataModule(root=str(root), demo={"episodes": 8, "frames": 96, "width": 160, "height": 90, "seed": 1}).prepare_data()
-    return root
-
-
 def sweep(store: Path, output_root: Path) -> subprocess.CompletedProcess:
     args = [
-        sys.executable, "train.py", "-m", "hydra/sweeper=optuna", "hydra/launcher=local",
-        *SMALL, f"data.root={store}", f"paths.output_root={output_root}",
-        f"trainer.max_steps={MAX_STEPS}", f"trainer.val_check_interval={VAL_EVERY}",
+        sys.executable,
+        "train.py",
+        "-m",
+        "hydra/sweeper=optuna",
+        "hydra/launcher=local",
+        *SMALL,
+        f"data.root={store}",
+        f"paths.output_root={output_root}",
+        f"trainer.max_steps={MAX_STEPS}",
+        f"trainer.val_check_interval={VAL_EVERY}",
         # the search space: command-line ranges replace the preset's for these keys
-        "optim.learning_rate=tag(log,interval(3e-4,3e-3))", "optim.warmup_steps=range(0,6)",
-        "hydra.sweeper.n_trials=6", "hydra.sweeper.n_jobs=3", "hydra.sweeper.sampler.seed=0",
-        "hydra.sweeper.sampler.n_startup_trials=3", "hydra.sweeper.pruner.n_startup_trials=2",
+        "optim.learning_rate=tag(log,interval(3e-4,3e-3))",
+        "optim.warmup_steps=range(0,6)",
+        "hydra.sweeper.n_trials=6",
+        "hydra.sweeper.n_jobs=3",
+        "hydra.sweeper.sampler.seed=0",
+        "hydra.sweeper.sampler.n_startup_trials=3",
+        "hydra.sweeper.pruner.n_startup_trials=2",
         "hydra.launcher.cpus_per_task=1",
     ]
     env = dict(os.environ, WANDB_MODE="offline")
@@ -115,12 +118,16 @@ def test_optuna_sweep_resumes_prunes_records_failures_and_reports(store, tmp_pat
 
     # The report: every job, sorted by val/loss, and a figure.
     result = subprocess.run(
-        [sys.executable, "-m", "minesweep.sweeps.report", str(sweep_dir)], cwd=REPO, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "minesweep.sweeps.report", str(sweep_dir)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.splitlines()
     header = next(i for i, line in enumerate(lines) if line.split()[:2] == ["#", "job"])
-    rows = lines[header + 2: header + 2 + 12]
+    rows = lines[header + 2 : header + 2 + 12]
     assert len(rows) == 12 and all(row.split()[0].isdigit() for row in rows), result.stdout
     states = [row.split()[2] for row in rows]
     assert states.count("pruned") >= 1 and states[-1] == "failed", states

@@ -18,9 +18,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from minesweep.data.datamodule import MineDataModule
-from tests.helpers import SMALL_RUN
 from tests.conftest import REPO
+from tests.helpers import SMALL_RUN
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -55,27 +54,31 @@ def cluster() -> None:
         pytest.skip(message)
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("demo") / "store"
-    MineDataModule(root=str(root), demo={"episodes": 8, "frames": 96, "width": 160, "height": 90, "seed": 1}).prepare_data()
-    return root
-
-
 def command(store: Path, sweep_dir: Path, *overrides: str) -> list[str]:
     return [
-        sys.executable, "train.py", "-m", *CPU_SLURM, *SMALL, f"data.root={store}",
-        f"paths.output_root={sweep_dir.parent}", f"hydra.sweep.dir={sweep_dir}", *overrides,
+        sys.executable,
+        "train.py",
+        "-m",
+        *CPU_SLURM,
+        *SMALL,
+        f"data.root={store}",
+        f"paths.output_root={sweep_dir.parent}",
+        f"hydra.sweep.dir={sweep_dir}",
+        *overrides,
     ]
 
 
 def multirun(store: Path, sweep_dir: Path, *overrides: str, timeout: int = 240) -> subprocess.CompletedProcess:
     env = dict(os.environ, WANDB_MODE="offline")
-    return subprocess.run(command(store, sweep_dir, *overrides), cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        command(store, sweep_dir, *overrides), cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def jobs(sweep_dir: Path) -> list[Path]:
-    return sorted((p for p in sweep_dir.iterdir() if p.is_dir() and p.name[0].isdigit()), key=lambda p: int(p.name.split("_")[0]))
+    return sorted(
+        (p for p in sweep_dir.iterdir() if p.is_dir() and p.name[0].isdigit()), key=lambda p: int(p.name.split("_")[0])
+    )
 
 
 def record(job: Path) -> dict:
@@ -84,7 +87,10 @@ def record(job: Path) -> dict:
 
 def sacct_states(job_ids: list[str]) -> dict[str, str]:
     out = subprocess.run(
-        ["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", ",".join(job_ids)], capture_output=True, text=True, timeout=30
+        ["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", ",".join(job_ids)],
+        capture_output=True,
+        text=True,
+        timeout=30,
     ).stdout
     return dict(line.split("|")[:2] for line in out.splitlines() if "|" in line)
 
@@ -100,7 +106,11 @@ def report(sweep_dir: Path) -> str:
     from matplotlib import image
 
     result = subprocess.run(
-        [sys.executable, "-m", "minesweep.sweeps.report", str(sweep_dir)], cwd=REPO, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "minesweep.sweeps.report", str(sweep_dir)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     pixels = image.imread(sweep_dir / "sweep_report.png")
@@ -114,12 +124,18 @@ def test_array_sweep_over_objective_lists_runs_each_job_in_its_folder(cluster, s
     # A second objective for the list-valued group, from a config folder of the test's own.
     extra = tmp_path / "conf" / "objective"
     extra.mkdir(parents=True)
-    (extra / "bc_half.yaml").write_text("bc_half:\n  _target_: minesweep.objectives.BehaviorCloneCallback\n  weight: 0.5\n")
+    (extra / "bc_half.yaml").write_text(
+        "bc_half:\n  _target_: minesweep.objectives.BehaviorCloneCallback\n  weight: 0.5\n"
+    )
     sweep_dir = tmp_path / "sweep"
     result = multirun(
-        store, sweep_dir, f"hydra.searchpath=[file://{tmp_path / 'conf'}]",
-        "objective=[bc],[bc,bc_half]", "objective.bc_half.weight=0.25,0.5,1.0",
-        "trainer.max_steps=10", "trainer.val_check_interval=5",
+        store,
+        sweep_dir,
+        f"hydra.searchpath=[file://{tmp_path / 'conf'}]",
+        "objective=[bc],[bc,bc_half]",
+        "objective.bc_half.weight=0.25,0.5,1.0",
+        "trainer.max_steps=10",
+        "trainer.val_check_interval=5",
     )
     assert result.returncode == 0, result.stderr[-4000:]
     folders = jobs(sweep_dir)
@@ -144,7 +160,9 @@ def test_array_sweep_over_objective_lists_runs_each_job_in_its_folder(cluster, s
 
 def test_failing_job_leaves_the_others_finished_and_is_reported(cluster, store, tmp_path):
     sweep_dir = tmp_path / "sweep"
-    result = multirun(store, sweep_dir, "optim.lr_schedule=constant,bogus", "trainer.max_steps=6", "trainer.val_check_interval=3")
+    result = multirun(
+        store, sweep_dir, "optim.lr_schedule=constant,bogus", "trainer.max_steps=6", "trainer.val_check_interval=3"
+    )
     # the sweep reports the failure (non-zero exit, the job's error) after every job has finished
     assert result.returncode != 0
     assert "lr_schedule" in result.stderr
@@ -160,8 +178,12 @@ def test_two_task_ddp_job_trains_under_srun(cluster, store, tmp_path):
     sweep_dir = tmp_path / "sweep"
     # tasks_per_node follows trainer.devices: srun starts 2 ranks, Lightning's SLURM environment sees them
     result = multirun(
-        store, sweep_dir, "trainer.devices=2", "trainer.strategy=ddp_find_unused_parameters_true",  # BC leaves the value head unused
-        "trainer.max_steps=6", "trainer.val_check_interval=3",
+        store,
+        sweep_dir,
+        "trainer.devices=2",
+        "trainer.strategy=ddp_find_unused_parameters_true",  # BC leaves the value head unused
+        "trainer.max_steps=6",
+        "trainer.val_check_interval=3",
     )
     assert result.returncode == 0, result.stderr[-4000:]
     (job,) = jobs(sweep_dir)
@@ -185,13 +207,24 @@ def test_timed_out_job_checkpoints_is_requeued_and_resumes(cluster, store, tmp_p
     """
     sweep_dir = tmp_path / "sweep"
     args = command(
-        store, sweep_dir,
-        "hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=15", "hydra.launcher.max_num_timeout=3",
-        "trainer.max_steps=1000000", '+trainer.max_time="00:00:00:48"', "trainer.val_check_interval=25",
+        store,
+        sweep_dir,
+        "hydra.launcher.timeout_min=1",
+        "hydra.launcher.signal_delay_s=15",
+        "hydra.launcher.max_num_timeout=3",
+        "trainer.max_steps=1000000",
+        '+trainer.max_time="00:00:00:48"',
+        "trainer.val_check_interval=25",
     )
     started = time.time()
-    sweep = subprocess.Popen(args, cwd=REPO, env=dict(os.environ, WANDB_MODE="offline"),
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    sweep = subprocess.Popen(
+        args,
+        cwd=REPO,
+        env=dict(os.environ, WANDB_MODE="offline"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         extended = False
         while sweep.poll() is None and time.time() - started < 300:

@@ -18,8 +18,8 @@ from minesweep.sweeps import overrides as ov
 from minesweep.sweeps.ddp import strategy_override
 from minesweep.sweeps.search_space import objective_weights
 from minesweep.sweeps.storage import find_storage, journal_path, open_storage
-from tests.helpers import SMALL_RUN
 from tests.conftest import CONF_DIR, REPO
+from tests.helpers import SMALL_RUN
 
 SMALL = [*SMALL_RUN, "logger=csv"]
 
@@ -94,13 +94,15 @@ def test_objective_weights_are_searched_only_for_selected_objectives(selection, 
 def test_grid_drops_weights_of_unselected_objectives_and_runs_duplicates_once():
     grid = [
         [f"objective={o}", f"objective.kl.weight={w}", f"optim.learning_rate={lr}"]
-        for o in ("[bc]", "[bc,kl]") for w in (0.001, 0.01, 0.1) for lr in (1e-4, 3e-4)
+        for o in ("[bc]", "[bc,kl]")
+        for w in (0.001, 0.01, 0.1)
+        for lr in (1e-4, 3e-4)
     ]
     jobs, where = ov.deduplicate(grid, ["bc"])
     assert len(jobs) == 2 + 6
     assert ["objective=[bc]", "optim.learning_rate=0.0001"] in jobs
     assert all("objective.kl.weight" not in " ".join(job) for job in jobs if "objective=[bc]" in job)
-    assert [jobs[i] == ov.drop_unselected(g, ["bc"])[0] for i, g in zip(where, grid)] == [True] * len(grid)
+    assert [jobs[i] == ov.drop_unselected(g, ["bc"])[0] for i, g in zip(where, grid, strict=True)] == [True] * len(grid)
     assert ov.selected_objectives(["+objective=kl"], ["bc"]) == ["bc", "kl"]
     assert ov.selected_objectives([], ["bc"]) == ["bc"]
 
@@ -152,7 +154,9 @@ def store(tmp_path_factory) -> Path:
     from minesweep.data.datamodule import MineDataModule
 
     root = tmp_path_factory.mktemp("demo") / "store"
-    MineDataModule(root=str(root), demo={"episodes": 4, "frames": 64, "width": 160, "height": 90, "seed": 1}).prepare_data()
+    MineDataModule(
+        root=str(root), demo={"episodes": 4, "frames": 64, "width": 160, "height": 90, "seed": 1}
+    ).prepare_data()
     return root
 
 
@@ -179,8 +183,16 @@ def test_preemption_signal_saves_last_ckpt_at_a_batch_end_then_hands_over_to_sub
     monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")  # the callback takes the preemption signal under submitit only
     monkeypatch.setattr(RequeueRequested, "value", False)
     with initialize_config_dir(config_dir=str(CONF_DIR)):
-        cfg = compose("train", overrides=[*SMALL, f"data.root={store}", f"paths.output_dir={tmp_path}",
-                                          "trainer.max_steps=6", "trainer.val_check_interval=100"])
+        cfg = compose(
+            "train",
+            overrides=[
+                *SMALL,
+                f"data.root={store}",
+                f"paths.output_dir={tmp_path}",
+                "trainer.max_steps=6",
+                "trainer.val_check_interval=100",
+            ],
+        )
     trainer, module, datamodule = build(cfg)
     assert any(isinstance(cb, GracefulStop) for cb in trainer.callbacks)
     trainer.callbacks.append(SendSignal())
@@ -199,9 +211,16 @@ def test_preemption_signal_saves_last_ckpt_at_a_batch_end_then_hands_over_to_sub
 # -- the report ---------------------------------------------------------------------------------
 def _job(folder: Path, num: int, state: str, value, lr: float, error: str | None = None) -> None:
     folder.mkdir(parents=True)
-    record = {"state": state, "job_num": num, "overrides": [f"optim.learning_rate={lr}", "trainer.max_steps=10"],
-              "optimized_metric": "val/loss", "value": value, "duration_s": 12.0, "restarts": 0,
-              "metrics": {"val/loss": value} if value is not None else {}}
+    record = {
+        "state": state,
+        "job_num": num,
+        "overrides": [f"optim.learning_rate={lr}", "trainer.max_steps=10"],
+        "optimized_metric": "val/loss",
+        "value": value,
+        "duration_s": 12.0,
+        "restarts": 0,
+        "metrics": {"val/loss": value} if value is not None else {},
+    }
     if error:
         (folder / "error.log").write_text(f"Traceback (most recent call last):\n  File x\n{error}\n")
         record["error"] = "error.log"
@@ -215,26 +234,48 @@ def test_report_sorts_jobs_by_metric_lists_failures_and_draws_a_png(tmp_path):
     _job(tmp_path / "1_b", 1, "failed", None, 1e-2, error="ValueError: boom")
     _job(tmp_path / "2_c", 2, "completed", 1.5, 3e-4)
     _job(tmp_path / "3_d", 3, "pruned", 9.0, 1e-3)
-    result = subprocess.run([sys.executable, "-m", "minesweep.sweeps.report", str(tmp_path)],
-                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "minesweep.sweeps.report", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     rows = [line.split() for line in result.stdout.splitlines() if line[:1].isdigit()]
     assert [(r[1], r[2]) for r in rows] == [("2", "completed"), ("0", "completed"), ("3", "pruned"), ("1", "failed")]
     assert "optim.learning_rate" in result.stdout and "trainer.max_steps" not in result.stdout  # only swept ones
     assert "failed job 1: ValueError: boom" in result.stdout
     assert image.imread(tmp_path / "sweep_report.png").shape[2] in (3, 4)
-    missing = subprocess.run([sys.executable, "-m", "minesweep.sweeps.report", str(tmp_path / "nope")],
-                             cwd=REPO, capture_output=True, text=True, timeout=120)
+    missing = subprocess.run(
+        [sys.executable, "-m", "minesweep.sweeps.report", str(tmp_path / "nope")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert missing.returncode == 2 and "no sweep folder" in missing.stderr
 
 
 @pytest.mark.slow
 def test_local_multirun_with_two_devices_spawns_ranks_and_runs_the_sweep_once(store, tmp_path):
     """Plain ddp would start rank 1 by re-running `train.py -m ...`, i.e. the whole sweep again."""
-    args = [sys.executable, "train.py", "-m", *SMALL, f"data.root={store}", f"paths.output_root={tmp_path}",
-            "trainer.devices=2", "trainer.strategy=ddp_find_unused_parameters_true",  # BC leaves the value head unused
-            "trainer.max_steps=4", "trainer.val_check_interval=2", "optim.learning_rate=1e-3"]
-    result = subprocess.run(args, cwd=REPO, env=dict(os.environ, WANDB_MODE="offline"), capture_output=True, text=True, timeout=300)
+    args = [
+        sys.executable,
+        "train.py",
+        "-m",
+        *SMALL,
+        f"data.root={store}",
+        f"paths.output_root={tmp_path}",
+        "trainer.devices=2",
+        "trainer.strategy=ddp_find_unused_parameters_true",  # BC leaves the value head unused
+        "trainer.max_steps=4",
+        "trainer.val_check_interval=2",
+        "optim.learning_rate=1e-3",
+    ]
+    result = subprocess.run(
+        args, cwd=REPO, env=dict(os.environ, WANDB_MODE="offline"), capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     output = result.stdout + result.stderr
     assert "-> ddp_spawn_find_unused_parameters_true" in output

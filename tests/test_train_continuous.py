@@ -11,7 +11,7 @@ from hydra import compose, initialize_config_dir
 
 from minesweep.train import build
 from tests.conftest import CONF_DIR
-from tests.test_train_run import SMALL, store  # noqa: F401  (the module-scoped demo store fixture)
+from tests.test_train_run import SMALL
 
 pytestmark = pytest.mark.slow
 
@@ -39,9 +39,17 @@ def run(store, output_dir: Path, record_dir: Path, *overrides, ckpt_path=None):
         cfg = compose(
             "train",
             overrides=[
-                *SMALL, f"data.root={store}", f"paths.output_dir={output_dir}", "~logger",
-                "data.win_len=8", "data.batch_size=2",
-                "trainer.limit_val_batches=0", "callbacks.lr_monitor=null", "optim.learning_rate=1e-3", "optim.warmup_steps=0", *overrides,
+                *SMALL,
+                f"data.root={store}",
+                f"paths.output_dir={output_dir}",
+                "~logger",
+                "data.win_len=8",
+                "data.batch_size=2",
+                "trainer.limit_val_batches=0",
+                "callbacks.lr_monitor=null",
+                "optim.learning_rate=1e-3",
+                "optim.warmup_steps=0",
+                *overrides,
             ],
         )
     L.seed_everything(cfg.seed)
@@ -70,7 +78,7 @@ def test_resume_mid_epoch_continues_with_the_exact_next_batch(store, tmp_path, b
     straight = records(tmp_path / "rec_straight")
     resumed = records(tmp_path / "rec_resumed")
     assert [r["step"] for r in resumed] == [5, 6, 7, 8]
-    for expected, got in zip(straight[4:], resumed):
+    for expected, got in zip(straight[4:], resumed, strict=False):
         assert (got["episode"], got["start"]) == (expected["episode"], expected["start"])
         # same weights, optimizer state (and carried memory) -> the same loss
         assert got["loss"] == pytest.approx(expected["loss"], rel=1e-5, abs=1e-5)
@@ -78,8 +86,13 @@ def test_resume_mid_epoch_continues_with_the_exact_next_batch(store, tmp_path, b
 
 def test_ddp_two_processes_each_rank_keeps_its_own_episodes(store, tmp_path):
     trainer, module = run(
-        store, tmp_path / "out", tmp_path / "rec", "trainer.max_steps=4", "trainer.strategy=ddp_spawn_find_unused_parameters_true",
-        "trainer.devices=2", CONTINUOUS,
+        store,
+        tmp_path / "out",
+        tmp_path / "rec",
+        "trainer.max_steps=4",
+        "trainer.strategy=ddp_spawn_find_unused_parameters_true",
+        "trainer.devices=2",
+        CONTINUOUS,
     )
     rank0, rank1 = records(tmp_path / "rec", 0), records(tmp_path / "rec", 1)
     assert len(rank0) == len(rank1) == 4
@@ -88,7 +101,7 @@ def test_ddp_two_processes_each_rank_keeps_its_own_episodes(store, tmp_path):
     assert episodes0 and episodes1 and not episodes0 & episodes1
     # each slot continues its episode from one batch to the next (8-frame windows)
     for rank in (rank0, rank1):
-        for before, after in zip(rank, rank[1:]):
+        for before, after in zip(rank, rank[1:], strict=False):
             for slot in range(2):
                 if after["episode"][slot] == before["episode"][slot] >= 0:
                     assert after["start"][slot] == before["start"][slot] + 8

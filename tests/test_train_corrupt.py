@@ -17,8 +17,9 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def corrupt_store(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo") / "store"
-    MineDataModule(root=str(root), demo={"episodes": 4, "frames": 64, "width": 96, "height": 64, "seed": 2,
-                                         "resolution": 64}).prepare_data()
+    MineDataModule(
+        root=str(root), demo={"episodes": 4, "frames": 64, "width": 96, "height": 64, "seed": 2, "resolution": 64}
+    ).prepare_data()
     store = EpisodeStore(root)
     with open(root / "shards/shard-00000.bin", "r+b") as f:
         for position, record in enumerate(store.episodes):  # one byte in every episode's first GOP
@@ -32,9 +33,19 @@ def corrupt_store(tmp_path_factory):
 
 def config(store, output_dir, *overrides):
     with initialize_config_dir(config_dir=str(CONF_DIR)):
-        return compose("train", overrides=[*SMALL_RUN, f"data.root={store}", f"paths.output_dir={output_dir}",
-                                           "logger=csv", "trainer.max_steps=-1", "+trainer.max_epochs=1",
-                                           "data.val_fraction=0.25", *overrides])
+        return compose(
+            "train",
+            overrides=[
+                *SMALL_RUN,
+                f"data.root={store}",
+                f"paths.output_dir={output_dir}",
+                "logger=csv",
+                "trainer.max_steps=-1",
+                "+trainer.max_epochs=1",
+                "data.val_fraction=0.25",
+                *overrides,
+            ],
+        )
 
 
 def test_training_on_a_corrupt_store_stops_naming_the_episode(corrupt_store, tmp_path):

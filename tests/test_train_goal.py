@@ -6,8 +6,9 @@ import pytest
 
 from minesweep.objectives import MissingLatentError
 from minesweep.train import train
-# The same small synthetic store (it carries the segmentation modality) and run config as the other train tests.
-from tests.test_train_run import config, logged, store  # noqa: F401  (store: module-scoped fixture)
+
+# The run config of the other train tests; the demo store (with a segmentation modality) is conftest.py's.
+from tests.test_train_run import config, logged
 
 pytestmark = pytest.mark.slow
 
@@ -17,8 +18,13 @@ def falls(curve: list[float], by: float) -> tuple[bool, float, float]:
     return end < (1 - by) * start, start, end
 
 
-LEARN = ["trainer.max_steps=50", "trainer.val_check_interval=25", "log_freq=1", "optim.learning_rate=1e-3",
-         "optim.warmup_steps=5"]
+LEARN = [
+    "trainer.max_steps=50",
+    "trainer.val_check_interval=25",
+    "log_freq=1",
+    "optim.learning_rate=1e-3",
+    "optim.warmup_steps=5",
+]
 
 
 def test_groot_tiny_trains_with_bc_and_kl(store, tmp_path):
@@ -38,12 +44,30 @@ def test_rocket_tiny_trains_on_the_segmentation_modality(store, tmp_path):
 
 
 def test_groot_bc_alone_with_a_reference_from_another_window_and_kl_warmup(store, tmp_path):
-    metrics = train(config(store, tmp_path / "bc", "policy=groot_tiny", "objective=[bc]", "data.reference_window=other",
-                           "trainer.max_steps=3", "trainer.val_check_interval=3"))
+    metrics = train(
+        config(
+            store,
+            tmp_path / "bc",
+            "policy=groot_tiny",
+            "objective=[bc]",
+            "data.reference_window=other",
+            "trainer.max_steps=3",
+            "trainer.val_check_interval=3",
+        )
+    )
     assert metrics["global_step"] == 3 and math.isfinite(metrics["val/loss"])
-    train(config(store, tmp_path / "warm", "policy=groot_tiny", "objective=[bc,kl_warmup]",
-                 "objective.kl_warmup.warmup_steps=4", "trainer.max_steps=6", "trainer.val_check_interval=6",
-                 "log_freq=1"))
+    train(
+        config(
+            store,
+            tmp_path / "warm",
+            "policy=groot_tiny",
+            "objective=[bc,kl_warmup]",
+            "objective.kl_warmup.warmup_steps=4",
+            "trainer.max_steps=6",
+            "trainer.val_check_interval=6",
+            "log_freq=1",
+        )
+    )
     weights = dict(logged(tmp_path / "warm", "train/kl_warmup/weight"))
     assert [round(weights[s], 6) for s in range(6)] == [0.0, 0.0025, 0.005, 0.0075, 0.01, 0.01]
 

@@ -23,11 +23,23 @@ pytestmark = pytest.mark.slow
 
 #: 7 training episodes of 96 frames = 42 windows of 16 frames: 11 batches of 4 per epoch; 40 steps cross 3 epoch ends.
 BASE = [
-    "policy.hidsize=64", "data.win_len=16", "data.batch_size=4", "data.num_workers=2", "data.demo=null",
-    "data.episode_continuous_batch=false", "data.val_fraction=0.125",
-    "trainer.accelerator=cpu", "trainer.max_steps=40", "trainer.val_check_interval=5", "trainer.limit_val_batches=1",
-    "callbacks.progress_bar=null", "callbacks.lr_monitor=null", "~logger", "optim.learning_rate=1e-3",
-    "optim.warmup_steps=12", "log_freq=1",
+    "policy.hidsize=64",
+    "data.win_len=16",
+    "data.batch_size=4",
+    "data.num_workers=2",
+    "data.demo=null",
+    "data.episode_continuous_batch=false",
+    "data.val_fraction=0.125",
+    "trainer.accelerator=cpu",
+    "trainer.max_steps=40",
+    "trainer.val_check_interval=5",
+    "trainer.limit_val_batches=1",
+    "callbacks.progress_bar=null",
+    "callbacks.lr_monitor=null",
+    "~logger",
+    "optim.learning_rate=1e-3",
+    "optim.warmup_steps=12",
+    "log_freq=1",
 ]
 
 
@@ -36,8 +48,9 @@ def stores(tmp_path_factory) -> list[Path]:
     roots = []
     for seed in (1, 2):
         root = tmp_path_factory.mktemp(f"demo{seed}") / "store"
-        MineDataModule(root=str(root), demo={"episodes": 8, "frames": 96, "width": 160, "height": 90,
-                                             "seed": seed}).prepare_data()
+        MineDataModule(
+            root=str(root), demo={"episodes": 8, "frames": 96, "width": 160, "height": 90, "seed": seed}
+        ).prepare_data()
         roots.append(root)
     return roots
 
@@ -60,7 +73,12 @@ def start(run_dir: Path, record: Path, overrides: list[str], **env_vars: str) ->
     env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), **env_vars}
     return subprocess.Popen(
         [sys.executable, "-m", "tests.train_child", str(record), "--", *overrides, f"hydra.run.dir={run_dir}"],
-        cwd=REPO, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=REPO,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
 
 
@@ -118,14 +136,20 @@ def assert_same_state(a: Path, b: Path) -> None:
                 same(u[k], v[k], f"{where}.{k}")
         elif isinstance(u, (list, tuple)):
             assert len(u) == len(v), where
-            for i, (p, q) in enumerate(zip(u, v)):
+            for i, (p, q) in enumerate(zip(u, v, strict=False)):
                 same(p, q, f"{where}[{i}]")
         else:
             assert u == v, f"{where}: {u} != {v}"
 
     # with callbacks/ema: state_dict is the EMA, current_model_state the trained weights
-    for key in ("state_dict", "optimizer_states", "lr_schedulers", "minesweep_train_memory", "current_model_state",
-                "averaging_state"):
+    for key in (
+        "state_dict",
+        "optimizer_states",
+        "lr_schedulers",
+        "minesweep_train_memory",
+        "current_model_state",
+        "averaging_state",
+    ):
         assert (key in x) == (key in y), key
         if key in x:
             same(x[key], y[key], key)
@@ -133,8 +157,11 @@ def assert_same_state(a: Path, b: Path) -> None:
     for key in ema_states:
         same(x["callbacks"][key], y["callbacks"][key], f"callbacks.{key}")
     if (a / "checkpoints" / "ema.weights").exists() or (b / "checkpoints" / "ema.weights").exists():
-        same(torch.load(a / "checkpoints" / "ema.weights", weights_only=True),
-             torch.load(b / "checkpoints" / "ema.weights", weights_only=True), "ema.weights")
+        same(
+            torch.load(a / "checkpoints" / "ema.weights", weights_only=True),
+            torch.load(b / "checkpoints" / "ema.weights", weights_only=True),
+            "ema.weights",
+        )
 
 
 _STRAIGHT: dict[tuple[str, ...], tuple[Path, Path]] = {}
@@ -150,8 +177,9 @@ def straight_run(tmp_path: Path, overrides: list[str]) -> tuple[Path, Path]:
     return _STRAIGHT[key]
 
 
-def check_resumed_chain(tmp_path: Path, overrides: list[str], kills: list[int], sig: int = signal.SIGKILL,
-                        ranks: int = 1) -> None:
+def check_resumed_chain(
+    tmp_path: Path, overrides: list[str], kills: list[int], sig: int = signal.SIGKILL, ranks: int = 1
+) -> None:
     straight_dir, straight_rec = straight_run(tmp_path, overrides)
     expected = {r["step"]: r for r in records(straight_rec)}
     assert sorted(expected) == list(range(1, 41)), "the uninterrupted run trains steps 1..40 once each"
@@ -171,8 +199,12 @@ def check_resumed_chain(tmp_path: Path, overrides: list[str], kills: list[int], 
         for rank in range(1, ranks):  # every rank trains what it trained in the uninterrupted run
             for r in records(record, rank):
                 e = expected_ranks[rank][r["step"]]
-                assert (r["episode"], r["window"], r["start"], r["loss"]) == (e["episode"], e["window"], e["start"], e["loss"]), \
-                    f"rank {rank}, step {r['step']}: another batch or loss than the uninterrupted run"
+                assert (r["episode"], r["window"], r["start"], r["loss"]) == (
+                    e["episode"],
+                    e["window"],
+                    e["start"],
+                    e["loss"],
+                ), f"rank {rank}, step {r['step']}: another batch or loss than the uninterrupted run"
         got = records(record)
         first = got[0]["step"]
         # a resumed segment starts right after the checkpoint's step
@@ -181,9 +213,15 @@ def check_resumed_chain(tmp_path: Path, overrides: list[str], kills: list[int], 
         for r in got:
             trained[r["step"]] = r
             e = expected[r["step"]]
-            assert (r["epoch"], r["episode"], r["window"], r["start"]) == (e["epoch"], e["episode"], e["window"], e["start"]), \
-                f"step {r['step']}: trained another batch than the uninterrupted run\n got {r}\n expected {e}"
-            assert r["loss"] == e["loss"], f"step {r['step']}: loss {float.fromhex(r['loss'])} != {float.fromhex(e['loss'])}"
+            assert (r["epoch"], r["episode"], r["window"], r["start"]) == (
+                e["epoch"],
+                e["episode"],
+                e["window"],
+                e["start"],
+            ), f"step {r['step']}: trained another batch than the uninterrupted run\n got {r}\n expected {e}"
+            assert r["loss"] == e["loss"], (
+                f"step {r['step']}: loss {float.fromhex(r['loss'])} != {float.fromhex(e['loss'])}"
+            )
         if at_step is not None:
             resumed_from = saved_step(cut_dir)
             assert resumed_from <= got[-1]["step"]
@@ -202,14 +240,18 @@ def kill_steps(seed: int, n: int = 2) -> list[int]:
     return sorted([rng.randint(6, 14), rng.randint(21, 34)][:n])
 
 
-@pytest.mark.parametrize("mode", [
-    ["data.sampling=grid"],
-    ["data.sampling=frames"],
-    ["data.sampling=episodes", "data.num_workers=0"],
-    ["data.episode_continuous_batch=true"],
-    ["data.episode_continuous_batch=true", "data.num_workers=0", "data.frame_skip=2", "data.win_len=8"],
-    ["data.episode_continuous_batch=true", "callbacks/ema=default", "callbacks.ema.decay=0.9"],
-], ids=["grid", "frames", "episodes-0workers", "continuous", "continuous-frameskip2-0workers", "continuous-ema"])
+@pytest.mark.parametrize(
+    "mode",
+    [
+        ["data.sampling=grid"],
+        ["data.sampling=frames"],
+        ["data.sampling=episodes", "data.num_workers=0"],
+        ["data.episode_continuous_batch=true"],
+        ["data.episode_continuous_batch=true", "data.num_workers=0", "data.frame_skip=2", "data.win_len=8"],
+        ["data.episode_continuous_batch=true", "callbacks/ema=default", "callbacks.ema.decay=0.9"],
+    ],
+    ids=["grid", "frames", "episodes-0workers", "continuous", "continuous-frameskip2-0workers", "continuous-ema"],
+)
 def test_sigkill_at_random_steps_then_resume_trains_exactly_what_the_uninterrupted_run_trains(stores, tmp_path, mode):
     check_resumed_chain(tmp_path, [*BASE, f"data.root={stores[0]}", *mode], kill_steps(hash(tuple(mode)) % 1000))
 
@@ -219,9 +261,15 @@ def test_sigkill_with_a_store_mixture(stores, tmp_path):
     check_resumed_chain(tmp_path, [*BASE, *mixture], kill_steps(7))
 
 
-@pytest.mark.parametrize("mode", [["data.sampling=grid"], ["data.episode_continuous_batch=true"],
-                                  ["data.sampling=grid", "callbacks/ema=default", "callbacks.ema.decay=0.9"]],
-                         ids=["grid", "continuous", "grid-ema"])
+@pytest.mark.parametrize(
+    "mode",
+    [
+        ["data.sampling=grid"],
+        ["data.episode_continuous_batch=true"],
+        ["data.sampling=grid", "callbacks/ema=default", "callbacks.ema.decay=0.9"],
+    ],
+    ids=["grid", "continuous", "grid-ema"],
+)
 def test_a_finished_run_extended_to_more_steps_continues_exactly(stores, tmp_path, mode):
     """max_steps reached mid-epoch: last.ckpt at train end; the same command with a larger max_steps continues."""
     overrides = [*BASE, f"data.root={stores[0]}", *mode]
@@ -235,12 +283,18 @@ def test_a_finished_run_extended_to_more_steps_continues_exactly(stores, tmp_pat
     assert [r["step"] for r in got] == list(range(16, 41))
     for r in got:
         e = expected[r["step"]]
-        assert (r["episode"], r["window"], r["start"], r["loss"]) == (e["episode"], e["window"], e["start"], e["loss"]), r["step"]
+        assert (r["episode"], r["window"], r["start"], r["loss"]) == (
+            e["episode"],
+            e["window"],
+            e["start"],
+            e["loss"],
+        ), r["step"]
     assert_same_state(straight_dir, tmp_path / "cut")
 
 
-@pytest.mark.parametrize("mode", [["data.sampling=grid"], ["data.episode_continuous_batch=true"]],
-                         ids=["grid", "continuous"])
+@pytest.mark.parametrize(
+    "mode", [["data.sampling=grid"], ["data.episode_continuous_batch=true"]], ids=["grid", "continuous"]
+)
 def test_sigkill_after_a_checkpoint_written_at_an_epoch_end(stores, tmp_path, mode):
     """Checkpoints every 11 steps = at every epoch end (11 batches per epoch): the resumed run starts the next epoch."""
     check_resumed_chain(tmp_path, [*BASE, f"data.root={stores[0]}", *mode, "trainer.val_check_interval=11"], [13, 25])
@@ -252,8 +306,12 @@ def test_graceful_stop_saves_the_step_it_ends_at_and_resumes_exactly(stores, tmp
 
 
 def test_graceful_stop_in_continuous_mode(stores, tmp_path):
-    check_resumed_chain(tmp_path, [*BASE, f"data.root={stores[0]}", "data.episode_continuous_batch=true"],
-                        kill_steps(4), sig=signal.SIGTERM)
+    check_resumed_chain(
+        tmp_path,
+        [*BASE, f"data.root={stores[0]}", "data.episode_continuous_batch=true"],
+        kill_steps(4),
+        sig=signal.SIGTERM,
+    )
 
 
 def test_a_second_run_in_the_same_folder_is_refused_while_the_first_trains(stores, tmp_path):
@@ -275,8 +333,9 @@ def test_a_second_run_in_the_same_folder_is_refused_while_the_first_trains(store
         os.killpg(first.pid, signal.SIGKILL)
         first.wait()
     # the holder is gone (killed): its stale lock is taken over with a warning, and the run resumes
-    out = run_to_end(tmp_path / "run", tmp_path / "third.jsonl",
-                     [*overrides[:-1], "trainer.max_steps=12", "ckpt_path=last"])
+    out = run_to_end(
+        tmp_path / "run", tmp_path / "third.jsonl", [*overrides[:-1], "trainer.max_steps=12", "ckpt_path=last"]
+    )
     assert "taking over the lock of a run that is gone" in out
     assert not (tmp_path / "run" / "run.lock").exists(), "the lock is released at the end"
 
@@ -285,8 +344,12 @@ def test_a_full_disk_while_checkpointing_leaves_no_partial_checkpoint_and_says_s
     run_dir = tmp_path / "run"
     # a checkpoint of this policy is ~2.5 MB: the limit lets logs and records be written, not a checkpoint
     # (no loader workers: their shared-memory batches are files too)
-    proc = start(run_dir, tmp_path / "rec.jsonl", [*BASE, f"data.root={stores[0]}", "data.num_workers=0"],
-                 TEST_FILE_SIZE_LIMIT="400000")
+    proc = start(
+        run_dir,
+        tmp_path / "rec.jsonl",
+        [*BASE, f"data.root={stores[0]}", "data.num_workers=0"],
+        TEST_FILE_SIZE_LIMIT="400000",
+    )
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode != 0
     checkpoints = list((run_dir / "checkpoints").iterdir()) if (run_dir / "checkpoints").exists() else []
@@ -301,8 +364,15 @@ def test_a_full_disk_while_checkpointing_leaves_no_partial_checkpoint_and_says_s
 def test_sigkill_of_a_two_rank_ddp_run_then_resume(stores, tmp_path):
     """Both ranks (ddp_spawn, gloo) are killed with the whole process group; resumed on two ranks, each continues
     with its own next batch (continuous mode: each rank's slots carry memory). With an EMA of the weights."""
-    ddp = ["trainer.strategy=ddp_spawn_find_unused_parameters_true", "trainer.devices=2", "data.num_workers=0",
-           "data.episode_continuous_batch=true", "data.batch_size=2", "callbacks/ema=default", "callbacks.ema.decay=0.9"]
+    ddp = [
+        "trainer.strategy=ddp_spawn_find_unused_parameters_true",
+        "trainer.devices=2",
+        "data.num_workers=0",
+        "data.episode_continuous_batch=true",
+        "data.batch_size=2",
+        "callbacks/ema=default",
+        "callbacks.ema.decay=0.9",
+    ]
     check_resumed_chain(tmp_path, [*BASE, f"data.root={stores[0]}", *ddp], kill_steps(11, n=1), ranks=2)
 
 
@@ -315,9 +385,16 @@ def test_a_plain_lightning_trainer_under_ddp_is_refused_with_the_setting_to_chan
 
     dm = MineDataModule(str(stores[0]), win_len=8, batch_size=2, num_workers=0, episode_continuous_batch=True)
     module = MineLightning(TinyPolicy(hidsize=32), {"bc": BehaviorCloneCallback()})
-    trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn_find_unused_parameters_true", max_steps=2,
-                        logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        default_root_dir=str(tmp_path))  # Lightning's default: use_distributed_sampler=True
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp_spawn_find_unused_parameters_true",
+        max_steps=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        default_root_dir=str(tmp_path),
+    )  # Lightning's default: use_distributed_sampler=True
     with pytest.raises(Exception, match="use_distributed_sampler=False"):
         trainer.fit(module, datamodule=dm)
 
@@ -328,8 +405,11 @@ def test_continuous_training_serves_every_window_once_in_every_epoch(varied_stor
     from minesweep.data.datamodule import split_episodes
     from minesweep.data.store import EpisodeStore
 
-    run_to_end(tmp_path / "run", tmp_path / "rec.jsonl",
-               [*BASE, f"data.root={varied_store}", "data.episode_continuous_batch=true", "trainer.max_steps=60"])
+    run_to_end(
+        tmp_path / "run",
+        tmp_path / "rec.jsonl",
+        [*BASE, f"data.root={varied_store}", "data.episode_continuous_batch=true", "trainer.max_steps=60"],
+    )
     store = EpisodeStore(varied_store)
     train, _ = split_episodes(len(store), 0.125, 0)
     # brute force: window w of episode e covers frames [16w, 16w + 16)
@@ -337,7 +417,8 @@ def test_continuous_training_serves_every_window_once_in_every_epoch(varied_stor
     by_epoch: dict[int, list] = {}
     for r in records(tmp_path / "rec.jsonl"):
         by_epoch.setdefault(r["epoch"], []).extend(
-            (e, w) for e, w, s in zip(r["episode"], r["window"], r["start"]) if e >= 0 and s == 16 * w)
+            (e, w) for e, w, s in zip(r["episode"], r["window"], r["start"], strict=False) if e >= 0 and s == 16 * w
+        )
     complete = [epoch for epoch in sorted(by_epoch) if epoch < max(by_epoch)]
     assert len(complete) >= 4
     for epoch in complete:

@@ -11,24 +11,13 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from minesweep.data.datamodule import MineDataModule
 from minesweep.train import train
-from tests.helpers import SMALL_RUN
 from tests.conftest import CONF_DIR, REPO
+from tests.helpers import SMALL_RUN
 
 pytestmark = pytest.mark.slow
 
 SMALL = SMALL_RUN
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("demo") / "store"
-    dm = MineDataModule(
-        root=str(root), demo={"episodes": 8, "frames": 96, "width": 160, "height": 90, "seed": 1}
-    )
-    dm.prepare_data()
-    return root
 
 
 def config(store: Path, output_dir: Path, *overrides: str):
@@ -51,8 +40,13 @@ def logged(output_dir: Path, key: str) -> list[tuple[int, float]]:
 
 def test_bc_loss_falls_on_demo_data(store, tmp_path):
     cfg = config(
-        store, tmp_path, "trainer.max_steps=60", "trainer.val_check_interval=30", "log_freq=1",
-        "optim.learning_rate=1e-3", "optim.warmup_steps=5",
+        store,
+        tmp_path,
+        "trainer.max_steps=60",
+        "trainer.val_check_interval=30",
+        "log_freq=1",
+        "optim.learning_rate=1e-3",
+        "optim.warmup_steps=5",
     )
     metrics = train(cfg)
     curve = [v for _, v in logged(tmp_path, "train/bc/loss_per_frame")]
@@ -91,9 +85,15 @@ def test_resume_without_checkpoint_says_where_it_looked(store, tmp_path):
 def test_multirun_sweep_runs_two_jobs_in_two_folders_with_wandb_offline(store, tmp_path):
     env = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true")
     args = [
-        sys.executable, "train.py", "-m",
-        *SMALL, f"data.root={store}", f"paths.output_root={tmp_path}",
-        "optim.learning_rate=1e-3,3e-4", "trainer.max_steps=4", "trainer.val_check_interval=2",
+        sys.executable,
+        "train.py",
+        "-m",
+        *SMALL,
+        f"data.root={store}",
+        f"paths.output_root={tmp_path}",
+        "optim.learning_rate=1e-3,3e-4",
+        "trainer.max_steps=4",
+        "trainer.val_check_interval=2",
     ]
     result = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -111,8 +111,16 @@ def test_multirun_sweep_runs_two_jobs_in_two_folders_with_wandb_offline(store, t
 
 def test_throughput_benchmark_runs_and_prints_its_figures(store, tmp_path):
     args = [
-        sys.executable, "benchmarks/train_throughput.py", "--runs", "1", "--warmup", "1", "--steps", "2",
-        *[o for o in SMALL if not o.startswith("callbacks.")], f"data.root={store}",
+        sys.executable,
+        "benchmarks/train_throughput.py",
+        "--runs",
+        "1",
+        "--warmup",
+        "1",
+        "--steps",
+        "2",
+        *[o for o in SMALL if not o.startswith("callbacks.")],
+        f"data.root={store}",
     ]
     result = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -123,8 +131,14 @@ def test_throughput_benchmark_runs_and_prints_its_figures(store, tmp_path):
 @pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
 def test_fused_adamw_with_gradient_clipping_trains(store, tmp_path, precision):
     # Lightning refuses gradient clipping with a fused optimizer under mixed precision; ours clips itself.
-    cfg = config(store, tmp_path, "trainer.max_steps=3", "trainer.limit_val_batches=1",
-                 f"trainer.precision={precision}", "trainer.gradient_clip_val=1e-3")
+    cfg = config(
+        store,
+        tmp_path,
+        "trainer.max_steps=3",
+        "trainer.limit_val_batches=1",
+        f"trainer.precision={precision}",
+        "trainer.gradient_clip_val=1e-3",
+    )
     metrics = train(cfg)
     assert metrics["global_step"] == 3
     assert torch.isfinite(torch.tensor(metrics["val/loss"]))

@@ -36,15 +36,26 @@ def tiny_policy():
 def vpt_policy():
     torch.manual_seed(0)
     return VPTPolicy(
-        hidsize=32, attention_heads=2, n_recurrence_layers=2, attention_memory_size=24, timesteps=8,
-        impala_chans=[8, 16, 16], img_shape=[64, 64, 3], temperature=2.0,
+        hidsize=32,
+        attention_heads=2,
+        n_recurrence_layers=2,
+        attention_memory_size=24,
+        timesteps=8,
+        impala_chans=[8, 16, 16],
+        img_shape=[64, 64, 3],
+        temperature=2.0,
     ).eval()
 
 
 def continuous_module(policy, store, win_len, frame_skip, batch_size=2):
     dm = MineDataModule(
-        str(store), win_len=win_len, batch_size=batch_size, num_workers=0, val_fraction=0.0,
-        episode_continuous_batch=True, frame_skip=frame_skip,
+        str(store),
+        win_len=win_len,
+        batch_size=batch_size,
+        num_workers=0,
+        val_fraction=0.0,
+        episode_continuous_batch=True,
+        frame_skip=frame_skip,
     )
     dm.setup()
     module = MineLightning(policy, {"bc": BehaviorCloneCallback()}, episode_continuous_batch=True)
@@ -122,10 +133,10 @@ def test_validation_between_training_batches_changes_nothing(store):
 
     plain, interrupted = second_batch_state(False), second_batch_state(True)
     assert "val/0" in module._memory
-    for a, b in zip(plain, interrupted):
+    for a, b in zip(plain, interrupted, strict=False):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     # and the carried state is really carried (not the initial state)
-    assert any(not torch.equal(a, b) for a, b in zip(plain, module.mine_policy.initial_state(2)))
+    assert any(not torch.equal(a, b) for a, b in zip(plain, module.mine_policy.initial_state(2), strict=False))
 
 
 def test_smaller_batch_keeps_the_slots_that_fit(store):
@@ -133,7 +144,9 @@ def test_smaller_batch_keeps_the_slots_that_fit(store):
     batches = list(dm.train_dataloader())
     with torch.no_grad():
         module._objective_step(batches[0], 0, "train")
-        smaller = {k: (v[:2] if torch.is_tensor(v) else {kk: vv[:2] for kk, vv in v.items()}) for k, v in batches[1].items()}
+        smaller = {
+            k: (v[:2] if torch.is_tensor(v) else {kk: vv[:2] for kk, vv in v.items()}) for k, v in batches[1].items()
+        }
         state = module.state_in(smaller, "train")
     assert state[0].shape[0] == 2
     torch.testing.assert_close(state[0], module._memory["train"].state[0][:2])

@@ -60,8 +60,7 @@ _COL = {name: i for i, name in enumerate(BUTTONS)}
 _ESC = -1  # pseudo-column for ESC
 _NOT_KEPT = -2  # mapped key that is dropped from the output (swapHands)
 _KEY_TO_COL: dict[str, int] = {
-    key: _COL.get(name, _ESC if name == "ESC" else _NOT_KEPT)
-    for key, name in KEYBOARD_BUTTON_MAPPING.items()
+    key: _COL.get(name, _ESC if name == "ESC" else _NOT_KEPT) for key, name in KEYBOARD_BUTTON_MAPPING.items()
 }
 
 
@@ -107,7 +106,8 @@ def _get_list(step: Mapping, dotted: str, source: str, index: int) -> list:
     value = _get(step, dotted, source, index)
     if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
         raise ContractorFormatError(
-            f"{source}: step {index}: {dotted!r} must be a list, got {type(value).__name__}", step=index)
+            f"{source}: step {index}: {dotted!r} must be a list, got {type(value).__name__}", step=index
+        )
     return list(value)
 
 
@@ -116,25 +116,31 @@ def _get_list(step: Mapping, dotted: str, source: str, index: int) -> list:
 #: ``mouse.dx/dy`` are mouse counts in one 50 ms step (2400 counts = 360 degrees): 10 000 is over four full
 #: turns in a step, far beyond any human flick. ``mouse.x/y`` are GUI cursor pixels: 100 000 is beyond any
 #: screen (an 8K display is 7680 wide).
-NUMBER_LIMITS: dict[str, float] = {"mouse.dx": 10_000.0, "mouse.dy": 10_000.0, "mouse.x": 100_000.0,
-                                   "mouse.y": 100_000.0}
+NUMBER_LIMITS: dict[str, float] = {
+    "mouse.dx": 10_000.0,
+    "mouse.dy": 10_000.0,
+    "mouse.x": 100_000.0,
+    "mouse.y": 100_000.0,
+}
 
 
 def check_number(value: Any, dotted: str, source: str, index: int) -> float:
     """``value`` as a float if it is a finite number within ``NUMBER_LIMITS[dotted]``; else a
     ContractorFormatError naming ``source``, the step and the field (``step=index``: the steps before are valid)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ContractorFormatError(
-            f"{source}: step {index}: {dotted!r} must be a number, got {value!r}", step=index)
+        raise ContractorFormatError(f"{source}: step {index}: {dotted!r} must be a number, got {value!r}", step=index)
     if isinstance(value, float) and not math.isfinite(value):
-        raise ContractorFormatError(
-            f"{source}: step {index}: {dotted!r} is {value!r}, not a finite number", step=index)
+        raise ContractorFormatError(f"{source}: step {index}: {dotted!r} is {value!r}, not a finite number", step=index)
     limit = NUMBER_LIMITS.get(dotted, math.inf)
     if abs(value) > limit:  # compared before float(): a huge int would overflow
-        shown = f"{value:.6g}" if isinstance(value, float) or value.bit_length() < 64 else \
-            f"an integer of {value.bit_length()} bits"  # str() of a huge int can itself fail
+        shown = (
+            f"{value:.6g}"
+            if isinstance(value, float) or value.bit_length() < 64
+            else f"an integer of {value.bit_length()} bits"
+        )  # str() of a huge int can itself fail
         raise ContractorFormatError(
-            f"{source}: step {index}: {dotted!r} is {shown}, out of range (|{dotted}| <= {limit:g})", step=index)
+            f"{source}: step {index}: {dotted!r} is {shown}, out of range (|{dotted}| <= {limit:g})", step=index
+        )
     return float(value)
 
 
@@ -181,7 +187,8 @@ def contractor_to_env(
     for i, step in enumerate(steps):
         if not isinstance(step, Mapping):
             raise ContractorFormatError(
-                f"{source}: step {i}: expected a JSON object, got {type(step).__name__}", step=i)
+                f"{source}: step {i}: expected a JSON object, got {type(step).__name__}", step=i
+            )
         # The reference reads newButtons only at step 0 and while stuck; so do we.
         if i == 0:
             attack_is_stuck = _get_list(step, "mouse.newButtons", source, i) == [_ATTACK_BUTTON]
@@ -222,7 +229,8 @@ def contractor_to_env(
         hotbar = _get(step, "hotbar", source, i)
         if isinstance(hotbar, bool) or not isinstance(hotbar, int) or not 0 <= hotbar <= 8:
             raise ContractorFormatError(
-                f"{source}: step {i}: 'hotbar' must be an integer slot in 0..8, got {hotbar!r}", step=i)
+                f"{source}: step {i}: 'hotbar' must be an integer slot in 0..8, got {hotbar!r}", step=i
+            )
         if hotbar != last_hotbar:
             buttons[i, _COL[f"hotbar.{hotbar + 1}"]] = 1
         last_hotbar = hotbar
@@ -230,9 +238,7 @@ def contractor_to_env(
     camera = mouse_dxdy * MOUSE_COUNTS_TO_DEGREES  # float64, like the reference's products
     if legacy_vpt_camera:
         camera = np.trunc(camera)  # int64 assignment in the reference truncates toward zero
-    return EnvActions(
-        buttons=buttons, camera=camera.astype(np.float32), is_null=is_null, esc=esc
-    )
+    return EnvActions(buttons=buttons, camera=camera.astype(np.float32), is_null=is_null, esc=esc)
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:

@@ -19,7 +19,7 @@ import argparse
 import json
 import os
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from minesweep.data.store import CODECS, DEFAULT_SHARD_SIZE
 
@@ -48,8 +48,11 @@ def _parser() -> argparse.ArgumentParser:
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--width", type=int, default=640)
     synth.add_argument("--height", type=int, default=360)
-    synth.add_argument("--no-segmentation", action="store_true",
-                       help="do not write NAME.segmentation.npz (the target's mask per frame) beside each recording")
+    synth.add_argument(
+        "--no-segmentation",
+        action="store_true",
+        help="do not write NAME.segmentation.npz (the target's mask per frame) beside each recording",
+    )
 
     crafter = commands.add_parser("crafter", help="record a scripted Crafter player as contractor recordings")
     crafter.add_argument("out", help="output folder")
@@ -65,28 +68,53 @@ def _parser() -> argparse.ArgumentParser:
     ingest.add_argument("src")
     ingest.add_argument("dst")
     ingest.add_argument("--resolution", type=_resolution, default=(128, 128), help="N or HxW (default 128)")
-    ingest.add_argument("--legacy-vpt-camera", action="store_true",
-                        help="truncate camera degrees to integers, as the original VPT data loader does")
-    ingest.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                        help="worker processes decoding and encoding (default: one per core)")
-    ingest.add_argument("--codec", choices=CODECS, default="h264",
-                        help="h264 (default, ~1.4 KB/frame at 128x128) or raw uint8 frames (fast, large)")
-    ingest.add_argument("--shard-size-mb", type=int, default=DEFAULT_SHARD_SIZE >> 20,
-                        help="episodes are packed into shard files of about this size")
-    ingest.add_argument("--on-error", choices=("skip", "prefix"), default="skip",
-                        help="a bad episode is skipped, or its valid prefix is kept")
-    ingest.add_argument("--no-gui-cursor", dest="gui_cursor", action="store_false",
-                        help="do not draw the mouse cursor onto frames where the recording has a GUI open")
+    ingest.add_argument(
+        "--legacy-vpt-camera",
+        action="store_true",
+        help="truncate camera degrees to integers, as the original VPT data loader does",
+    )
+    ingest.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="worker processes decoding and encoding (default: one per core)",
+    )
+    ingest.add_argument(
+        "--codec",
+        choices=CODECS,
+        default="h264",
+        help="h264 (default, ~1.4 KB/frame at 128x128) or raw uint8 frames (fast, large)",
+    )
+    ingest.add_argument(
+        "--shard-size-mb",
+        type=int,
+        default=DEFAULT_SHARD_SIZE >> 20,
+        help="episodes are packed into shard files of about this size",
+    )
+    ingest.add_argument(
+        "--on-error",
+        choices=("skip", "prefix"),
+        default="skip",
+        help="a bad episode is skipped, or its valid prefix is kept",
+    )
+    ingest.add_argument(
+        "--no-gui-cursor",
+        dest="gui_cursor",
+        action="store_false",
+        help="do not draw the mouse cursor onto frames where the recording has a GUI open",
+    )
     ingest.add_argument("--no-progress", dest="progress", action="store_false")
 
-    minestudio = commands.add_parser("import-minestudio",
-                                     help="import a MineStudio dataset (image/ + action/ LMDB parts) into a store")
+    minestudio = commands.add_parser(
+        "import-minestudio", help="import a MineStudio dataset (image/ + action/ LMDB parts) into a store"
+    )
     minestudio.add_argument("src", help="the dataset folder (holding image/ or video/, and action/)")
     minestudio.add_argument("dst")
     minestudio.add_argument("--resolution", type=_resolution, default=(128, 128), help="N or HxW (default 128)")
 
-    verify = commands.add_parser("verify",
-                                 help="check every episode of a store against its checksums (exit 1: damaged)")
+    verify = commands.add_parser(
+        "verify", help="check every episode of a store against its checksums (exit 1: damaged)"
+    )
     verify.add_argument("store")
     verify.add_argument("--json", action="store_true", help="print a machine-readable report instead of a table")
     return parser
@@ -109,8 +137,10 @@ def _verify(store: str, as_json: bool) -> int:
     print("episode\tposition\tshard\twhat\tframes")
     for p in report.problems:
         frames = f"[{p['frames'][0]}, {p['frames'][1]})" if p["frames"] else "-"
-        print(f"{p['episode'] or '-'}\t{'-' if p['position'] is None else p['position']}\t{p['shard'] or '-'}\t"
-              f"{p['what']}\t{frames}")
+        print(
+            f"{p['episode'] or '-'}\t{'-' if p['position'] is None else p['position']}\t{p['shard'] or '-'}\t"
+            f"{p['what']}\t{frames}"
+        )
     if any(p["episode"] is None for p in report.problems):
         print()
         for p in report.problems:
@@ -124,23 +154,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "synth":
         from minesweep.data.synth import generate_recordings
 
-        paths = generate_recordings(args.out, args.episodes, args.frames, seed=args.seed, width=args.width,
-                                    height=args.height, segmentation=not args.no_segmentation)
+        paths = generate_recordings(
+            args.out,
+            args.episodes,
+            args.frames,
+            seed=args.seed,
+            width=args.width,
+            height=args.height,
+            segmentation=not args.no_segmentation,
+        )
         print(f"wrote {len(paths)} recordings to {args.out}")
         return 0
     if args.command == "crafter":
         from minesweep.envs.crafter_record import SUMMARY, record_crafter
 
         try:
-            results = record_crafter(args.out, args.episodes, first_seed=args.seed, length=args.length,
-                                     size=args.size, noise=args.noise, workers=args.workers, player=args.player)
+            results = record_crafter(
+                args.out,
+                args.episodes,
+                first_seed=args.seed,
+                length=args.length,
+                size=args.size,
+                noise=args.noise,
+                workers=args.workers,
+                player=args.player,
+            )
         except (ValueError, ImportError) as err:
             print(f"minesweep-data crafter: {err}", file=sys.stderr)
             return 1
         returns = [r.episode_return for r in results]
-        print(f"wrote {len(results)} recordings to {args.out} (worlds {args.seed}..{args.seed + len(results) - 1}); "
-              f"mean return {sum(returns) / len(returns):.2f}, mean length "
-              f"{sum(r.length for r in results) / len(results):.0f} steps; summary in {args.out}/{SUMMARY}")
+        print(
+            f"wrote {len(results)} recordings to {args.out} (worlds {args.seed}..{args.seed + len(results) - 1}); "
+            f"mean return {sum(returns) / len(returns):.2f}, mean length "
+            f"{sum(r.length for r in results) / len(results):.0f} steps; summary in {args.out}/{SUMMARY}"
+        )
         return 0
 
     if args.command == "verify":
@@ -159,9 +206,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     from minesweep.data.ingest import ingest
 
     try:
-        report = ingest(args.src, args.dst, resolution=args.resolution, legacy_vpt_camera=args.legacy_vpt_camera,
-                        workers=args.workers, codec=args.codec, shard_size=args.shard_size_mb << 20,
-                        on_error=args.on_error, gui_cursor=args.gui_cursor, progress=args.progress)
+        report = ingest(
+            args.src,
+            args.dst,
+            resolution=args.resolution,
+            legacy_vpt_camera=args.legacy_vpt_camera,
+            workers=args.workers,
+            codec=args.codec,
+            shard_size=args.shard_size_mb << 20,
+            on_error=args.on_error,
+            gui_cursor=args.gui_cursor,
+            progress=args.progress,
+        )
     except (FileNotFoundError, FileExistsError, ValueError) as err:
         print(f"minesweep-data ingest: {err}", file=sys.stderr)
         return 1

@@ -27,7 +27,7 @@ Differences, on purpose:
 from __future__ import annotations
 
 import os
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -76,8 +76,15 @@ def cursor_sprite() -> np.ndarray:
     return _SPRITE
 
 
-def draw_cursor(frames: np.ndarray, x: np.ndarray, y: np.ndarray, gui_open: np.ndarray, *,
-                original_height: int = MINEREC_ORIGINAL_HEIGHT, sprite: np.ndarray | None = None) -> None:
+def draw_cursor(
+    frames: np.ndarray,
+    x: np.ndarray,
+    y: np.ndarray,
+    gui_open: np.ndarray,
+    *,
+    original_height: int = MINEREC_ORIGINAL_HEIGHT,
+    sprite: np.ndarray | None = None,
+) -> None:
     """Composite the cursor onto ``frames`` (uint8 RGB ``(N, H, W, 3)``, modified in place) where ``gui_open``.
 
     ``x``, ``y``: the steps' ``mouse.x`` / ``mouse.y`` (``(N,)``, in a space ``original_height`` pixels high).
@@ -85,10 +92,16 @@ def draw_cursor(frames: np.ndarray, x: np.ndarray, y: np.ndarray, gui_open: np.n
     gather/blend/scatter.
     """
     frames_arr = frames
-    if not isinstance(frames_arr, np.ndarray) or frames_arr.dtype != np.uint8 or frames_arr.ndim != 4 \
-            or frames_arr.shape[-1] != 3:
-        raise ValueError(f"frames must be a uint8 numpy array (N, H, W, 3), got "
-                         f"{getattr(frames_arr, 'dtype', type(frames_arr))}{list(np.shape(frames_arr))}")
+    if (
+        not isinstance(frames_arr, np.ndarray)
+        or frames_arr.dtype != np.uint8
+        or frames_arr.ndim != 4
+        or frames_arr.shape[-1] != 3
+    ):
+        raise ValueError(
+            f"frames must be a uint8 numpy array (N, H, W, 3), got "
+            f"{getattr(frames_arr, 'dtype', type(frames_arr))}{list(np.shape(frames_arr))}"
+        )
     n, height, width, _ = frames_arr.shape
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
@@ -137,8 +150,9 @@ def _number(step: Mapping, key: str, index: int, source: str) -> float:
     return check_number(mouse[key], f"mouse.{key}", source, index)  # finite and in range
 
 
-def cursor_inputs(steps: Sequence[Mapping], source: str | os.PathLike | None = None
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def cursor_inputs(
+    steps: Sequence[Mapping], source: str | os.PathLike | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(x, y, gui_open)`` arrays (float64, float64, bool; ``(T,)``) from contractor steps, as read by
     :func:`minesweep.actions.contractor.read_jsonl`.
 
@@ -152,14 +166,12 @@ def cursor_inputs(steps: Sequence[Mapping], source: str | os.PathLike | None = N
     gui = np.zeros(n, bool)
     for i, step in enumerate(steps):
         if not isinstance(step, Mapping):
-            raise ContractorFormatError(f"{where}: step {i}: expected a JSON object, got {type(step).__name__}",
-                                        step=i)
+            raise ContractorFormatError(f"{where}: step {i}: expected a JSON object, got {type(step).__name__}", step=i)
         if "isGuiOpen" not in step:
             raise ContractorFormatError(f"{where}: step {i}: missing key 'isGuiOpen'", step=i)
         flag = step["isGuiOpen"]
         if not isinstance(flag, bool):
-            raise ContractorFormatError(f"{where}: step {i}: 'isGuiOpen' must be true or false, got {flag!r}",
-                                        step=i)
+            raise ContractorFormatError(f"{where}: step {i}: 'isGuiOpen' must be true or false, got {flag!r}", step=i)
         gui[i] = flag
         x[i] = _number(step, "x", i, where)
         y[i] = _number(step, "y", i, where)

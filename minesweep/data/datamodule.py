@@ -41,25 +41,33 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import (BatchSampler, DataLoader, Dataset, DistributedSampler, SequentialSampler,
-                              default_collate, get_worker_info)
 import torch.distributed as dist
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    Dataset,
+    DistributedSampler,
+    SequentialSampler,
+    default_collate,
+    get_worker_info,
+)
 
 from minesweep.actions import CAMERA_NULL_INDEX, NULL_BUTTONS_INDEX, env_to_agent
 from minesweep.data.mixture import StoreMixture
-from minesweep.data.store import CorruptDataError
 from minesweep.data.sampler import PAD, EpisodeContinuousBatchSampler, RandomWindowSampler, ResumableEpochs
 from minesweep.data.segmentation import empty_segmentation
-from minesweep.data.store import MANIFEST, EpisodeStore
+from minesweep.data.store import MANIFEST, CorruptDataError, EpisodeStore
 from minesweep.graceful_stop import ignore_stop_signals
 
 __all__ = ["WindowDataset", "MineDataModule", "split_episodes"]
 
 log = logging.getLogger(__name__)
 
-_HOW_TO_CREATE = ("create one with `minesweep-data ingest SRC DST` (contractor .mp4 + .jsonl recordings) or "
-                  "`minesweep-data synth OUT --episodes N --frames T` followed by ingest, "
-                  "or configure `demo` to generate synthetic data on first use")
+_HOW_TO_CREATE = (
+    "create one with `minesweep-data ingest SRC DST` (contractor .mp4 + .jsonl recordings) or "
+    "`minesweep-data synth OUT --episodes N --frames T` followed by ingest, "
+    "or configure `demo` to generate synthetic data on first use"
+)
 
 
 #: ``window_index`` of a random window (not part of any continuous walk through an episode).
@@ -82,9 +90,17 @@ class WindowDataset(Dataset):
     shapes stay fixed; each one is logged and counted in ``corrupt_windows`` (all loader workers together).
     """
 
-    def __init__(self, store: EpisodeStore | StoreMixture | str | Path, episodes: Sequence[int] | None = None,
-                 win_len: int = 32, frame_skip: int = 1, drop_null_actions: bool = False,
-                 segmentation: bool | None = None, reference_window: str = "same", on_corrupt: str = "raise") -> None:
+    def __init__(
+        self,
+        store: EpisodeStore | StoreMixture | str | Path,
+        episodes: Sequence[int] | None = None,
+        win_len: int = 32,
+        frame_skip: int = 1,
+        drop_null_actions: bool = False,
+        segmentation: bool | None = None,
+        reference_window: str = "same",
+        on_corrupt: str = "raise",
+    ) -> None:
         if win_len <= 0:
             raise ValueError(f"win_len must be positive, got {win_len}")
         if frame_skip <= 0:
@@ -110,7 +126,7 @@ class WindowDataset(Dataset):
     def episode_windows(self) -> list[list[int]]:
         """Dataset indices of each episode's windows, in temporal order (for the continuous sampler)."""
         starts = np.concatenate([[0], self._grid_ends[:-1]])
-        return [list(range(a, b)) for a, b in zip(starts.tolist(), self._grid_ends.tolist())]
+        return [list(range(a, b)) for a, b in zip(starts.tolist(), self._grid_ends.tolist(), strict=False)]
 
     def __len__(self) -> int:
         return int(self._grid_ends[-1]) if len(self._grid_ends) else 0
@@ -164,8 +180,12 @@ class WindowDataset(Dataset):
             if self.on_corrupt == "raise":
                 raise
             self._corrupt_count += 1  # rare: a lost update between workers would only undercount
-            log.warning("data.on_corrupt=skip: window %s replaced by a masked padding window (%d so far): %s",
-                        key, self.corrupt_windows, err)
+            log.warning(
+                "data.on_corrupt=skip: window %s replaced by a masked padding window (%d so far): %s",
+                key,
+                self.corrupt_windows,
+                err,
+            )
             image[:] = 0
             padding = self._padding()
             del padding["image"]
@@ -210,8 +230,10 @@ class WindowDataset(Dataset):
         if self.drop_null_actions:
             mask[is_null] = 0.0
         item = {
-            "agent_action": {"buttons": torch.from_numpy(agent_buttons[:, None]),
-                             "camera": torch.from_numpy(agent_camera[:, None])},
+            "agent_action": {
+                "buttons": torch.from_numpy(agent_buttons[:, None]),
+                "camera": torch.from_numpy(agent_camera[:, None]),
+            },
             "env_action": {"buttons": torch.from_numpy(env_buttons), "camera": torch.from_numpy(env_camera)},
             "mask": torch.from_numpy(mask),
             "is_null": torch.from_numpy(is_null),
@@ -241,22 +263,29 @@ class WindowDataset(Dataset):
             "segment_valid": torch.from_numpy(seg["valid"]),
         }
 
-    def _reference(self, episode: int, length: int, start: int, image: np.ndarray,
-                   mask: np.ndarray) -> dict[str, torch.Tensor]:
+    def _reference(
+        self, episode: int, length: int, start: int, image: np.ndarray, mask: np.ndarray
+    ) -> dict[str, torch.Tensor]:
         """A reference video from a window of the same episode that does not overlap ``[start, start + span)``,
         drawn uniformly among such start frames; this window itself when the episode has no room for one."""
         span = self.span
         before = max(0, start - span + 1)  # starts 0 .. start - span
         after = max(0, length - span - (start + span) + 1)  # starts start + span .. length - span
         if before + after == 0:
-            return {"reference_image": torch.from_numpy(image.copy()), "reference_mask": torch.from_numpy(mask.copy()),
-                    "reference_start": torch.tensor(start, dtype=torch.int64)}
+            return {
+                "reference_image": torch.from_numpy(image.copy()),
+                "reference_mask": torch.from_numpy(mask.copy()),
+                "reference_start": torch.tensor(start, dtype=torch.int64),
+            }
         # torch's RNG: seeded per loader worker by Lightning (seed_everything(workers=True)).
         u = int(torch.randint(before + after, ()).item())
         ref_start = u if u < before else start + span + (u - before)
         frames = self.store.read_frames(episode, ref_start, span)[:: self.frame_skip]
-        return {"reference_image": torch.from_numpy(np.ascontiguousarray(frames)),
-                "reference_mask": torch.ones(self.win_len), "reference_start": torch.tensor(ref_start, dtype=torch.int64)}
+        return {
+            "reference_image": torch.from_numpy(np.ascontiguousarray(frames)),
+            "reference_mask": torch.ones(self.win_len),
+            "reference_start": torch.tensor(ref_start, dtype=torch.int64),
+        }
 
     def _padding(self) -> dict[str, Any]:
         """A fully masked window for a continuous-batch slot that has run out of episodes."""
@@ -264,8 +293,10 @@ class WindowDataset(Dataset):
         h, w = self.store.resolution
         item = {
             "image": torch.zeros(T, h, w, 3, dtype=torch.uint8),
-            "agent_action": {"buttons": torch.full((T, 1), NULL_BUTTONS_INDEX, dtype=torch.int64),
-                             "camera": torch.full((T, 1), CAMERA_NULL_INDEX, dtype=torch.int64)},
+            "agent_action": {
+                "buttons": torch.full((T, 1), NULL_BUTTONS_INDEX, dtype=torch.int64),
+                "camera": torch.full((T, 1), CAMERA_NULL_INDEX, dtype=torch.int64),
+            },
             "env_action": {"buttons": torch.zeros(T, 20, dtype=torch.uint8), "camera": torch.zeros(T, 2)},
             "mask": torch.zeros(T),
             "is_null": torch.ones(T, dtype=torch.bool),
@@ -277,8 +308,13 @@ class WindowDataset(Dataset):
         if self.segmentation:
             item.update(self._segmentation(None, 0, 0))
         if self.reference_window == "other":
-            item.update({"reference_image": item["image"].clone(), "reference_mask": torch.zeros(T),
-                         "reference_start": torch.tensor(PAD, dtype=torch.int64)})
+            item.update(
+                {
+                    "reference_image": item["image"].clone(),
+                    "reference_mask": torch.zeros(T),
+                    "reference_start": torch.tensor(PAD, dtype=torch.int64),
+                }
+            )
         return item
 
 
@@ -303,8 +339,12 @@ class Batches(ResumableEpochs, BatchSampler):
             return batches_done
         # Same order of windows, cut into other batches: skip the windows already trained on (rounded down).
         skip = batches_done * saved_batch_size // self.batch_size
-        log.warning("resuming with data.batch_size=%d (checkpoint: %d): the cut epoch continues after its first "
-                    "%d windows", self.batch_size, saved_batch_size, skip * self.batch_size)
+        log.warning(
+            "resuming with data.batch_size=%d (checkpoint: %d): the cut epoch continues after its first %d windows",
+            self.batch_size,
+            saved_batch_size,
+            skip * self.batch_size,
+        )
         return skip
 
 
@@ -332,11 +372,24 @@ class MineDataModule(L.LightningDataModule):
     (default: as many as the grid has, split over the ranks).
     """
 
-    def __init__(self, root: str | Sequence[str], win_len: int = 32, batch_size: int = 8, num_workers: int = 2,
-                 val_fraction: float = 0.125, episode_continuous_batch: bool = False, seed: int = 0,
-                 demo: dict | None = None, frame_skip: int = 1, sampling: str = "grid",
-                 weights: Sequence[float] | None = None, samples_per_epoch: int | None = None,
-                 drop_null_actions: bool = False, reference_window: str = "same", on_corrupt: str = "raise") -> None:
+    def __init__(
+        self,
+        root: str | Sequence[str],
+        win_len: int = 32,
+        batch_size: int = 8,
+        num_workers: int = 2,
+        val_fraction: float = 0.125,
+        episode_continuous_batch: bool = False,
+        seed: int = 0,
+        demo: dict | None = None,
+        frame_skip: int = 1,
+        sampling: str = "grid",
+        weights: Sequence[float] | None = None,
+        samples_per_epoch: int | None = None,
+        drop_null_actions: bool = False,
+        reference_window: str = "same",
+        on_corrupt: str = "raise",
+    ) -> None:
         super().__init__()
         if on_corrupt not in ON_CORRUPT:
             raise ValueError(f"data.on_corrupt must be one of {ON_CORRUPT}, got {on_corrupt!r}")
@@ -353,8 +406,10 @@ class MineDataModule(L.LightningDataModule):
         if len(roots) > 1 and demo:
             raise ValueError("data.demo generates one store: give a single data.root with it")
         if weights is not None and (len(roots) < 2 or episode_continuous_batch or sampling == "grid"):
-            raise ValueError("data.weights mixes several stores (a list in data.root) by their share of random "
-                             "windows: it needs data.sampling=frames or episodes, without episode_continuous_batch")
+            raise ValueError(
+                "data.weights mixes several stores (a list in data.root) by their share of random "
+                "windows: it needs data.sampling=frames or episodes, without episode_continuous_batch"
+            )
         self.roots = [Path(r) for r in roots]
         self.root = self.roots[0]
         self.sampling, self.weights = sampling, None if weights is None else list(weights)
@@ -390,19 +445,27 @@ class MineDataModule(L.LightningDataModule):
         if isinstance(demo, Mapping):
             res = demo.get("resolution", 128)
             codec = demo.get("codec", codec)
-            generate_recordings(raw, episodes=int(demo.get("episodes", 24)), frames=int(demo.get("frames", 256)),
-                                seed=int(demo.get("seed", 0)), width=int(demo.get("width", 320)),
-                                height=int(demo.get("height", 180)))
+            generate_recordings(
+                raw,
+                episodes=int(demo.get("episodes", 24)),
+                frames=int(demo.get("frames", 256)),
+                seed=int(demo.get("seed", 0)),
+                width=int(demo.get("width", 320)),
+                height=int(demo.get("height", 180)),
+            )
         elif callable(demo):
             res = getattr(demo, "resolution", 128)
             codec = getattr(demo, "codec", codec)
             demo(raw)
         else:
-            raise TypeError(f"data.demo must be a mapping of synthetic-recording settings or a recording recipe "
-                            f"with _target_ (e.g. minesweep.envs.crafter_record.CrafterRecordings), got {demo!r}")
+            raise TypeError(
+                f"data.demo must be a mapping of synthetic-recording settings or a recording recipe "
+                f"with _target_ (e.g. minesweep.envs.crafter_record.CrafterRecordings), got {demo!r}"
+            )
         resolution = (int(res), int(res)) if isinstance(res, int) else (int(res[0]), int(res[1]))
-        report = ingest(raw, self.root, resolution=resolution, codec=codec, workers=os.cpu_count() or 1,
-                        print_summary=False)
+        report = ingest(
+            raw, self.root, resolution=resolution, codec=codec, workers=os.cpu_count() or 1, print_summary=False
+        )
         if report.skipped:
             raise RuntimeError(f"demo data generation into {self.root} skipped episodes: {report.skipped}")
 
@@ -412,8 +475,9 @@ class MineDataModule(L.LightningDataModule):
         if self._store is None:
             for root in self.roots:
                 if not (root / MANIFEST).is_file():
-                    raise FileNotFoundError(f"no training store at {root} ({root / MANIFEST} is missing): "
-                                            + _HOW_TO_CREATE)
+                    raise FileNotFoundError(
+                        f"no training store at {root} ({root / MANIFEST} is missing): " + _HOW_TO_CREATE
+                    )
             stores = [EpisodeStore(root) for root in self.roots]
             for store in stores:
                 if not len(store):
@@ -434,10 +498,26 @@ class MineDataModule(L.LightningDataModule):
         train, val = split_episodes(len(self.store.episodes), self.val_fraction, self.seed)
         # Decided once for the store, so that train and val batches have the same keys.
         segmentation = self.store.has_segmentation
-        self.train_set = WindowDataset(self.store, train, self.win_len, self.frame_skip, self.drop_null_actions,
-                                       segmentation, self.reference_window, self.on_corrupt)
-        self.val_set = WindowDataset(self.store, val, self.win_len, self.frame_skip, self.drop_null_actions,
-                                     segmentation, self.reference_window, self.on_corrupt)
+        self.train_set = WindowDataset(
+            self.store,
+            train,
+            self.win_len,
+            self.frame_skip,
+            self.drop_null_actions,
+            segmentation,
+            self.reference_window,
+            self.on_corrupt,
+        )
+        self.val_set = WindowDataset(
+            self.store,
+            val,
+            self.win_len,
+            self.frame_skip,
+            self.drop_null_actions,
+            segmentation,
+            self.reference_window,
+            self.on_corrupt,
+        )
 
     # -- loaders --------------------------------------------------------------------------------------------
     def _loader(self, dataset: WindowDataset, shuffle: bool) -> DataLoader:
@@ -452,8 +532,13 @@ class MineDataModule(L.LightningDataModule):
             elif shuffle or distributed:
                 # Shuffled by (seed, epoch): the order of an epoch can be rebuilt to resume it. Single-process, the
                 # rank and world size are given, so no process group is needed.
-                windows = DistributedSampler(dataset, shuffle=shuffle, seed=self.seed, drop_last=False,
-                                             **({} if distributed else {"num_replicas": 1, "rank": 0}))
+                windows = DistributedSampler(
+                    dataset,
+                    shuffle=shuffle,
+                    seed=self.seed,
+                    drop_last=False,
+                    **({} if distributed else {"num_replicas": 1, "rank": 0}),
+                )
             else:
                 windows = SequentialSampler(dataset)
             batches = Batches(windows, self.batch_size, drop_last=False, seed=self.seed)
@@ -465,20 +550,33 @@ class MineDataModule(L.LightningDataModule):
         # Whole batches are fetched at once (WindowDataset._batch: no collation copy), so the batch sampler goes in
         # as the sampler, with batch_size=None. The DataLoader keeps batch order with any number of workers, so
         # continuous slots stay continuous.
-        return DataLoader(dataset, sampler=batches, batch_size=None, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0,
-                          worker_init_fn=ignore_stop_signals if self.num_workers > 0 else None)
+        return DataLoader(
+            dataset,
+            sampler=batches,
+            batch_size=None,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            worker_init_fn=ignore_stop_signals if self.num_workers > 0 else None,
+        )
 
     def _random_windows(self, dataset: WindowDataset) -> RandomWindowSampler:
         lengths = dataset.lengths[dataset.episode_indices]
         weights = None
         if isinstance(self.store, StoreMixture):
-            weights = self.store.episode_weights(np.maximum(dataset.lengths - dataset.span + 1, 1),
-                                                 self.sampling)[dataset.episode_indices]
+            weights = self.store.episode_weights(np.maximum(dataset.lengths - dataset.span + 1, 1), self.sampling)[
+                dataset.episode_indices
+            ]
         world_size = self.trainer.world_size if self.trainer is not None else 1
         num_samples = self.samples_per_epoch or -(-len(dataset) // world_size)
-        return RandomWindowSampler(lengths, dataset.span, num_samples, mode=self.sampling, episode_weights=weights,
-                                   seed=self.seed, episodes=dataset.episode_indices)
+        return RandomWindowSampler(
+            lengths,
+            dataset.span,
+            num_samples,
+            mode=self.sampling,
+            episode_weights=weights,
+            seed=self.seed,
+            episodes=dataset.episode_indices,
+        )
 
     def _check_trainer(self) -> None:
         """Lightning's default DDP sampler wrapping would give each rank a shuffled subset of our batches (continuous
@@ -489,7 +587,8 @@ class MineDataModule(L.LightningDataModule):
             raise RuntimeError(
                 f"MineDataModule gives each of the {trainer.world_size} DDP ranks its own batches itself; Lightning's "
                 f"default would wrap them in a DistributedSampler and break them. Build the trainer with "
-                f"L.Trainer(..., use_distributed_sampler=False)")
+                f"L.Trainer(..., use_distributed_sampler=False)"
+            )
 
     def train_dataloader(self) -> DataLoader:
         self._check_trainer()
@@ -509,8 +608,11 @@ class MineDataModule(L.LightningDataModule):
         # (not `completed`) also counts a batch whose on_train_batch_end hooks are running when the checkpoint is
         # written (ModelCheckpoint(every_n_train_steps), a preemption save).
         done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
-        return {"train_sampler": self._train_sampler.state_dict(batches_done=int(done),
-                                                                trainer_epoch=int(self.trainer.current_epoch))}
+        return {
+            "train_sampler": self._train_sampler.state_dict(
+                batches_done=int(done), trainer_epoch=int(self.trainer.current_epoch)
+            )
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._resume_state = state_dict.get("train_sampler")

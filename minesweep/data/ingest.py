@@ -7,7 +7,8 @@ Re-running skips episodes already in the store (verified by the writer), so a ki
 episodes that were in flight.
 
 Bad input never stops the run: an unpaired file, a name that is not UTF-8, an unreadable or bad ``.jsonl`` line, a
-missing key, a NaN, Infinity or absurd number (bounds: ``contractor.NUMBER_LIMITS``), an undecodable or truncated video, a frame/action count mismatch, an empty episode. Each is reported
+missing key, a NaN, Infinity or absurd number (bounds: ``contractor.NUMBER_LIMITS``), an undecodable or truncated
+video, a frame/action count mismatch, an empty episode. Each is reported
 once with its file, the reason and, where it applies, the frame index. ``on_error="skip"`` drops such an episode;
 ``on_error="prefix"`` keeps its valid prefix (the frames and steps before the first problem). The report goes to
 ``<dst>/ingest_report.json`` and is printed as a table.
@@ -23,9 +24,10 @@ import json
 import multiprocessing
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import av
 import numpy as np
@@ -33,8 +35,7 @@ from av.video.reformatter import VideoReformatter
 
 from minesweep.actions.contractor import ContractorFormatError, contractor_to_env, read_jsonl_prefix
 from minesweep.data.resize import resize_bilinear
-from minesweep.data.segmentation import (SegmentationError, check_segmentation, read_sidecar, resize_masks,
-                                         sidecar_path)
+from minesweep.data.segmentation import SegmentationError, check_segmentation, read_sidecar, resize_masks, sidecar_path
 from minesweep.data.store import DEFAULT_SHARD_SIZE, EncodedEpisode, EpisodeLengthError, StoreWriter, encode_episode
 
 __all__ = ["IngestReport", "ingest", "print_report"]
@@ -118,8 +119,10 @@ def _pairs(src: Path, report: IngestReport) -> list[_Job]:
         report.skip(_episode_id(src, videos[stem]), videos[stem], "no matching .jsonl")
     for stem in sorted(actions.keys() - videos.keys()):
         report.skip(_episode_id(src, actions[stem]), actions[stem], "no matching .mp4")
-    return [_Job(_episode_id(src, videos[s]), videos[s], actions[s], os.fspath(videos[s].relative_to(src)))
-            for s in sorted(videos.keys() & actions.keys())]
+    return [
+        _Job(_episode_id(src, videos[s]), videos[s], actions[s], os.fspath(videos[s].relative_to(src)))
+        for s in sorted(videos.keys() & actions.keys())
+    ]
 
 
 def _decoded_frames(mp4: Path, resolution: tuple[int, int], cursor: Any | None) -> Iterator[np.ndarray]:
@@ -169,7 +172,7 @@ def _cursor_drawer(steps: list[dict], source: str) -> Any | None:
     def draw(frames: np.ndarray, first: int) -> None:
         n = max(0, min(len(frames), len(gui_open) - first))  # frames beyond the steps are cut later anyway
         if n:
-            draw_cursor(frames[:n], x[first:first + n], y[first:first + n], gui_open[first:first + n])
+            draw_cursor(frames[:n], x[first : first + n], y[first : first + n], gui_open[first : first + n])
 
     return draw
 
@@ -198,7 +201,7 @@ def _encode(job: _Job, settings: _Settings) -> tuple[EncodedEpisode | None, list
         problem(job.jsonl, str(err), frame=err.step)
         if not prefix or not err.step:
             return None, problems
-        steps = steps[:err.step]
+        steps = steps[: err.step]
         env_actions = contractor_to_env(steps, legacy_vpt_camera=settings.legacy_vpt_camera, source=str(job.jsonl))
         cursor = _cursor_drawer(steps, str(job.jsonl)) if settings.gui_cursor else None
     if len(env_actions) == 0:
@@ -216,7 +219,7 @@ def _encode(job: _Job, settings: _Settings) -> tuple[EncodedEpisode | None, list
                 check_segmentation(segmentation, str(sidecar), length=len(env_actions))  # raises, naming both counts
             # Longer than the steps: a .jsonl shorter than the video (reported as that, below) or a sidecar with
             # extra frames; either way its first frames belong to the steps kept.
-            segmentation = {k: v[:len(env_actions)] for k, v in segmentation.items()}
+            segmentation = {k: v[: len(env_actions)] for k, v in segmentation.items()}
             segmentation["mask"] = resize_masks(segmentation["mask"], settings.resolution)
         except SegmentationError as err:
             problem(sidecar, f"{err} ({job.jsonl.name} has {len(env_actions)} steps)")
@@ -235,9 +238,18 @@ def _encode(job: _Job, settings: _Settings) -> tuple[EncodedEpisode | None, list
                 raise
 
     try:
-        encoded = encode_episode(job.episode, frames(), env_actions, settings.resolution, settings.codec,
-                                 settings.fps, settings.chunk_size, source=job.source, allow_prefix=prefix,
-                                 segmentation=segmentation)
+        encoded = encode_episode(
+            job.episode,
+            frames(),
+            env_actions,
+            settings.resolution,
+            settings.codec,
+            settings.fps,
+            settings.chunk_size,
+            source=job.source,
+            allow_prefix=prefix,
+            segmentation=segmentation,
+        )
     except _DecodeError as err:
         problem(job.mp4, str(err), frame=err.frame)
         return None, problems
@@ -247,26 +259,43 @@ def _encode(job: _Job, settings: _Settings) -> tuple[EncodedEpisode | None, list
         elif err.frames == 0:
             problem(job.mp4, "video has no frames", frame=0)
         elif err.frames > err.actions:
-            problem(job.mp4, f"video has {err.frames} frames but {job.jsonl.name} has only {err.actions} steps "
-                    "(truncated .jsonl or mismatched recording)", frame=err.actions)
+            problem(
+                job.mp4,
+                f"video has {err.frames} frames but {job.jsonl.name} has only {err.actions} steps "
+                "(truncated .jsonl or mismatched recording)",
+                frame=err.actions,
+            )
         else:
-            problem(job.mp4, f"video has {err.frames} frames but {job.jsonl.name} has {err.actions} steps "
-                    "(truncated video or mismatched recording)", frame=min(err.frames, err.actions))
+            problem(
+                job.mp4,
+                f"video has {err.frames} frames but {job.jsonl.name} has {err.actions} steps "
+                "(truncated video or mismatched recording)",
+                frame=min(err.frames, err.actions),
+            )
         return None, problems
     if segmentation_frames > encoded.length and encoded.frames_seen == encoded.length and not decode_error:
         # The video matches the steps: the sidecar alone has extra frames.
-        problem(sidecar, f"{sidecar}: segmentation has {segmentation_frames} frames, {job.mp4.name} and "
-                f"{job.jsonl.name} have {encoded.length}", frame=encoded.length)
+        problem(
+            sidecar,
+            f"{sidecar}: segmentation has {segmentation_frames} frames, {job.mp4.name} and "
+            f"{job.jsonl.name} have {encoded.length}",
+            frame=encoded.length,
+        )
         if not prefix:
             return None, problems
     if decode_error:
         problem(job.mp4, str(decode_error[0]), frame=decode_error[0].frame)
     elif encoded.length < len(env_actions):
-        problem(job.mp4, f"video has {encoded.length} frames but {job.jsonl.name} has {len(env_actions)} steps "
-                "(truncated video or mismatched recording)", frame=encoded.length)
+        problem(
+            job.mp4,
+            f"video has {encoded.length} frames but {job.jsonl.name} has {len(env_actions)} steps "
+            "(truncated video or mismatched recording)",
+            frame=encoded.length,
+        )
     elif encoded.frames_seen > encoded.length:
-        problem(job.mp4, f"video has more frames than {job.jsonl.name} has steps ({len(env_actions)})",
-                frame=encoded.length)
+        problem(
+            job.mp4, f"video has more frames than {job.jsonl.name} has steps ({len(env_actions)})", frame=encoded.length
+        )
     for p in problems:
         p["kept"] = encoded.length
     return encoded, problems
@@ -276,10 +305,20 @@ def _encode_star(args: tuple[_Job, _Settings]) -> tuple[EncodedEpisode | None, l
     return _encode(*args)
 
 
-def ingest(src_dir: str | Path, dst_dir: str | Path, resolution: tuple[int, int] = (128, 128),
-           legacy_vpt_camera: bool = False, fps: int = 20, workers: int = 1, codec: str = "h264",
-           shard_size: int = DEFAULT_SHARD_SIZE, on_error: str = "skip", gui_cursor: bool = True,
-           progress: bool = True, print_summary: bool = True) -> IngestReport:
+def ingest(
+    src_dir: str | Path,
+    dst_dir: str | Path,
+    resolution: tuple[int, int] = (128, 128),
+    legacy_vpt_camera: bool = False,
+    fps: int = 20,
+    workers: int = 1,
+    codec: str = "h264",
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    on_error: str = "skip",
+    gui_cursor: bool = True,
+    progress: bool = True,
+    print_summary: bool = True,
+) -> IngestReport:
     """Convert every ``*.mp4`` + ``*.jsonl`` pair under ``src_dir`` (recursively) into a store at ``dst_dir``,
     or add the missing ones to the store there.
 
@@ -336,8 +375,13 @@ class _Progress:
         if self.enabled:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-            self.bar = Progress(TextColumn("ingest"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                                TextColumn("{task.fields[rate]}"))
+            self.bar = Progress(
+                TextColumn("ingest"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TextColumn("{task.fields[rate]}"),
+            )
             self.bar.start()
             self.task = self.bar.add_task("ingest", total=self.total, completed=self.done, rate="")
         return self
@@ -348,7 +392,9 @@ class _Progress:
             seconds = max(time.perf_counter() - self.start, 1e-9)
             self.bar.advance(self.task)
             episodes = self.bar.tasks[0].completed - self.done
-            self.bar.update(self.task, rate=f"{episodes / seconds:.2f} episodes/s, {self.frames / seconds:.0f} frames/s")
+            self.bar.update(
+                self.task, rate=f"{episodes / seconds:.2f} episodes/s, {self.frames / seconds:.0f} frames/s"
+            )
 
     def __exit__(self, *exc: Any) -> None:
         if self.enabled:
@@ -362,8 +408,10 @@ def print_report(report: IngestReport) -> None:
 
     console = Console()
     rate = report.frames / report.seconds if report.seconds else 0.0
-    summary = (f"ingested {len(report.ingested)} episode(s), {report.frames} frames ({rate:.0f} frames/s) from "
-               f"{report.src} into {report.dst}; {report.already} already there; {len(report.skipped)} problem(s)")
+    summary = (
+        f"ingested {len(report.ingested)} episode(s), {report.frames} frames ({rate:.0f} frames/s) from "
+        f"{report.src} into {report.dst}; {report.already} already there; {len(report.skipped)} problem(s)"
+    )
     if not console.is_terminal:
         # A log file: plain tab-separated lines, never wrapped, so every name and path stays whole for grep.
         print(summary)
@@ -371,8 +419,10 @@ def print_report(report: IngestReport) -> None:
             print("problems (kept > 0: the valid prefix was ingested)")
             print("episode\tfile\tframe\tkept\treason")
             for s in report.skipped:
-                print(f"{s['episode']}\t{s['file']}\t{'' if s['frame'] is None else s['frame']}\t{s['kept']}\t"
-                      f"{s['reason']}")
+                print(
+                    f"{s['episode']}\t{s['file']}\t{'' if s['frame'] is None else s['frame']}\t{s['kept']}\t"
+                    f"{s['reason']}"
+                )
         return
     console.print(summary)
     if report.skipped:
@@ -380,6 +430,7 @@ def print_report(report: IngestReport) -> None:
         for column in ("episode", "file", "frame", "kept", "reason"):
             table.add_column(column, overflow="fold")
         for s in report.skipped:
-            table.add_row(s["episode"], s["file"], "" if s["frame"] is None else str(s["frame"]), str(s["kept"]),
-                          s["reason"])
+            table.add_row(
+                s["episode"], s["file"], "" if s["frame"] is None else str(s["frame"]), str(s["kept"]), s["reason"]
+            )
         console.print(table)

@@ -35,9 +35,10 @@ from __future__ import annotations
 import io
 import json
 import pickle
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import av
 import numpy as np
@@ -98,8 +99,10 @@ class ImportReport:
 _ALLOWED_GLOBALS = {
     # numpy arrays and scalars, numpy 1.x and 2.x module names (pickle protocols 2-5)
     *((m, n) for m in ("numpy.core.multiarray", "numpy._core.multiarray") for n in ("_reconstruct", "scalar")),
-    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
-    ("numpy", "ndarray"), ("numpy", "dtype"),
+    ("numpy.core.numeric", "_frombuffer"),
+    ("numpy._core.numeric", "_frombuffer"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
     ("_codecs", "encode"),  # protocol 2 stores bytes as latin-1 text re-encoded by this
     ("collections", "OrderedDict"),
     # protocols 0-2 name builtins "__builtin__" (Python 2); Unpickler.find_class maps them to builtins
@@ -112,8 +115,9 @@ class _DataOnlyUnpickler(pickle.Unpickler):
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) not in _ALLOWED_GLOBALS:
-            raise pickle.UnpicklingError(f"refusing to load {module}.{name}: MineStudio chunks hold only plain data "
-                                         "and numpy arrays")
+            raise pickle.UnpicklingError(
+                f"refusing to load {module}.{name}: MineStudio chunks hold only plain data and numpy arrays"
+            )
         return super().find_class(module, name)
 
 
@@ -159,8 +163,9 @@ def _load_part(part: Path, envs: list, modality: str, refs: dict[str, _EpisodeRe
         chunk_size = int(meta["__chunk_size__"])
         infos = meta["__chunk_infos__"]
         if chunk_size <= 0 or not isinstance(infos, list):
-            raise MineStudioFormatError(f"bad metadata: __chunk_size__={chunk_size!r}, __chunk_infos__ is "
-                                        f"{type(infos).__name__}")
+            raise MineStudioFormatError(
+                f"bad metadata: __chunk_size__={chunk_size!r}, __chunk_infos__ is {type(infos).__name__}"
+            )
     except (MineStudioFormatError, pickle.UnpicklingError, EOFError, TypeError, ValueError, lmdb.Error) as err:
         report.skip("*", part, f"{modality} part unreadable, all its episodes are lost: {err}")
         return
@@ -168,8 +173,12 @@ def _load_part(part: Path, envs: list, modality: str, refs: dict[str, _EpisodeRe
         try:
             name, idx, num_frames = str(info["episode"]), int(info["episode_idx"]), int(info["num_frames"])
         except (KeyError, TypeError, ValueError) as err:
-            report.skip("*", part, f"__chunk_infos__[{n}] is not {{episode, episode_idx, num_frames}}: {info!r} "
-                        f"({type(err).__name__}: {err})")
+            report.skip(
+                "*",
+                part,
+                f"__chunk_infos__[{n}] is not {{episode, episode_idx, num_frames}}: {info!r} "
+                f"({type(err).__name__}: {err})",
+            )
             continue
         if name in refs:
             report.skip(name, part, f"episode also in {refs[name].part} ({modality}): the duplicate is ignored")
@@ -187,8 +196,11 @@ def _chunks(ref: _EpisodeRef, modality: str) -> Iterator[tuple[int, bytes]]:
             raw = txn.get(key.encode())
             if raw is None:
                 if start < ref.num_frames:
-                    raise MineStudioFormatError(f"{modality} chunk {key} is missing ({ref.part}; the metadata says "
-                                                f"{ref.num_frames} frames)", frame=start, file=ref.part)
+                    raise MineStudioFormatError(
+                        f"{modality} chunk {key} is missing ({ref.part}; the metadata says {ref.num_frames} frames)",
+                        frame=start,
+                        file=ref.part,
+                    )
                 return
             yield start, raw
             start += ref.chunk_size
@@ -202,33 +214,51 @@ def _action_chunk(raw: bytes, start: int, part: Path) -> dict[str, np.ndarray]:
     try:
         data = restricted_loads(raw)
     except (pickle.UnpicklingError, EOFError, TypeError, ValueError, AttributeError, IndexError) as err:
-        raise MineStudioFormatError(f"action chunk at frame {start} ({part}) cannot be unpickled: "
-                                    f"{type(err).__name__}: {err}", frame=start, file=part) from err
+        raise MineStudioFormatError(
+            f"action chunk at frame {start} ({part}) cannot be unpickled: {type(err).__name__}: {err}",
+            frame=start,
+            file=part,
+        ) from err
     if not isinstance(data, dict):
-        raise MineStudioFormatError(f"action chunk at frame {start} ({part}) is a {type(data).__name__}, expected "
-                                    "a dict of arrays", frame=start, file=part)
+        raise MineStudioFormatError(
+            f"action chunk at frame {start} ({part}) is a {type(data).__name__}, expected a dict of arrays",
+            frame=start,
+            file=part,
+        )
     missing = [k for k in (*BUTTON_KEYS, "camera") if k not in data]
     if missing:
-        raise MineStudioFormatError(f"action chunk at frame {start} ({part}) has no {missing} "
-                                    f"(keys: {sorted(map(str, data))})", frame=start, file=part)
+        raise MineStudioFormatError(
+            f"action chunk at frame {start} ({part}) has no {missing} (keys: {sorted(map(str, data))})",
+            frame=start,
+            file=part,
+        )
     camera = np.asarray(data["camera"])
     n = len(camera)
     if camera.shape != (n, 2) or not np.issubdtype(camera.dtype, np.number) or not np.isfinite(camera).all():
-        raise MineStudioFormatError(f"action chunk at frame {start} ({part}): 'camera' must be finite numbers of "
-                                    f"shape (n, 2), got {camera.dtype}{list(camera.shape)}", frame=start, file=part)
+        raise MineStudioFormatError(
+            f"action chunk at frame {start} ({part}): 'camera' must be finite numbers of "
+            f"shape (n, 2), got {camera.dtype}{list(camera.shape)}",
+            frame=start,
+            file=part,
+        )
     if (np.abs(camera) > CAMERA_LIMIT_DEGREES).any():
         bad = int(np.flatnonzero((np.abs(camera) > CAMERA_LIMIT_DEGREES).any(1))[0])
-        raise MineStudioFormatError(f"action chunk at frame {start} ({part}): 'camera' {camera[bad].tolist()} at "
-                                    f"frame {start + bad} is out of range (|degrees| <= {CAMERA_LIMIT_DEGREES:g})",
-                                    frame=start, file=part)
+        raise MineStudioFormatError(
+            f"action chunk at frame {start} ({part}): 'camera' {camera[bad].tolist()} at "
+            f"frame {start + bad} is out of range (|degrees| <= {CAMERA_LIMIT_DEGREES:g})",
+            frame=start,
+            file=part,
+        )
 
     def column(key: str) -> np.ndarray:
         value = np.asarray(data[key])
-        if value.shape not in ((n,), (n, 1)) or not (np.issubdtype(value.dtype, np.number)
-                                                     or value.dtype == np.bool_):
-            raise MineStudioFormatError(f"action chunk at frame {start} ({part}): {key!r} has "
-                                        f"{value.dtype}{list(value.shape)}, expected {n} numbers like 'camera'",
-                                        frame=start, file=part)
+        if value.shape not in ((n,), (n, 1)) or not (np.issubdtype(value.dtype, np.number) or value.dtype == np.bool_):
+            raise MineStudioFormatError(
+                f"action chunk at frame {start} ({part}): {key!r} has "
+                f"{value.dtype}{list(value.shape)}, expected {n} numbers like 'camera'",
+                frame=start,
+                file=part,
+            )
         return value.reshape(n) != 0
 
     buttons = np.zeros((n, len(BUTTONS)), np.uint8)
@@ -248,11 +278,16 @@ def _decode_chunk(raw: bytes, start: int, part: Path, reformatter: VideoReformat
         with av.open(io.BytesIO(raw), "r") as container:
             if not container.streams.video:
                 raise ValueError("no video stream")
-            frames = [reformatter.reformat(f, format="rgb24").to_ndarray()
-                      for f in container.decode(container.streams.video[0])]
+            frames = [
+                reformatter.reformat(f, format="rgb24").to_ndarray()
+                for f in container.decode(container.streams.video[0])
+            ]
     except _DECODE_ERRORS as err:
-        raise MineStudioFormatError(f"video chunk at frame {start} ({part}) cannot be decoded: "
-                                    f"{type(err).__name__}: {err}", frame=start, file=part) from err
+        raise MineStudioFormatError(
+            f"video chunk at frame {start} ({part}) cannot be decoded: {type(err).__name__}: {err}",
+            frame=start,
+            file=part,
+        ) from err
     if not frames:
         raise MineStudioFormatError(f"video chunk at frame {start} ({part}) has no frames", frame=start, file=part)
     return np.stack(frames)
@@ -261,14 +296,18 @@ def _decode_chunk(raw: bytes, start: int, part: Path, reformatter: VideoReformat
 def _check_chunk_length(n: int, start: int, chunk_size: int, last: bool, what: str, part: Path) -> None:
     # Only the final chunk may be short: a short chunk in the middle would shift every later frame.
     if n > chunk_size or (n < chunk_size and not last):
-        raise MineStudioFormatError(f"{what} chunk at frame {start} ({part}) has {n} frames; chunks hold "
-                                    f"{chunk_size} (only the last one may hold fewer)", frame=start, file=part)
+        raise MineStudioFormatError(
+            f"{what} chunk at frame {start} ({part}) has {n} frames; chunks hold "
+            f"{chunk_size} (only the last one may hold fewer)",
+            frame=start,
+            file=part,
+        )
 
 
 def _episode_actions(ref: _EpisodeRef) -> tuple[dict[str, np.ndarray], list[int]]:
     chunks = [(start, _action_chunk(raw, start, ref.part)) for start, raw in _chunks(ref, ACTION_MODALITY)]
     lengths = [len(c["buttons"]) for _, c in chunks]
-    for i, ((start, _), n) in enumerate(zip(chunks, lengths)):
+    for i, ((start, _), n) in enumerate(zip(chunks, lengths, strict=False)):
         _check_chunk_length(n, start, ref.chunk_size, i == len(chunks) - 1, "action", ref.part)
     if not chunks:
         raise MineStudioFormatError(f"no action chunks ({ref.part})", frame=0, file=ref.part)
@@ -285,15 +324,19 @@ def _episode_frames(ref: _EpisodeRef, action_lengths: list[int], resolution: tup
         _check_chunk_length(len(frames), start, ref.chunk_size, i == len(raw_chunks) - 1, "video", ref.part)
         if i >= len(action_lengths) or len(frames) != action_lengths[i]:
             actions = action_lengths[i] if i < len(action_lengths) else 0
-            raise MineStudioFormatError(f"video chunk at frame {start} has {len(frames)} frames but the action "
-                                        f"chunk has {actions}", frame=start, file=ref.part)
+            raise MineStudioFormatError(
+                f"video chunk at frame {start} has {len(frames)} frames but the action chunk has {actions}",
+                frame=start,
+                file=ref.part,
+            )
         if frames.shape[1:3] != resolution:
             frames = resize_bilinear(frames, resolution)
         yield frames
     if len(raw_chunks) < len(action_lengths):
         start = len(raw_chunks) * ref.chunk_size
-        raise MineStudioFormatError(f"the video ends at frame {start} but there are "
-                                    f"{sum(action_lengths)} actions", frame=start, file=ref.part)
+        raise MineStudioFormatError(
+            f"the video ends at frame {start} but there are {sum(action_lengths)} actions", frame=start, file=ref.part
+        )
 
 
 def _store_id(name: str) -> str:
@@ -302,8 +345,7 @@ def _store_id(name: str) -> str:
     return "_" + out[1:] if out.startswith(".") else out
 
 
-def _import_one(writer: StoreWriter, name: str, video: _EpisodeRef, action: _EpisodeRef,
-                report: ImportReport) -> None:
+def _import_one(writer: StoreWriter, name: str, video: _EpisodeRef, action: _EpisodeRef, report: ImportReport) -> None:
     import lmdb
 
     if video.chunk_size != action.chunk_size:
@@ -312,8 +354,9 @@ def _import_one(writer: StoreWriter, name: str, video: _EpisodeRef, action: _Epi
     try:
         actions, lengths = _episode_actions(action)
         total = sum(lengths)
-        writer.add_episode(_store_id(name), _episode_frames(video, lengths, writer.resolution), actions,
-                           source=f"minestudio:{name}")
+        writer.add_episode(
+            _store_id(name), _episode_frames(video, lengths, writer.resolution), actions, source=f"minestudio:{name}"
+        )
     except MineStudioFormatError as err:
         report.skip(name, err.file or video.part, str(err), frame=err.frame)
         return
@@ -329,15 +372,25 @@ def _import_one(writer: StoreWriter, name: str, video: _EpisodeRef, action: _Epi
     report.ingested.append(name)
     expected = max(video.num_frames, action.num_frames)
     if total != expected:
-        report.notes.append({"episode": name, "note": f"imported {total} frames; the MineStudio metadata says "
-                                                      f"{video.num_frames} (video) / {action.num_frames} (action)"})
+        report.notes.append(
+            {
+                "episode": name,
+                "note": f"imported {total} frames; the MineStudio metadata says "
+                f"{video.num_frames} (video) / {action.num_frames} (action)",
+            }
+        )
 
 
 # --------------------------------------------------------------------------- entry point
 
 
-def import_minestudio(src_dir: str | Path, dst_dir: str | Path, resolution: tuple[int, int] = (128, 128),
-                      fps: int = 20, print_summary: bool = True) -> ImportReport:
+def import_minestudio(
+    src_dir: str | Path,
+    dst_dir: str | Path,
+    resolution: tuple[int, int] = (128, 128),
+    fps: int = 20,
+    print_summary: bool = True,
+) -> ImportReport:
     """Import every episode of the MineStudio dataset folder ``src_dir`` into a new store at ``dst_dir``.
 
     Frames are resized to ``resolution = (h, w)`` (OpenCV-exact bilinear) when they differ. The report is
@@ -351,8 +404,10 @@ def import_minestudio(src_dir: str | Path, dst_dir: str | Path, resolution: tupl
     image_dirs = [src / m for m in IMAGE_MODALITIES if (src / m).is_dir()]
     if not image_dirs or not (src / ACTION_MODALITY).is_dir():
         found = sorted(p.name for p in src.iterdir() if p.is_dir())
-        raise MineStudioFormatError(f"{src} is not a MineStudio dataset: expected an 'image' (or 'video') and an "
-                                    f"'action' folder of LMDB parts, found {found}")
+        raise MineStudioFormatError(
+            f"{src} is not a MineStudio dataset: expected an 'image' (or 'video') and an "
+            f"'action' folder of LMDB parts, found {found}"
+        )
     report = ImportReport(src=str(src), dst=str(dst))
     envs: list = []
     try:
@@ -386,8 +441,9 @@ def print_report(report: ImportReport) -> None:
     from rich.table import Table
 
     console = Console()
-    summary = f"imported {len(report.ingested)} episode(s) from {report.src} into {report.dst}; " \
-              f"skipped {len(report.skipped)}"
+    summary = (
+        f"imported {len(report.ingested)} episode(s) from {report.src} into {report.dst}; skipped {len(report.skipped)}"
+    )
     if not console.is_terminal:
         # A log file: plain tab-separated lines, never wrapped, so names and paths stay whole for grep.
         print(summary)

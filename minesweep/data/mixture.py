@@ -38,13 +38,17 @@ class StoreMixture:
         self.stores = [r if isinstance(r, EpisodeStore) else EpisodeStore(r) for r in roots]
         self.weights = np.ones(len(self.stores)) if weights is None else np.asarray(weights, float)
         if self.weights.shape != (len(self.stores),) or (self.weights < 0).any() or self.weights.sum() <= 0:
-            raise ValueError(f"data weights {list(weights or [])} must be one non-negative number per store "
-                             f"({len(self.stores)}: {[str(s.root) for s in self.stores]}), not all zero")
+            raise ValueError(
+                f"data weights {list(weights or [])} must be one non-negative number per store "
+                f"({len(self.stores)}: {[str(s.root) for s in self.stores]}), not all zero"
+            )
         first = self.stores[0]
         for store in self.stores[1:]:
             if (store.resolution, store.fps) != (first.resolution, first.fps):
-                raise ValueError(f"stores cannot be mixed: {store.root} is {store.resolution} at {store.fps} fps, "
-                                 f"{first.root} is {first.resolution} at {first.fps} fps; re-ingest one of them")
+                raise ValueError(
+                    f"stores cannot be mixed: {store.root} is {store.resolution} at {store.fps} fps, "
+                    f"{first.root} is {first.resolution} at {first.fps} fps; re-ingest one of them"
+                )
         self.resolution, self.fps = first.resolution, first.fps
         self.offsets = np.cumsum([0] + [len(s) for s in self.stores])
         self.episodes = _MixedEpisodes(self)

@@ -98,18 +98,25 @@ class ResumableEpochs:
 
     def state_dict(self, batches_done: int = 0, trainer_epoch: int | None = None) -> dict[str, int]:
         """The cut position: data epoch, batches of it trained on, and Lightning's epoch counter at that moment."""
-        return {"epoch": self.epoch, "batches_done": batches_done, "seed": self.seed, "batch_size": self.batch_size,
-                "world_size": self.world_size,
-                "trainer_epoch": self.epoch - self._epoch_offset if trainer_epoch is None else trainer_epoch}
+        return {
+            "epoch": self.epoch,
+            "batches_done": batches_done,
+            "seed": self.seed,
+            "batch_size": self.batch_size,
+            "world_size": self.world_size,
+            "trainer_epoch": self.epoch - self._epoch_offset if trainer_epoch is None else trainer_epoch,
+        }
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         if state.get("seed", self.seed) != self.seed:
             raise ValueError(f"resuming with data seed {self.seed}, but the checkpoint was made with {state['seed']}")
         if state.get("world_size", self.world_size) != self.world_size:
             # Each rank's share of the epoch depends on the world size: the cut position does not carry over.
-            raise ValueError(f"resuming on {self.world_size} rank(s) a run whose checkpoint was made on "
-                             f"{state['world_size']}: the cut epoch's batches differ; resume with the same number "
-                             f"of devices (trainer.devices x trainer.num_nodes)")
+            raise ValueError(
+                f"resuming on {self.world_size} rank(s) a run whose checkpoint was made on "
+                f"{state['world_size']}: the cut epoch's batches differ; resume with the same number "
+                f"of devices (trainer.devices x trainer.num_nodes)"
+            )
         epoch = int(state["epoch"])
         trainer_epoch = int(state.get("trainer_epoch", epoch))
         self.epoch = epoch
@@ -187,8 +194,12 @@ class EpisodeContinuousBatchSampler(ResumableEpochs, Sampler[list[int]]):
         if self.world_size not in self._num_batches:  # the world size is known once the process group is up
             lengths = self._lengths()
             self._num_batches[self.world_size] = max(
-                (longest(assign_longest_first(lengths, episodes, self.batch_size), lengths)
-                 for episodes in self.rank_episodes()), default=0)
+                (
+                    longest(assign_longest_first(lengths, episodes, self.batch_size), lengths)
+                    for episodes in self.rank_episodes()
+                ),
+                default=0,
+            )
         return self._num_batches[self.world_size]
 
     def slot_plan(self, epoch: int | None = None) -> list[list[list[int]]]:
@@ -205,8 +216,10 @@ class EpisodeContinuousBatchSampler(ResumableEpochs, Sampler[list[int]]):
                 if longest(slots, lengths) <= num_batches:
                     break
             else:  # no shuffle packed short enough: the longest-first packing, its slots in a shuffled order
-                slots = [rng.permutation(slot).tolist() if self.shuffle else slot
-                         for slot in assign_longest_first(lengths, episodes, self.batch_size)]
+                slots = [
+                    rng.permutation(slot).tolist() if self.shuffle else slot
+                    for slot in assign_longest_first(lengths, episodes, self.batch_size)
+                ]
                 if self.shuffle:
                     slots = [slots[i] for i in rng.permutation(len(slots))]
             plan.append(slots)
@@ -225,9 +238,11 @@ class EpisodeContinuousBatchSampler(ResumableEpochs, Sampler[list[int]]):
     def _resumed_skip(self, batches_done: int, saved_batch_size: int) -> int:
         if saved_batch_size != self.batch_size:
             # The slots' episode plan depends on the batch size: the checkpoint's position means nothing in another.
-            raise ValueError(f"resuming episode-continuous batches with data.batch_size={self.batch_size}, but the "
-                             f"checkpoint was made with {saved_batch_size}: resume with data.batch_size="
-                             f"{saved_batch_size}")
+            raise ValueError(
+                f"resuming episode-continuous batches with data.batch_size={self.batch_size}, but the "
+                f"checkpoint was made with {saved_batch_size}: resume with data.batch_size="
+                f"{saved_batch_size}"
+            )
         return batches_done
 
 
@@ -241,9 +256,18 @@ class RandomWindowSampler(Sampler):
     world size default to the running process group, as DistributedSampler's do.
     """
 
-    def __init__(self, lengths: Sequence[int], span: int, num_samples: int, mode: str = "frames",
-                 episode_weights: Sequence[float] | None = None, seed: int = 0, rank: int | None = None,
-                 world_size: int | None = None, episodes: Sequence[int] | None = None) -> None:
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        span: int,
+        num_samples: int,
+        mode: str = "frames",
+        episode_weights: Sequence[float] | None = None,
+        seed: int = 0,
+        rank: int | None = None,
+        world_size: int | None = None,
+        episodes: Sequence[int] | None = None,
+    ) -> None:
         if mode not in ("frames", "episodes"):
             raise ValueError(f"sampling mode must be 'frames' or 'episodes', got {mode!r}")
         self.lengths = np.asarray(lengths, np.int64)
@@ -282,4 +306,4 @@ class RandomWindowSampler(Sampler):
         rng = np.random.default_rng([self.seed, self.epoch, self.rank, self.world_size])
         episodes = rng.choice(len(self.lengths), size=self.num_samples, p=self.probabilities)
         starts = (rng.random(self.num_samples) * self.starts[episodes]).astype(np.int64)
-        return iter(zip(self.episodes[episodes].tolist(), starts.tolist()))
+        return iter(zip(self.episodes[episodes].tolist(), starts.tolist(), strict=False))

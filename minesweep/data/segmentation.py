@@ -23,8 +23,17 @@ import numpy as np
 
 from minesweep.data.resize import resize_bilinear
 
-__all__ = ["INTERACTION_TYPES", "SIDECAR_SUFFIX", "SegmentationError", "check_segmentation", "read_sidecar",
-           "write_segmentation", "resize_masks", "sidecar_path", "empty_segmentation"]
+__all__ = [
+    "INTERACTION_TYPES",
+    "SIDECAR_SUFFIX",
+    "SegmentationError",
+    "check_segmentation",
+    "read_sidecar",
+    "write_segmentation",
+    "resize_masks",
+    "sidecar_path",
+    "empty_segmentation",
+]
 
 #: Interaction types, in index order (``interaction`` values; -1 = none).
 INTERACTION_TYPES: tuple[str, ...] = ("approach", "mine", "hunt", "use", "craft", "switch")
@@ -69,8 +78,10 @@ def check_segmentation(seg: Mapping[str, np.ndarray], source: str, length: int |
     bad = (out["interaction"] < -1) | (out["interaction"] >= len(INTERACTION_TYPES))
     if bad.any():
         frame = int(np.argmax(bad))
-        raise SegmentationError(f"{source}: segmentation 'interaction' at frame {frame} is {out['interaction'][frame]}"
-                                f", not in -1..{len(INTERACTION_TYPES) - 1}")
+        raise SegmentationError(
+            f"{source}: segmentation 'interaction' at frame {frame} is {out['interaction'][frame]}"
+            f", not in -1..{len(INTERACTION_TYPES) - 1}"
+        )
     invalid = ~out["valid"]
     out["mask"][invalid] = False
     out["object_id"][invalid] = -1
@@ -115,5 +126,9 @@ def resize_masks(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 def empty_segmentation(length: int, size: tuple[int, int]) -> dict[str, np.ndarray]:
     """``length`` frames without segmentation."""
     h, w = size
-    return {"mask": np.zeros((length, h, w), np.bool_), "object_id": np.full(length, -1, np.int32),
-            "interaction": np.full(length, -1, np.int8), "valid": np.zeros(length, np.bool_)}
+    return {
+        "mask": np.zeros((length, h, w), np.bool_),
+        "object_id": np.full(length, -1, np.int32),
+        "interaction": np.full(length, -1, np.int8),
+        "valid": np.zeros(length, np.bool_),
+    }

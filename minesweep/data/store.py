@@ -42,11 +42,11 @@ import json
 import os
 import zlib
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import av
 import numpy as np
@@ -56,8 +56,18 @@ from av.video.reformatter import VideoReformatter
 from minesweep.data.segmentation import SegmentationError, check_segmentation
 
 __all__ = [
-    "ACTION_SPACE_VERSION", "CODECS", "CorruptDataError", "EncodedEpisode", "EpisodeLengthError", "EpisodeRecord",
-    "EpisodeStore", "FORMAT_VERSION", "H264Writer", "StoreWriter", "encode_episode", "verify_store",
+    "ACTION_SPACE_VERSION",
+    "CODECS",
+    "CorruptDataError",
+    "EncodedEpisode",
+    "EpisodeLengthError",
+    "EpisodeRecord",
+    "EpisodeStore",
+    "FORMAT_VERSION",
+    "H264Writer",
+    "StoreWriter",
+    "encode_episode",
+    "verify_store",
 ]
 
 #: 3: per-chunk CRC32 sums checked on every read (2 had none: a flipped byte decoded silently).
@@ -69,8 +79,12 @@ MANIFEST, INDEX, JOURNAL, SHARDS = "manifest.json", "index.npy", "episodes.jsonl
 DEFAULT_SHARD_SIZE = 256 << 20
 _SEGMENTATION = "segmentation"  # prefix of the segmentation modality's per-frame arrays in the actions .npz
 _INTEGRITY = "integrity"  # prefix of the per-unit checksum arrays in the actions .npz (module docstring)
-ACTION_KEYS = {"buttons": (np.uint8, (20,)), "camera": (np.float32, (2,)), "is_null": (np.bool_, ()),
-               "esc": (np.bool_, ())}
+ACTION_KEYS = {
+    "buttons": (np.uint8, (20,)),
+    "camera": (np.float32, (2,)),
+    "is_null": (np.bool_, ()),
+    "esc": (np.bool_, ()),
+}
 
 
 class EpisodeLengthError(ValueError):
@@ -86,8 +100,16 @@ class CorruptDataError(ValueError):
     shard file, the episode (id and position) and what is damaged: frames ``[a, b)``, ``actions`` or
     ``segmentation``. Constructible from the message alone, so it survives DataLoader workers' re-raise."""
 
-    def __init__(self, message: str, *, episode: str | None = None, position: int | None = None,
-                 what: str | None = None, frames: tuple[int, int] | None = None, shard: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        episode: str | None = None,
+        position: int | None = None,
+        what: str | None = None,
+        frames: tuple[int, int] | None = None,
+        shard: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.episode, self.position, self.what, self.frames, self.shard = episode, position, what, frames, shard
 
@@ -102,8 +124,9 @@ def _unit_hashes(data: bytes | memoryview, unit_bytes: int, count: int) -> np.nd
     A raw frame is read with one ``pread`` at memory speed, which CRC32 (~2 GB/s here) cannot keep up with: it cost
     a fifth of the raw loader's throughput. XXH3 runs at ~20 GB/s, and as a 64-bit hash it catches any change."""
     view = memoryview(data).cast("B")
-    return np.array([xxhash.xxh3_64_intdigest(view[i * unit_bytes:(i + 1) * unit_bytes]) for i in range(count)],
-                    np.uint64)
+    return np.array(
+        [xxhash.xxh3_64_intdigest(view[i * unit_bytes : (i + 1) * unit_bytes]) for i in range(count)], np.uint64
+    )
 
 
 @dataclass(frozen=True)
@@ -141,8 +164,16 @@ class H264Writer:
     ``gop``: if given, a keyframe exactly every ``gop`` frames (no scene-cut keyframes in between).
     """
 
-    def __init__(self, target: str | Path | io.BytesIO, width: int, height: int, fps: int = 20,
-                 gop: int | None = None, crf: int = 18, preset: str = "veryfast") -> None:
+    def __init__(
+        self,
+        target: str | Path | io.BytesIO,
+        width: int,
+        height: int,
+        fps: int = 20,
+        gop: int | None = None,
+        crf: int = 18,
+        preset: str = "veryfast",
+    ) -> None:
         name = target if isinstance(target, (str, Path)) else "<memory>"
         if width % 2 or height % 2:
             raise ValueError(f"{name}: H.264 yuv420p needs even width and height, got {width}x{height}")
@@ -167,8 +198,10 @@ class H264Writer:
 
     def write(self, frame: np.ndarray) -> None:
         if frame.shape != (self.height, self.width, 3) or frame.dtype != np.uint8:
-            raise ValueError(f"{self.name}: frame {self.count} is {frame.dtype}{list(frame.shape)}, "
-                             f"expected uint8[{self.height}, {self.width}, 3]")
+            raise ValueError(
+                f"{self.name}: frame {self.count} is {frame.dtype}{list(frame.shape)}, "
+                f"expected uint8[{self.height}, {self.width}, 3]"
+            )
         video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
         video_frame.pts = self.count
         video_frame.time_base = self._time_base
@@ -194,8 +227,11 @@ def _env_action_arrays(env_actions: Any, episode_id: str) -> dict[str, np.ndarra
     """EnvActions (attributes) or a mapping -> validated arrays with the store dtypes (extra keys are kept)."""
     arrays = {}
     for key, (dtype, tail) in ACTION_KEYS.items():
-        value = env_actions[key] if isinstance(env_actions, Mapping) and key in env_actions else (
-            None if isinstance(env_actions, Mapping) else getattr(env_actions, key, None))
+        value = (
+            env_actions[key]
+            if isinstance(env_actions, Mapping) and key in env_actions
+            else (None if isinstance(env_actions, Mapping) else getattr(env_actions, key, None))
+        )
         if value is None:
             raise KeyError(f"episode {episode_id!r}: env actions have no {key!r}")
         value = np.asarray(value).astype(dtype, copy=False)
@@ -243,10 +279,20 @@ def validate_episode_id(episode_id: str) -> None:
         raise ValueError(f"invalid episode id {episode_id!r}: no path separators or newlines, not starting with '.'")
 
 
-def encode_episode(episode_id: str, frames: Iterable[np.ndarray] | np.ndarray, env_actions: Any,
-                   resolution: tuple[int, int], codec: str = "h264", fps: int = 20, chunk_size: int = 32,
-                   crf: int = 18, preset: str = "veryfast", source: str = "",
-                   allow_prefix: bool = False, segmentation: Mapping[str, np.ndarray] | None = None) -> EncodedEpisode:
+def encode_episode(
+    episode_id: str,
+    frames: Iterable[np.ndarray] | np.ndarray,
+    env_actions: Any,
+    resolution: tuple[int, int],
+    codec: str = "h264",
+    fps: int = 20,
+    chunk_size: int = 32,
+    crf: int = 18,
+    preset: str = "veryfast",
+    source: str = "",
+    allow_prefix: bool = False,
+    segmentation: Mapping[str, np.ndarray] | None = None,
+) -> EncodedEpisode:
     """Encode frames and actions of one episode in memory. Raises :class:`EpisodeLengthError` when the frame and
     action counts differ (or are zero), ``ValueError`` for a frame of the wrong shape or dtype.
 
@@ -264,8 +310,10 @@ def encode_episode(episode_id: str, frames: Iterable[np.ndarray] | np.ndarray, e
     if segmentation is not None:
         segmentation = check_segmentation(segmentation, f"episode {episode_id!r}", length=n_actions)
         if segmentation["mask"].shape[1:] != (h, w):
-            raise SegmentationError(f"episode {episode_id!r}: segmentation 'mask' is {segmentation['mask'].shape[1:]}"
-                                    f", the store resolution is {(h, w)}")
+            raise SegmentationError(
+                f"episode {episode_id!r}: segmentation 'mask' is {segmentation['mask'].shape[1:]}"
+                f", the store resolution is {(h, w)}"
+            )
     seen = 0
 
     def limited() -> Iterator[np.ndarray]:
@@ -286,8 +334,10 @@ def encode_episode(episode_id: str, frames: Iterable[np.ndarray] | np.ndarray, e
         parts = []
         for count, frame in enumerate(limited()):
             if frame.shape != (h, w, 3) or frame.dtype != np.uint8:
-                raise ValueError(f"episode {episode_id!r}: frame {count} is {frame.dtype}{list(frame.shape)}, "
-                                 f"expected uint8[{h}, {w}, 3]")
+                raise ValueError(
+                    f"episode {episode_id!r}: frame {count} is {frame.dtype}{list(frame.shape)}, "
+                    f"expected uint8[{h}, {w}, 3]"
+                )
             parts.append(np.ascontiguousarray(frame).tobytes())
         count, video_bytes = len(parts), b"".join(parts)
     if allow_prefix and 0 < count < n_actions:
@@ -304,8 +354,9 @@ def encode_episode(episode_id: str, frames: Iterable[np.ndarray] | np.ndarray, e
     actions.update(_checksums(episode_id, codec, video_bytes, n_actions, chunk_size, packed))
     npz = io.BytesIO()
     np.savez(npz, **actions)
-    return EncodedEpisode(episode_id, n_actions, video_bytes, npz.getvalue(), str(source), frames_seen=seen,
-                          segmentation=packed)
+    return EncodedEpisode(
+        episode_id, n_actions, video_bytes, npz.getvalue(), str(source), frames_seen=seen, segmentation=packed
+    )
 
 
 def _h264_chunk_bounds(episode_id: str, video: bytes, length: int, chunk_size: int) -> np.ndarray:
@@ -322,13 +373,16 @@ def _h264_chunk_bounds(episode_id: str, video: bytes, length: int, chunk_size: i
             end, total = max(end, packet.pos + packet.size), total + packet.size
     chunks = -(-length // chunk_size)
     if len(starts) != chunks or starts != sorted(starts) or (starts and end - starts[0] != total):
-        raise RuntimeError(f"episode {episode_id!r}: the encoded video does not have {chunks} contiguous "
-                           f"{chunk_size}-frame GOPs (keyframes at bytes {starts[:8]}...); cannot checksum it")
+        raise RuntimeError(
+            f"episode {episode_id!r}: the encoded video does not have {chunks} contiguous "
+            f"{chunk_size}-frame GOPs (keyframes at bytes {starts[:8]}...); cannot checksum it"
+        )
     return np.array(starts + [end], np.int64)
 
 
-def _checksums(episode_id: str, codec: str, video: bytes, length: int, chunk_size: int,
-               masks: bytes) -> dict[str, np.ndarray]:
+def _checksums(
+    episode_id: str, codec: str, video: bytes, length: int, chunk_size: int, masks: bytes
+) -> dict[str, np.ndarray]:
     """The ``integrity.*`` arrays of an episode (module docstring): CRC32 per video unit, per mask row and, for
     h264, of the container metadata outside the GOPs."""
     view = memoryview(video)
@@ -336,9 +390,9 @@ def _checksums(episode_id: str, codec: str, video: bytes, length: int, chunk_siz
     if codec == "h264":
         bounds = _h264_chunk_bounds(episode_id, video, length, chunk_size)
         out[f"{_INTEGRITY}.video_bounds"] = bounds
-        out[f"{_INTEGRITY}.header_crc"] = np.uint32(_crc(view[:bounds[0]].tobytes() + view[bounds[-1]:].tobytes()))
-        out[f"{_INTEGRITY}.video_crc"] = np.array([_crc(view[a:b]) for a, b in zip(bounds[:-1], bounds[1:])],
-                                                  np.uint32)
+        out[f"{_INTEGRITY}.header_crc"] = np.uint32(_crc(view[: bounds[0]].tobytes() + view[bounds[-1] :].tobytes()))
+        gops = zip(bounds[:-1], bounds[1:], strict=True)
+        out[f"{_INTEGRITY}.video_crc"] = np.array([_crc(view[a:b]) for a, b in gops], np.uint32)
     else:  # raw: a unit is a frame
         out[f"{_INTEGRITY}.video_crc"] = _unit_hashes(view, len(video) // length, length)
     if masks:
@@ -366,18 +420,59 @@ def _file_sha256(path: Path) -> str:
 def _index_array(records: Sequence[EpisodeRecord]) -> np.ndarray:
     id_width = max((len(r.id) for r in records), default=1)
     source_width = max((len(r.source) for r in records), default=1) or 1
-    dtype = np.dtype([("id", f"U{id_width}"), ("length", "<i8"), ("shard", "<i4"), ("video_offset", "<i8"),
-                      ("video_size", "<i8"), ("actions_offset", "<i8"), ("actions_size", "<i8"), ("sha256", "S64"),
-                      ("source", f"U{source_width}"), ("segmentation_offset", "<i8"), ("segmentation_size", "<i8"),
-                      ("actions_crc", "<u4")])
-    return np.array([(r.id, r.length, r.shard, r.video_offset, r.video_size, r.actions_offset, r.actions_size,
-                      r.sha256.encode("ascii"), r.source, r.segmentation_offset, r.segmentation_size, r.actions_crc)
-                     for r in records], dtype=dtype)
+    dtype = np.dtype(
+        [
+            ("id", f"U{id_width}"),
+            ("length", "<i8"),
+            ("shard", "<i4"),
+            ("video_offset", "<i8"),
+            ("video_size", "<i8"),
+            ("actions_offset", "<i8"),
+            ("actions_size", "<i8"),
+            ("sha256", "S64"),
+            ("source", f"U{source_width}"),
+            ("segmentation_offset", "<i8"),
+            ("segmentation_size", "<i8"),
+            ("actions_crc", "<u4"),
+        ]
+    )
+    return np.array(
+        [
+            (
+                r.id,
+                r.length,
+                r.shard,
+                r.video_offset,
+                r.video_size,
+                r.actions_offset,
+                r.actions_size,
+                r.sha256.encode("ascii"),
+                r.source,
+                r.segmentation_offset,
+                r.segmentation_size,
+                r.actions_crc,
+            )
+            for r in records
+        ],
+        dtype=dtype,
+    )
 
 
 #: Fields every index row must have (a file without them is not this format's index).
-_INDEX_FIELDS = ("id", "length", "shard", "video_offset", "video_size", "actions_offset", "actions_size", "sha256",
-                 "source", "segmentation_offset", "segmentation_size", "actions_crc")
+_INDEX_FIELDS = (
+    "id",
+    "length",
+    "shard",
+    "video_offset",
+    "video_size",
+    "actions_offset",
+    "actions_size",
+    "sha256",
+    "source",
+    "segmentation_offset",
+    "segmentation_size",
+    "actions_crc",
+)
 
 
 class StoreWriter:
@@ -391,9 +486,17 @@ class StoreWriter:
     uninterrupted run over the same inputs in the same order.
     """
 
-    def __init__(self, root: str | Path, resolution: tuple[int, int] = (128, 128), fps: int = 20,
-                 chunk_size: int = 32, codec: str = "h264", shard_size: int = DEFAULT_SHARD_SIZE,
-                 crf: int = 18, preset: str = "veryfast") -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        resolution: tuple[int, int] = (128, 128),
+        fps: int = 20,
+        chunk_size: int = 32,
+        codec: str = "h264",
+        shard_size: int = DEFAULT_SHARD_SIZE,
+        crf: int = 18,
+        preset: str = "veryfast",
+    ) -> None:
         if codec not in CODECS:
             raise ValueError(f"unknown codec {codec!r}; choose one of {CODECS}")
         self.root = Path(root)
@@ -411,8 +514,14 @@ class StoreWriter:
 
     # -- resume ----------------------------------------------------------------------------------------------
     def _settings(self) -> dict[str, Any]:
-        return {"format_version": FORMAT_VERSION, "action_space_version": ACTION_SPACE_VERSION, "fps": self.fps,
-                "resolution": list(self.resolution), "chunk_size": self.chunk_size, "codec": self.codec}
+        return {
+            "format_version": FORMAT_VERSION,
+            "action_space_version": ACTION_SPACE_VERSION,
+            "fps": self.fps,
+            "resolution": list(self.resolution),
+            "chunk_size": self.chunk_size,
+            "codec": self.codec,
+        }
 
     def _check_compatible(self) -> None:
         """Appending to an existing store is only allowed with the same settings (else its episodes would mix)."""
@@ -479,15 +588,32 @@ class StoreWriter:
     def __contains__(self, episode_id: str) -> bool:
         return episode_id in self._ids
 
-    def add_episode(self, episode_id: str, frames: Iterable[np.ndarray] | np.ndarray, env_actions: Any,
-                    source: str = "", segmentation: Mapping[str, np.ndarray] | None = None) -> EpisodeRecord:
+    def add_episode(
+        self,
+        episode_id: str,
+        frames: Iterable[np.ndarray] | np.ndarray,
+        env_actions: Any,
+        source: str = "",
+        segmentation: Mapping[str, np.ndarray] | None = None,
+    ) -> EpisodeRecord:
         """Encode ``frames`` (an array ``(T, H, W, 3)`` or an iterable of frames or of frame batches) with the
         actions (and optional segmentation masks, see :func:`encode_episode`) and append them. Nothing of the
         episode is kept if anything fails (bad frame, iterator error, length mismatch)."""
         if episode_id in self._ids:
             raise ValueError(f"episode {episode_id!r} was already added to {self.root}")
-        encoded = encode_episode(episode_id, frames, env_actions, self.resolution, self.codec, self.fps,
-                                 self.chunk_size, self.crf, self.preset, source, segmentation=segmentation)
+        encoded = encode_episode(
+            episode_id,
+            frames,
+            env_actions,
+            self.resolution,
+            self.codec,
+            self.fps,
+            self.chunk_size,
+            self.crf,
+            self.preset,
+            source,
+            segmentation=segmentation,
+        )
         return self.append(encoded)
 
     def append(self, episode: EncodedEpisode) -> EpisodeRecord:
@@ -504,9 +630,20 @@ class StoreWriter:
         self._shard_file.flush()
         os.fsync(self._shard_file.fileno())
         actions_offset = offset + len(episode.video)
-        record = EpisodeRecord(episode.id, episode.length, shard, offset, len(episode.video), actions_offset,
-                               len(episode.actions), episode.sha256, episode.source,
-                               actions_offset + len(episode.actions), len(episode.segmentation), episode.actions_crc)
+        record = EpisodeRecord(
+            episode.id,
+            episode.length,
+            shard,
+            offset,
+            len(episode.video),
+            actions_offset,
+            len(episode.actions),
+            episode.sha256,
+            episode.source,
+            actions_offset + len(episode.actions),
+            len(episode.segmentation),
+            episode.actions_crc,
+        )
         self._journal.write(json.dumps(asdict(record)) + "\n")
         self._journal.flush()
         os.fsync(self._journal.fileno())
@@ -541,16 +678,28 @@ class StoreWriter:
         np.save(tmp, index)
         os.replace(tmp, self.root / INDEX)
         shards = sorted({e.shard for e in self.episodes})
-        _write_json_atomic(path, {
-            **self._settings(),
-            "num_episodes": len(self.episodes),
-            "num_frames": int(sum(e.length for e in self.episodes)),
-            # size: checked on every open (cheap); sha256: by `minesweep-data verify` (reads the whole index)
-            "index": {"file": INDEX, "size": (self.root / INDEX).stat().st_size,
-                      "sha256": _file_sha256(self.root / INDEX)},
-            "shards": [{"file": _shard_name(s), "size": (self.root / _shard_name(s)).stat().st_size,
-                        "sha256": _file_sha256(self.root / _shard_name(s))} for s in shards],
-        })
+        _write_json_atomic(
+            path,
+            {
+                **self._settings(),
+                "num_episodes": len(self.episodes),
+                "num_frames": int(sum(e.length for e in self.episodes)),
+                # size: checked on every open (cheap); sha256: by `minesweep-data verify` (reads the whole index)
+                "index": {
+                    "file": INDEX,
+                    "size": (self.root / INDEX).stat().st_size,
+                    "sha256": _file_sha256(self.root / INDEX),
+                },
+                "shards": [
+                    {
+                        "file": _shard_name(s),
+                        "size": (self.root / _shard_name(s)).stat().st_size,
+                        "sha256": _file_sha256(self.root / _shard_name(s)),
+                    }
+                    for s in shards
+                ],
+            },
+        )
         self._closed = True
         return path
 
@@ -629,14 +778,31 @@ class _Episodes(Sequence):
         if isinstance(i, slice):
             return [self[j] for j in range(*i.indices(len(self)))]
         row = self._index[i]
-        return EpisodeRecord(str(row["id"]), int(row["length"]), int(row["shard"]), int(row["video_offset"]),
-                             int(row["video_size"]), int(row["actions_offset"]), int(row["actions_size"]),
-                             row["sha256"].decode("ascii"), str(row["source"]), int(row["segmentation_offset"]),
-                             int(row["segmentation_size"]), int(row["actions_crc"]))
+        return EpisodeRecord(
+            str(row["id"]),
+            int(row["length"]),
+            int(row["shard"]),
+            int(row["video_offset"]),
+            int(row["video_size"]),
+            int(row["actions_offset"]),
+            int(row["actions_size"]),
+            row["sha256"].decode("ascii"),
+            str(row["source"]),
+            int(row["segmentation_offset"]),
+            int(row["segmentation_size"]),
+            int(row["actions_crc"]),
+        )
 
 
-_MANIFEST_KEYS = {"format_version": int, "fps": int, "resolution": list, "chunk_size": int, "codec": str,
-                  "num_episodes": int, "shards": list}
+_MANIFEST_KEYS = {
+    "format_version": int,
+    "fps": int,
+    "resolution": list,
+    "chunk_size": int,
+    "codec": str,
+    "num_episodes": int,
+    "shards": list,
+}
 
 
 def _read_manifest(path: Path) -> dict[str, Any]:
@@ -644,24 +810,34 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as err:
-        raise CorruptDataError(f"{path}: not valid JSON ({err}): the manifest is truncated or damaged; re-ingest the "
-                               "store, or restore the file") from err
+        raise CorruptDataError(
+            f"{path}: not valid JSON ({err}): the manifest is truncated or damaged; re-ingest the "
+            "store, or restore the file"
+        ) from err
     if not isinstance(manifest, dict):
-        raise CorruptDataError(f"{path}: expected a JSON object, got {type(manifest).__name__}: the manifest is "
-                               "damaged; re-ingest the store, or restore the file")
+        raise CorruptDataError(
+            f"{path}: expected a JSON object, got {type(manifest).__name__}: the manifest is "
+            "damaged; re-ingest the store, or restore the file"
+        )
     version = manifest.get("format_version")
     if version != FORMAT_VERSION:
         if isinstance(version, int) and version < FORMAT_VERSION:
-            raise ValueError(f"{path}: a format-{version} store; this version of minesweep reads format "
-                             f"{FORMAT_VERSION}, which checksums every chunk so that damaged data cannot be read "
-                             "silently. Re-ingest the recordings into a new folder (`minesweep-data ingest SRC DST` "
-                             "or `minesweep-data import-minestudio SRC DST`)")
-        raise ValueError(f"{path}: format_version {version!r}, expected {FORMAT_VERSION} "
-                         "(re-ingest the recordings with this version of minesweep)")
+            raise ValueError(
+                f"{path}: a format-{version} store; this version of minesweep reads format "
+                f"{FORMAT_VERSION}, which checksums every chunk so that damaged data cannot be read "
+                "silently. Re-ingest the recordings into a new folder (`minesweep-data ingest SRC DST` "
+                "or `minesweep-data import-minestudio SRC DST`)"
+            )
+        raise ValueError(
+            f"{path}: format_version {version!r}, expected {FORMAT_VERSION} "
+            "(re-ingest the recordings with this version of minesweep)"
+        )
     for key, kind in _MANIFEST_KEYS.items():
         if not isinstance(manifest.get(key), kind):
-            raise CorruptDataError(f"{path}: {key!r} is {manifest.get(key)!r}, expected a {kind.__name__}: the "
-                                   "manifest is damaged; re-ingest the store, or restore the file")
+            raise CorruptDataError(
+                f"{path}: {key!r} is {manifest.get(key)!r}, expected a {kind.__name__}: the "
+                "manifest is damaged; re-ingest the store, or restore the file"
+            )
     return manifest
 
 
@@ -677,16 +853,21 @@ def _load_index(root: Path, manifest: Mapping[str, Any]) -> np.ndarray:
         fields = index.dtype.names or ()
         missing = [f for f in _INDEX_FIELDS if f not in fields]
         if index.ndim != 1 or missing:
-            raise ValueError(f"expected one row per episode with fields {list(_INDEX_FIELDS)}, got shape "
-                             f"{index.shape} with fields {list(fields)}")
+            raise ValueError(
+                f"expected one row per episode with fields {list(_INDEX_FIELDS)}, got shape "
+                f"{index.shape} with fields {list(fields)}"
+            )
     except FileNotFoundError:
         raise CorruptDataError(f"{path} is missing: the store is incomplete; re-ingest it") from None
     except (ValueError, OSError, EOFError) as err:
-        raise CorruptDataError(f"{path}: not a valid store index: {err}. Restore the file or re-ingest the store"
-                               ) from err
+        raise CorruptDataError(
+            f"{path}: not a valid store index: {err}. Restore the file or re-ingest the store"
+        ) from err
     if len(index) != manifest["num_episodes"]:
-        raise CorruptDataError(f"{path} has {len(index)} episodes, the manifest says {manifest['num_episodes']}: "
-                               "restore the file or re-ingest the store")
+        raise CorruptDataError(
+            f"{path} has {len(index)} episodes, the manifest says {manifest['num_episodes']}: "
+            "restore the file or re-ingest the store"
+        )
     return index
 
 
@@ -703,8 +884,9 @@ class EpisodeStore:
         self.root = Path(root)
         path = self.root / MANIFEST
         if not path.is_file():
-            hint = (" (an ingest into it did not finish: run it again to resume)" if (self.root / JOURNAL).exists()
-                    else "")
+            hint = (
+                " (an ingest into it did not finish: run it again to resume)" if (self.root / JOURNAL).exists() else ""
+            )
             raise FileNotFoundError(f"no store at {self.root}: {path} does not exist{hint}")
         manifest = _read_manifest(path)
         self.manifest = manifest
@@ -776,8 +958,10 @@ class EpisodeStore:
             try:
                 video = _OpenVideo(_ByteRange(self._fd(record.shard), record.video_offset, record.video_size))
             except av.error.FFmpegError as err:
-                raise RuntimeError(f"episode {record.id!r}: its video in {self.root / _shard_name(record.shard)} "
-                                   f"cannot be opened: {err}") from err
+                raise RuntimeError(
+                    f"episode {record.id!r}: its video in {self.root / _shard_name(record.shard)} "
+                    f"cannot be opened: {err}"
+                ) from err
             while len(self._videos) >= self.max_open:
                 self._videos.popitem(last=False)[1].close()
         self._videos[position] = video
@@ -808,19 +992,28 @@ class EpisodeStore:
         if record.segmentation_size == 0:
             return None
         if start < 0 or length < 0 or start + length > record.length:
-            raise IndexError(f"episode {record.id!r}: segmentation frames [{start}, {start + length}) out of range "
-                             f"[0, {record.length})")
+            raise IndexError(
+                f"episode {record.id!r}: segmentation frames [{start}, {start + length}) out of range "
+                f"[0, {record.length})"
+            )
         h, w = self.resolution
         row = -(-h * w // 8)
         actions = self.read_actions(position)
         data = os.pread(self._fd(record.shard), row * length, record.segmentation_offset + row * start)
         if self._verify_reads:
-            self._check_units(position, record, "segmentation", data, np.arange(start, start + length + 1) * row,
-                              self._sums(position)["segmentation_crc"][start:start + length], start)
+            self._check_units(
+                position,
+                record,
+                "segmentation",
+                data,
+                np.arange(start, start + length + 1) * row,
+                self._sums(position)["segmentation_crc"][start : start + length],
+                start,
+            )
         packed = np.frombuffer(data, np.uint8).reshape(length, row)
         out = {"mask": np.unpackbits(packed, axis=1, count=h * w).reshape(length, h, w).astype(bool)}
         for key in ("object_id", "interaction", "valid"):
-            out[key] = actions[f"{_SEGMENTATION}.{key}"][start:start + length]
+            out[key] = actions[f"{_SEGMENTATION}.{key}"][start : start + length]
         return out
 
     def read_actions(self, episode: int | str) -> dict[str, np.ndarray]:
@@ -834,17 +1027,25 @@ class EpisodeStore:
             record = self.episodes[position]
             data = os.pread(self._fd(record.shard), record.actions_size, record.actions_offset)
             if self._verify_reads and (len(data) != record.actions_size or _crc(data) != record.actions_crc):
-                raise self._corrupt(position, record, "actions", None,
-                                    "CRC32 mismatch" if len(data) == record.actions_size else
-                                    f"the shard ends {record.actions_size - len(data)} bytes early")
+                raise self._corrupt(
+                    position,
+                    record,
+                    "actions",
+                    None,
+                    "CRC32 mismatch"
+                    if len(data) == record.actions_size
+                    else f"the shard ends {record.actions_size - len(data)} bytes early",
+                )
             try:
                 with np.load(io.BytesIO(data)) as npz:
                     everything = {k: npz[k] for k in npz.files}
             except (ValueError, OSError, EOFError, KeyError) as err:  # unverified reads only: a sum catches it first
                 raise self._corrupt(position, record, "actions", None, f"cannot be parsed: {err}") from err
             prefix = f"{_INTEGRITY}."
-            cached = ({k: v for k, v in everything.items() if not k.startswith(prefix)},
-                      {k[len(prefix):]: v for k, v in everything.items() if k.startswith(prefix)})
+            cached = (
+                {k: v for k, v in everything.items() if not k.startswith(prefix)},
+                {k[len(prefix) :]: v for k, v in everything.items() if k.startswith(prefix)},
+            )
             while len(self._actions) >= self.max_cached_actions:
                 self._actions.popitem(last=False)
         self._actions[position] = cached
@@ -859,8 +1060,9 @@ class EpisodeStore:
             cached = self._actions[position]
         return cached[1]
 
-    def _corrupt(self, position: int, record: EpisodeRecord, what: str, frames: tuple[int, int] | None,
-                 why: str) -> CorruptDataError:
+    def _corrupt(
+        self, position: int, record: EpisodeRecord, what: str, frames: tuple[int, int] | None, why: str
+    ) -> CorruptDataError:
         shard = self.root / _shard_name(record.shard)
         kind = what
         if frames is not None:  # video frames [a, b) / segmentation masks of frames [a, b)
@@ -868,14 +1070,21 @@ class EpisodeStore:
         return CorruptDataError(
             f"corrupt data in store {self.root}: episode {record.id!r} (position {position}), {kind}, in shard "
             f"{shard}: {why}. Restore the shard or re-ingest; `minesweep-data verify {self.root}` lists every damaged "
-            "episode", episode=record.id, position=position, what=what, frames=frames, shard=str(shard))
+            "episode",
+            episode=record.id,
+            position=position,
+            what=what,
+            frames=frames,
+            shard=str(shard),
+        )
 
     def _video_unit_frames(self) -> int:
         """Frames per checksummed video unit: a GOP for h264 (the decoding unit), a frame for raw (one pread)."""
         return self.chunk_size if self.codec == "h264" else 1
 
-    def _video_bounds(self, position: int, record: EpisodeRecord, first: int = 0,
-                      last: int | None = None) -> np.ndarray:
+    def _video_bounds(
+        self, position: int, record: EpisodeRecord, first: int = 0, last: int | None = None
+    ) -> np.ndarray:
         """Byte offsets in the episode's video where units ``first..last`` (default: to the end) start, and where
         the last one ends."""
         stop = None if last is None else last + 2
@@ -884,9 +1093,19 @@ class EpisodeStore:
         frame_bytes = self.resolution[0] * self.resolution[1] * 3  # raw: a unit is a frame, no table needed
         return np.arange(first, record.length + 1 if stop is None else stop, dtype=np.int64) * frame_bytes
 
-    def _check_units(self, position: int, record: EpisodeRecord, what: str, data: bytes | memoryview,
-                     bounds: np.ndarray, crcs: np.ndarray, first: int, unit_frames: int = 1,
-                     collect: list[CorruptDataError] | None = None, base: int | None = None) -> None:
+    def _check_units(
+        self,
+        position: int,
+        record: EpisodeRecord,
+        what: str,
+        data: bytes | memoryview,
+        bounds: np.ndarray,
+        crcs: np.ndarray,
+        first: int,
+        unit_frames: int = 1,
+        collect: list[CorruptDataError] | None = None,
+        base: int | None = None,
+    ) -> None:
         """Check ``data`` (the bytes from offset ``base``, default ``bounds[0]``, on) unit by unit against ``crcs``.
         Unit ``j`` is ``data[bounds[j] - base:bounds[j + 1] - base]``, frames from ``(first + j) * unit_frames``.
         Raises the first mismatch, or appends every one to ``collect``."""
@@ -898,7 +1117,7 @@ class EpisodeStore:
             size = int(bounds[1] - bounds[0]) if len(bounds) > 1 else 0
             start = int(bounds[0]) - base
             whole = max(0, min(len(crcs), (len(view) - start) // size)) if size else 0
-            sums = _unit_hashes(view[start:start + whole * size], size, whole).tolist() if whole else []
+            sums = _unit_hashes(view[start : start + whole * size], size, whole).tolist() if whole else []
             computed = [*sums, *[None] * (len(crcs) - whole)]
             if computed == crcs.tolist():
                 return
@@ -906,28 +1125,36 @@ class EpisodeStore:
             a, b = int(bounds[j]) - base, int(bounds[j + 1]) - base
             if b > len(view) or (computed[j] if computed is not None else _crc(view[a:b])) != crc:
                 frames = ((first + j) * unit_frames, min((first + j + 1) * unit_frames, record.length))
-                error = self._corrupt(position, record, what, frames,
-                                      "the shard ends early" if short and b > len(view) else "checksum mismatch")
+                error = self._corrupt(
+                    position,
+                    record,
+                    what,
+                    frames,
+                    "the shard ends early" if short and b > len(view) else "checksum mismatch",
+                )
                 if collect is None:
                     raise error
                 collect.append(error)
 
-    def _check_header(self, position: int, record: EpisodeRecord,
-                      collect: list[CorruptDataError] | None = None) -> None:
+    def _check_header(
+        self, position: int, record: EpisodeRecord, collect: list[CorruptDataError] | None = None
+    ) -> None:
         """The h264 container metadata (the bytes around the GOPs: ftyp, the mdat header, moov)."""
         bounds = self._video_bounds(position, record)
         fd = self._fd(record.shard)
         head = os.pread(fd, int(bounds[0]), record.video_offset)
         tail = os.pread(fd, record.video_size - int(bounds[-1]), record.video_offset + int(bounds[-1]))
         if _crc(head + tail) != int(self._sums(position)["header_crc"]):
-            error = self._corrupt(position, record, "video header", None,
-                                  "CRC32 mismatch in the mp4 container metadata (all frames)")
+            error = self._corrupt(
+                position, record, "video header", None, "CRC32 mismatch in the mp4 container metadata (all frames)"
+            )
             if collect is None:
                 raise error
             collect.append(error)
 
-    def _check_frames(self, position: int, record: EpisodeRecord, start: int, stop: int,
-                      data: bytes | memoryview | None = None) -> None:
+    def _check_frames(
+        self, position: int, record: EpisodeRecord, start: int, stop: int, data: bytes | memoryview | None = None
+    ) -> None:
         """Check the video units holding frames ``[start, stop)``: reads their bytes unless ``data`` (raw frames
         ``[start, stop)`` already read) is given."""
         unit = self._video_unit_frames()
@@ -935,8 +1162,9 @@ class EpisodeStore:
         bounds = self._video_bounds(position, record, first, last)
         if data is None:
             data = os.pread(self._fd(record.shard), int(bounds[-1] - bounds[0]), record.video_offset + int(bounds[0]))
-        self._check_units(position, record, "video", data, bounds,
-                          self._sums(position)["video_crc"][first:last + 1], first, unit)
+        self._check_units(
+            position, record, "video", data, bounds, self._sums(position)["video_crc"][first : last + 1], first, unit
+        )
 
     def verify_episode(self, episode: int | str) -> list[CorruptDataError]:
         """Every damaged part of an episode (all video units, the header, the actions, all mask rows), as errors;
@@ -949,8 +1177,13 @@ class EpisodeStore:
             data = os.pread(self._fd(record.shard), record.actions_size, record.actions_offset)
             if _crc(data) != record.actions_crc:  # here whatever _verify_reads says
                 missing = record.actions_size - len(data)
-                raise self._corrupt(position, record, "actions", None,
-                                    f"the shard ends {missing} bytes early" if missing else "CRC32 mismatch")
+                raise self._corrupt(
+                    position,
+                    record,
+                    "actions",
+                    None,
+                    f"the shard ends {missing} bytes early" if missing else "CRC32 mismatch",
+                )
             self.read_actions(position)
         except CorruptDataError as err:
             return [err]  # the per-unit sums of the rest are in the damaged block: nothing more can be checked
@@ -959,13 +1192,31 @@ class EpisodeStore:
             self._check_header(position, record, collect=problems)
         bounds = self._video_bounds(position, record)
         data = os.pread(self._fd(record.shard), record.video_size, record.video_offset)
-        self._check_units(position, record, "video", data, bounds, self._sums(position)["video_crc"], 0,
-                          self._video_unit_frames(), collect=problems, base=0)
+        self._check_units(
+            position,
+            record,
+            "video",
+            data,
+            bounds,
+            self._sums(position)["video_crc"],
+            0,
+            self._video_unit_frames(),
+            collect=problems,
+            base=0,
+        )
         if record.segmentation_size:
             data = os.pread(self._fd(record.shard), record.segmentation_size, record.segmentation_offset)
             row = record.segmentation_size // record.length
-            self._check_units(position, record, "segmentation", data, np.arange(record.length + 1) * row,
-                              self._sums(position)["segmentation_crc"], 0, collect=problems)
+            self._check_units(
+                position,
+                record,
+                "segmentation",
+                data,
+                np.arange(record.length + 1) * row,
+                self._sums(position)["segmentation_crc"],
+                0,
+                collect=problems,
+            )
         return problems
 
     def read_video_bytes(self, episode: int | str) -> bytes:
@@ -978,8 +1229,17 @@ class EpisodeStore:
             self.read_actions(position)  # verifies the block holding the sums
             if self.codec == "h264":
                 self._check_header(position, record)
-            self._check_units(position, record, "video", data, self._video_bounds(position, record),
-                              self._sums(position)["video_crc"], 0, self._video_unit_frames(), base=0)
+            self._check_units(
+                position,
+                record,
+                "video",
+                data,
+                self._video_bounds(position, record),
+                self._sums(position)["video_crc"],
+                0,
+                self._video_unit_frames(),
+                base=0,
+            )
         return data
 
     def read_frames(self, episode: int | str, start: int, length: int, out: np.ndarray | None = None) -> np.ndarray:
@@ -990,14 +1250,16 @@ class EpisodeStore:
         position = self.position(episode)
         record = self.episodes[position]
         if start < 0 or length < 0 or start + length > record.length:
-            raise IndexError(f"episode {record.id!r}: frames [{start}, {start + length}) out of range "
-                             f"[0, {record.length})")
+            raise IndexError(
+                f"episode {record.id!r}: frames [{start}, {start + length}) out of range [0, {record.length})"
+            )
         h, w = self.resolution
         if out is None:
             out = np.empty((length, h, w, 3), np.uint8)
         elif out.shape != (length, h, w, 3) or out.dtype != np.uint8 or not out.flags.c_contiguous:
-            raise ValueError(f"out must be a C-contiguous uint8 array of shape {(length, h, w, 3)}, got "
-                             f"{out.dtype}{list(out.shape)}")
+            raise ValueError(
+                f"out must be a C-contiguous uint8 array of shape {(length, h, w, 3)}, got {out.dtype}{list(out.shape)}"
+            )
         self.decoded_frames = 0
         if length == 0:
             return out
@@ -1005,11 +1267,13 @@ class EpisodeStore:
             self.read_actions(position)  # loads (and verifies) the sums of this episode's units
         if self.codec == "raw":
             frame_bytes = h * w * 3
-            got = os.preadv(self._fd(record.shard), [memoryview(out).cast("B")],
-                            record.video_offset + start * frame_bytes)
+            got = os.preadv(
+                self._fd(record.shard), [memoryview(out).cast("B")], record.video_offset + start * frame_bytes
+            )
             if got != length * frame_bytes:
-                raise self._corrupt(position, record, "video", (start, start + length),
-                                    "the shard is shorter than the index says")
+                raise self._corrupt(
+                    position, record, "video", (start, start + length), "the shard is shorter than the index says"
+                )
             if self._verify_reads:  # per frame: exactly the bytes just read, no extra read
                 self._check_frames(position, record, start, start + length, memoryview(out).cast("B"))
             self.decoded_frames = length
@@ -1024,9 +1288,11 @@ class EpisodeStore:
                 self._check_frames(position, record, 0, start + length)
             got = self._decode_into(video, 0, start, out)
         if got != length:
-            raise RuntimeError(f"episode {record.id!r} ({self.root / _shard_name(record.shard)}): decoded only "
-                               f"{max(got, 0)} of frames [{start}, {start + length}); the video is shorter than the "
-                               "index says")
+            raise RuntimeError(
+                f"episode {record.id!r} ({self.root / _shard_name(record.shard)}): decoded only "
+                f"{max(got, 0)} of frames [{start}, {start + length}); the video is shorter than the "
+                "index says"
+            )
         return out
 
     def _decode_into(self, video: _OpenVideo, keyframe: int, start: int, out: np.ndarray) -> int:
@@ -1073,10 +1339,24 @@ def verify_store(root: str | Path) -> VerifyReport:
     (damaged manifest or index) is one problem."""
     report = VerifyReport(str(root))
 
-    def problem(what: str, message: str, episode: str | None = None, position: int | None = None,
-                shard: str | None = None, frames: tuple[int, int] | None = None) -> None:
-        report.problems.append({"episode": episode, "position": position, "shard": shard, "what": what,
-                                "frames": list(frames) if frames else None, "message": message})
+    def problem(
+        what: str,
+        message: str,
+        episode: str | None = None,
+        position: int | None = None,
+        shard: str | None = None,
+        frames: tuple[int, int] | None = None,
+    ) -> None:
+        report.problems.append(
+            {
+                "episode": episode,
+                "position": position,
+                "shard": shard,
+                "what": what,
+                "frames": list(frames) if frames else None,
+                "message": message,
+            }
+        )
 
     try:
         store = EpisodeStore(root)
@@ -1092,8 +1372,12 @@ def verify_store(root: str | Path) -> VerifyReport:
             if not path.is_file():
                 problem("shard", f"{path} is missing", shard=shard["file"])
             elif path.stat().st_size != shard["size"] or _file_sha256(path) != shard["sha256"]:
-                problem("shard", f"{path}: size or sha256 does not match the manifest (the episodes in it are "
-                        "checked one by one below)", shard=shard["file"])
+                problem(
+                    "shard",
+                    f"{path}: size or sha256 does not match the manifest (the episodes in it are "
+                    "checked one by one below)",
+                    shard=shard["file"],
+                )
         for position in range(len(store)):
             record = store.episodes[position]
             report.episodes += 1
@@ -1103,8 +1387,14 @@ def verify_store(root: str | Path) -> VerifyReport:
             except OSError as err:
                 errors = [store._corrupt(position, record, "episode", None, f"cannot be read: {err}")]
             for err in errors:
-                problem(err.what or "episode", str(err), episode=err.episode, position=err.position,
-                        shard=_shard_name(record.shard), frames=err.frames)
+                problem(
+                    err.what or "episode",
+                    str(err),
+                    episode=err.episode,
+                    position=err.position,
+                    shard=_shard_name(record.shard),
+                    frames=err.frames,
+                )
     finally:
         store.close()
     return report

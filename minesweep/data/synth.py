@@ -102,8 +102,10 @@ class _Scene:
         self.ppd = width / FOV_X  # pixels per degree, both axes (square pixels)
         self.stripe_yaws = np.sort(rng.uniform(-180, 180, size=int(rng.integers(10, 16))))
         self.stripe_widths = rng.uniform(0.6, 2.5, size=self.stripe_yaws.size)  # degrees
-        self.clouds = [(rng.uniform(-180, 180), rng.uniform(-9, -2), rng.uniform(4, 12), rng.uniform(1.0, 2.5))
-                       for _ in range(int(rng.integers(5, 9)))]  # (yaw, pitch, width deg, height deg)
+        self.clouds = [
+            (rng.uniform(-180, 180), rng.uniform(-9, -2), rng.uniform(4, 12), rng.uniform(1.0, 2.5))
+            for _ in range(int(rng.integers(5, 9)))
+        ]  # (yaw, pitch, width deg, height deg)
         tint = rng.uniform(0.85, 1.15, size=3)  # per-episode ground colour
         self._shades = np.stack([GROUND * tint * b * s for b in (1.0, 0.86) for s in (1.0, 0.7)]).astype(np.uint8)
         rows = np.arange(height, dtype=np.float32)[:, None]
@@ -128,7 +130,7 @@ class _Scene:
         img[:] = np.where(ground[:, None], self._shades[band * 2], self._sky)[:, None, :]
         g0 = int(np.argmax(ground)) if ground.any() else h
         dark = self._shades[band[g0:] * 2 + 1][:, None, :]
-        for r, sw in zip((self.stripe_yaws - agent.yaw + 180.0) % 360.0 - 180.0, self.stripe_widths):
+        for r, sw in zip((self.stripe_yaws - agent.yaw + 180.0) % 360.0 - 180.0, self.stripe_widths, strict=False):
             c0 = min(max(int(round(self._screen_x(r - sw / 2))), 0), w)
             c1 = min(max(int(round(self._screen_x(r + sw / 2))), 0), w)
             img[g0:, c0:c1] = dark
@@ -227,12 +229,28 @@ def _step(agent: _Agent, dx: int, dy: int, keys: list[str], buttons: list[int], 
             _spawn_target(agent, rng)
 
 
-def _json_step(t: int, agent: _Agent, dx: int, dy: int, keys: list[str], buttons: list[int],
-               prev_keys: list[str], prev_buttons: list[int], rng: np.random.Generator) -> dict:
+def _json_step(
+    t: int,
+    agent: _Agent,
+    dx: int,
+    dy: int,
+    keys: list[str],
+    buttons: list[int],
+    prev_keys: list[str],
+    prev_buttons: list[int],
+    rng: np.random.Generator,
+) -> dict:
     return {
         "mouse": {
-            "x": 640.0, "y": 360.0, "dx": float(dx), "dy": float(dy), "scaledX": 0.0, "scaledY": 0.0,
-            "dwheel": 0.0, "buttons": buttons, "newButtons": [b for b in buttons if b not in prev_buttons],
+            "x": 640.0,
+            "y": 360.0,
+            "dx": float(dx),
+            "dy": float(dy),
+            "scaledX": 0.0,
+            "scaledY": 0.0,
+            "dwheel": 0.0,
+            "buttons": buttons,
+            "newButtons": [b for b in buttons if b not in prev_buttons],
         },
         "keyboard": {"keys": keys, "newKeys": [k for k in keys if k not in prev_keys], "chars": ""},
         "isGuiOpen": False,
@@ -252,9 +270,16 @@ def _json_step(t: int, agent: _Agent, dx: int, dy: int, keys: list[str], buttons
     }
 
 
-def write_synthetic_episode(out_dir: str | Path, name: str, frames: int, seed: int,
-                            width: int = 640, height: int = 360, fps: int = 20,
-                            segmentation: bool = True) -> tuple[Path, Path]:
+def write_synthetic_episode(
+    out_dir: str | Path,
+    name: str,
+    frames: int,
+    seed: int,
+    width: int = 640,
+    height: int = 360,
+    fps: int = 20,
+    segmentation: bool = True,
+) -> tuple[Path, Path]:
     """Write ``out_dir/name.mp4`` and ``out_dir/name.jsonl`` (``frames`` frames and steps); deterministic in ``seed``.
     With ``segmentation``, also ``out_dir/name.segmentation.npz`` (the video and actions are the same either way).
 
@@ -292,19 +317,29 @@ def write_synthetic_episode(out_dir: str | Path, name: str, frames: int, seed: i
         # Hindsight labels: every target but the current one was broken (a new one spawns only then).
         broken = valid & (target_ids < agent.target_id)
         interaction = np.where(broken, INTERACTION_TYPES.index("mine"), INTERACTION_TYPES.index("approach"))
-        write_segmentation(sidecar_path(mp4), {"mask": mask, "object_id": target_ids, "valid": valid,
-                                               "interaction": np.where(valid, interaction, -1)})
+        write_segmentation(
+            sidecar_path(mp4),
+            {"mask": mask, "object_id": target_ids, "valid": valid, "interaction": np.where(valid, interaction, -1)},
+        )
     return mp4, jsonl
 
 
-def generate_recordings(out_dir: str | Path, episodes: int, frames: int, seed: int = 0,
-                        width: int = 640, height: int = 360, segmentation: bool = True) -> list[Path]:
+def generate_recordings(
+    out_dir: str | Path,
+    episodes: int,
+    frames: int,
+    seed: int = 0,
+    width: int = 640,
+    height: int = 360,
+    segmentation: bool = True,
+) -> list[Path]:
     """Write ``episodes`` synthetic recordings ``synth-0000.mp4/.jsonl`` (and ``.segmentation.npz``), ... into
     ``out_dir``; returns the mp4 paths."""
     paths = []
     for i in range(episodes):
         episode_seed = int(np.random.SeedSequence([seed, i]).generate_state(1)[0])
-        mp4, _ = write_synthetic_episode(out_dir, f"synth-{i:04d}", frames, episode_seed, width, height,
-                                         segmentation=segmentation)
+        mp4, _ = write_synthetic_episode(
+            out_dir, f"synth-{i:04d}", frames, episode_seed, width, height, segmentation=segmentation
+        )
         paths.append(mp4)
     return paths

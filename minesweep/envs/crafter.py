@@ -35,8 +35,9 @@ indices. Back from a predicted agent action, the button set must equal one of th
 from __future__ import annotations
 
 import collections
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -58,10 +59,23 @@ __all__ = [
 
 #: Crafter's actions, in its own index order (crafter/data.yaml).
 ACTIONS: tuple[str, ...] = (
-    "noop", "move_left", "move_right", "move_up", "move_down", "do", "sleep",
-    "place_stone", "place_table", "place_furnace", "place_plant",
-    "make_wood_pickaxe", "make_stone_pickaxe", "make_iron_pickaxe",
-    "make_wood_sword", "make_stone_sword", "make_iron_sword",
+    "noop",
+    "move_left",
+    "move_right",
+    "move_up",
+    "move_down",
+    "do",
+    "sleep",
+    "place_stone",
+    "place_table",
+    "place_furnace",
+    "place_plant",
+    "make_wood_pickaxe",
+    "make_stone_pickaxe",
+    "make_iron_pickaxe",
+    "make_wood_sword",
+    "make_stone_sword",
+    "make_iron_sword",
 )
 N_ACTIONS = len(ACTIONS)
 NOOP = 0
@@ -69,11 +83,28 @@ ACTION_INDEX = {name: i for i, name in enumerate(ACTIONS)}
 
 #: Crafter's 22 achievements (crafter/data.yaml order).
 ACHIEVEMENTS: tuple[str, ...] = (
-    "collect_coal", "collect_diamond", "collect_drink", "collect_iron", "collect_sapling",
-    "collect_stone", "collect_wood", "defeat_skeleton", "defeat_zombie", "eat_cow", "eat_plant",
-    "make_iron_pickaxe", "make_iron_sword", "make_stone_pickaxe", "make_stone_sword",
-    "make_wood_pickaxe", "make_wood_sword", "place_furnace", "place_plant", "place_stone",
-    "place_table", "wake_up",
+    "collect_coal",
+    "collect_diamond",
+    "collect_drink",
+    "collect_iron",
+    "collect_sapling",
+    "collect_stone",
+    "collect_wood",
+    "defeat_skeleton",
+    "defeat_zombie",
+    "eat_cow",
+    "eat_plant",
+    "make_iron_pickaxe",
+    "make_iron_sword",
+    "make_stone_pickaxe",
+    "make_stone_sword",
+    "make_wood_pickaxe",
+    "make_wood_sword",
+    "place_furnace",
+    "place_plant",
+    "place_stone",
+    "place_table",
+    "wake_up",
 )
 
 _ATTACK, _USE = 0, 1  # contractor mouse buttons
@@ -119,8 +150,13 @@ CONTRACTOR_INPUTS: dict[str, ContractorInput] = {
 }
 
 _COL = {name: i for i, name in enumerate(BUTTONS)}
-_KEY_BUTTON = {"key.keyboard.a": "left", "key.keyboard.d": "right", "key.keyboard.w": "forward",
-               "key.keyboard.s": "back", _SHIFT: "sneak"}
+_KEY_BUTTON = {
+    "key.keyboard.a": "left",
+    "key.keyboard.d": "right",
+    "key.keyboard.w": "forward",
+    "key.keyboard.s": "back",
+    _SHIFT: "sneak",
+}
 
 
 def _buttons_of(inp: ContractorInput) -> np.ndarray:
@@ -178,8 +214,9 @@ def agent_to_action(buttons_index: Any) -> np.ndarray:
     """VPT agent buttons index ``(...)`` (what the policy samples) -> Crafter action ``(...)``."""
     b = _as_numpy(buttons_index).astype(np.int64)
     if b.size and (b.min() < 0 or b.max() >= AGENT_BUTTONS_TO_ACTION.shape[0]):
-        raise ValueError(f"buttons_index out of range [0, {AGENT_BUTTONS_TO_ACTION.shape[0] - 1}]: "
-                         f"[{b.min()}, {b.max()}]")
+        raise ValueError(
+            f"buttons_index out of range [0, {AGENT_BUTTONS_TO_ACTION.shape[0] - 1}]: [{b.min()}, {b.max()}]"
+        )
     return AGENT_BUTTONS_TO_ACTION[b]
 
 
@@ -212,8 +249,17 @@ def contractor_steps(actions: Sequence[int], extra: Sequence[dict] | None = None
         buttons = list(inp.mouse_buttons)
         new_buttons = [] if t == 0 else [b for b in buttons if b not in prev_buttons]
         step = {
-            "mouse": {"x": 640.0, "y": 360.0, "dx": 0.0, "dy": 0.0, "scaledX": 0.0, "scaledY": 0.0, "dwheel": 0.0,
-                      "buttons": buttons, "newButtons": new_buttons},
+            "mouse": {
+                "x": 640.0,
+                "y": 360.0,
+                "dx": 0.0,
+                "dy": 0.0,
+                "scaledX": 0.0,
+                "scaledY": 0.0,
+                "dwheel": 0.0,
+                "buttons": buttons,
+                "newButtons": new_buttons,
+            },
             "keyboard": {"keys": keys, "newKeys": [k for k in keys if k not in prev_keys], "chars": ""},
             "isGuiOpen": False,
             "isGuiInventory": False,
@@ -267,8 +313,9 @@ class CrafterEnv:
         try:
             import crafter
         except ImportError as err:  # a dependency, but say what is missing
-            raise ImportError("minesweep.envs.crafter needs the `crafter` package: pip install crafter "
-                              "'opensimplex==0.3'") from err
+            raise ImportError(
+                "minesweep.envs.crafter needs the `crafter` package: pip install crafter 'opensimplex==0.3'"
+            ) from err
         if tuple(crafter.constants.actions) != ACTIONS:
             raise RuntimeError(f"this crafter release has actions {crafter.constants.actions}, expected {ACTIONS}")
         if size <= 0 or length <= 0:
@@ -288,8 +335,13 @@ class CrafterEnv:
     def _info(self, info: dict | None) -> dict:
         player = self._env._player
         if info is None:  # after reset
-            info = {"inventory": player.inventory.copy(), "achievements": player.achievements.copy(),
-                    "semantic": self._env._sem_view(), "player_pos": player.pos.copy(), "reward": 0.0}
+            info = {
+                "inventory": player.inventory.copy(),
+                "achievements": player.achievements.copy(),
+                "semantic": self._env._sem_view(),
+                "player_pos": player.pos.copy(),
+                "reward": 0.0,
+            }
         info["facing"] = tuple(int(v) for v in player.facing)
         info["sleeping"] = bool(player.sleeping)
         return info

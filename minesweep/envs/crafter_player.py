@@ -23,15 +23,36 @@ from collections import deque
 
 import numpy as np
 
-from minesweep.envs.crafter import ACTION_INDEX, N_ACTIONS, NOOP
+from minesweep.envs.crafter import ACTION_INDEX, N_ACTIONS
 
 __all__ = ["ScriptedPlayer", "RandomPlayer", "SEMANTIC"]
 
 #: ids of crafter's semantic map: materials in crafter/data.yaml order after 0 (unknown), then its object classes
 SEMANTIC: dict[str, int] = {
-    name: i for i, name in enumerate(
-        ["unknown", "water", "grass", "stone", "path", "sand", "tree", "lava", "coal", "iron", "diamond", "table",
-         "furnace", "player", "cow", "zombie", "skeleton", "arrow", "plant"])
+    name: i
+    for i, name in enumerate(
+        [
+            "unknown",
+            "water",
+            "grass",
+            "stone",
+            "path",
+            "sand",
+            "tree",
+            "lava",
+            "coal",
+            "iron",
+            "diamond",
+            "table",
+            "furnace",
+            "player",
+            "cow",
+            "zombie",
+            "skeleton",
+            "arrow",
+            "plant",
+        ]
+    )
 }
 _WALKABLE = np.zeros(len(SEMANTIC), bool)
 _WALKABLE[[SEMANTIC["grass"], SEMANTIC["sand"], SEMANTIC["path"]]] = True
@@ -41,9 +62,12 @@ _VIEW = (4, 3)  # half-extent of the visible grid (9 x 7 cells) around the playe
 # Requirements, as crafter/data.yaml has them (crafter 1.8)
 _TABLE_WOOD, _FURNACE_STONE = 1, 1
 _MAKE = {  # tool: (wood, stone, coal, iron, needs furnace)
-    "wood_pickaxe": (1, 0, 0, 0, False), "wood_sword": (1, 0, 0, 0, False),
-    "stone_pickaxe": (1, 1, 0, 0, False), "stone_sword": (1, 1, 0, 0, False),
-    "iron_pickaxe": (1, 0, 1, 1, True), "iron_sword": (1, 0, 1, 1, True),
+    "wood_pickaxe": (1, 0, 0, 0, False),
+    "wood_sword": (1, 0, 0, 0, False),
+    "stone_pickaxe": (1, 1, 0, 0, False),
+    "stone_sword": (1, 1, 0, 0, False),
+    "iron_pickaxe": (1, 0, 1, 1, True),
+    "iron_sword": (1, 0, 1, 1, True),
 }
 
 
@@ -58,8 +82,13 @@ def _load_requirements() -> None:
     _FURNACE_STONE = int(constants.place["furnace"]["uses"].get("stone", 1))
     for tool, info in constants.make.items():
         uses = info["uses"]
-        _MAKE[tool] = (uses.get("wood", 0), uses.get("stone", 0), uses.get("coal", 0), uses.get("iron", 0),
-                       "furnace" in info["nearby"])
+        _MAKE[tool] = (
+            uses.get("wood", 0),
+            uses.get("stone", 0),
+            uses.get("coal", 0),
+            uses.get("iron", 0),
+            "furnace" in info["nearby"],
+        )
 
 
 _load_requirements()
@@ -105,7 +134,7 @@ class ScriptedPlayer:
         view = np.zeros((2 * hx + 1, 2 * hy + 1), np.int64)
         x0, y0 = max(px - hx, 0), max(py - hy, 0)
         x1, y1 = min(px + hx + 1, sem.shape[0]), min(py + hy + 1, sem.shape[1])
-        view[x0 - (px - hx): x1 - (px - hx), y0 - (py - hy): y1 - (py - hy)] = sem[x0:x1, y0:y1]
+        view[x0 - (px - hx) : x1 - (px - hx), y0 - (py - hy) : y1 - (py - hy)] = sem[x0:x1, y0:y1]
         return view, np.array([hx, hy])
 
     @staticmethod
@@ -139,8 +168,9 @@ class ScriptedPlayer:
                     queue.append((nx, ny))
         return None
 
-    def _interact(self, view: np.ndarray, me: np.ndarray, facing: tuple, targets: set[str],
-                  action: str = "do") -> str | None:
+    def _interact(
+        self, view: np.ndarray, me: np.ndarray, facing: tuple, targets: set[str], action: str = "do"
+    ) -> str | None:
         """Walk to the nearest target in view, face it, then ``action`` on it."""
         route = self._route(view, me, targets)
         if route is None:
@@ -185,7 +215,7 @@ class ScriptedPlayer:
                 return a
 
         # 3. craft at a table (crafter checks the 3x3 cells around the player)
-        around = view[me[0] - 1: me[0] + 2, me[1] - 1: me[1] + 2]
+        around = view[me[0] - 1 : me[0] + 2, me[1] - 1 : me[1] + 2]
         has_table = (around == SEMANTIC["table"]).any()
         has_furnace = (around == SEMANTIC["furnace"]).any()
         wanted = self._wanted_tools(inv)
@@ -249,8 +279,13 @@ class ScriptedPlayer:
     def _wanted_tools(self, inv: dict) -> list[str]:
         wanted = []
         for tool, (wood, stone, coal, iron, _) in _MAKE.items():
-            if inv[tool] == 0 and inv["wood"] >= wood and inv["stone"] >= stone and inv["coal"] >= coal \
-                    and inv["iron"] >= iron:
+            if (
+                inv[tool] == 0
+                and inv["wood"] >= wood
+                and inv["stone"] >= stone
+                and inv["coal"] >= coal
+                and inv["iron"] >= iron
+            ):
                 wanted.append(tool)
         return wanted
 

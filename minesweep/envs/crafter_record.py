@@ -12,18 +12,26 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 import numpy as np
 
 from minesweep.envs.crafter import ACTIONS, CrafterEnv, contractor_steps
 from minesweep.envs.crafter_player import RandomPlayer, ScriptedPlayer
 
-__all__ = ["Player", "EpisodeResult", "play_episode", "write_crafter_episode", "record_crafter",
-           "CrafterRecordings", "SUMMARY"]
+__all__ = [
+    "Player",
+    "EpisodeResult",
+    "play_episode",
+    "write_crafter_episode",
+    "record_crafter",
+    "CrafterRecordings",
+    "SUMMARY",
+]
 
 SUMMARY = "crafter_episodes.json"
 
@@ -48,8 +56,12 @@ class EpisodeResult:
         return sorted(k for k, v in self.achievements.items() if v > 0)
 
 
-def play_episode(env: CrafterEnv, player: Player, on_step: Callable[[np.ndarray, int, dict], None] | None = None,
-                 seed: int | None = None) -> EpisodeResult:
+def play_episode(
+    env: CrafterEnv,
+    player: Player,
+    on_step: Callable[[np.ndarray, int, dict], None] | None = None,
+    seed: int | None = None,
+) -> EpisodeResult:
     """Play one episode of ``env`` with ``player`` until death or the length limit.
 
     ``on_step(obs, action, info)`` is called before each step with the observation the action answers.
@@ -63,12 +75,26 @@ def play_episode(env: CrafterEnv, player: Player, on_step: Callable[[np.ndarray,
         actions.append(action)
         obs, reward, done, info = env.step(action)
         total += reward
-    return EpisodeResult(seed=env.seed if seed is None else seed, player=player.name, length=len(actions),
-                         episode_return=float(total), achievements=dict(info["achievements"]), actions=actions)
+    return EpisodeResult(
+        seed=env.seed if seed is None else seed,
+        player=player.name,
+        length=len(actions),
+        episode_return=float(total),
+        achievements=dict(info["achievements"]),
+        actions=actions,
+    )
 
 
-def write_crafter_episode(out_dir: str | Path, name: str, seed: int, length: int = 500, size: int = 128,
-                          noise: float = 0.05, fps: int = 20, player: str = "scripted") -> EpisodeResult:
+def write_crafter_episode(
+    out_dir: str | Path,
+    name: str,
+    seed: int,
+    length: int = 500,
+    size: int = 128,
+    noise: float = 0.05,
+    fps: int = 20,
+    player: str = "scripted",
+) -> EpisodeResult:
     """Play world ``seed`` with the scripted (or random) player; write ``out_dir/name.mp4`` and ``name.jsonl``.
 
     Deterministic in ``seed``: the world and the player's noise both follow it.
@@ -100,9 +126,17 @@ def _record_one(args: tuple) -> EpisodeResult:
     return write_crafter_episode(*args)
 
 
-def record_crafter(out_dir: str | Path, episodes: int, first_seed: int = 0, length: int = 500, size: int = 128,
-                   noise: float = 0.05, workers: int | None = None, progress: bool = True,
-                   player: str = "scripted") -> list[EpisodeResult]:
+def record_crafter(
+    out_dir: str | Path,
+    episodes: int,
+    first_seed: int = 0,
+    length: int = 500,
+    size: int = 128,
+    noise: float = 0.05,
+    workers: int | None = None,
+    progress: bool = True,
+    player: str = "scripted",
+) -> list[EpisodeResult]:
     """Record ``episodes`` episodes ``crafter-0000`` ... of worlds ``first_seed + i`` into ``out_dir``.
 
     ``workers`` processes play in parallel (default: the CPU count); the files are the same for any number of them.
@@ -134,8 +168,13 @@ def record_crafter(out_dir: str | Path, episodes: int, first_seed: int = 0, leng
                     bar.advance(task)
     done = [r for r in results if r is not None]
     summary = {
-        "first_seed": first_seed, "episodes": episodes, "length": length, "size": size, "noise": noise,
-        "player": player, "mean_return": float(np.mean([r.episode_return for r in done])),
+        "first_seed": first_seed,
+        "episodes": episodes,
+        "length": length,
+        "size": size,
+        "noise": noise,
+        "player": player,
+        "mean_return": float(np.mean([r.episode_return for r in done])),
         "results": [{k: v for k, v in asdict(r).items() if k != "actions"} for r in done],
     }
     (out_dir / SUMMARY).write_text(json.dumps(summary, indent=1))
@@ -143,11 +182,24 @@ def record_crafter(out_dir: str | Path, episodes: int, first_seed: int = 0, leng
 
 
 def _progress(enabled: bool):
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                               TimeRemainingColumn)
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TextColumn("eta"), TimeRemainingColumn(), disable=not enabled)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        disable=not enabled,
+    )
 
 
 class CrafterRecordings:
@@ -156,8 +208,17 @@ class CrafterRecordings:
     The store it is ingested into keeps the recorded frame size (``resolution``: no resampling) and uses ``codec``
     (``raw``: a window is one read, nothing to decode, which on two cores leaves the CPU to training)."""
 
-    def __init__(self, episodes: int = 24, length: int = 300, first_seed: int = 0, size: int = 128,
-                 noise: float = 0.05, workers: int | None = None, progress: bool = True, codec: str = "h264") -> None:
+    def __init__(
+        self,
+        episodes: int = 24,
+        length: int = 300,
+        first_seed: int = 0,
+        size: int = 128,
+        noise: float = 0.05,
+        workers: int | None = None,
+        progress: bool = True,
+        codec: str = "h264",
+    ) -> None:
         self.episodes, self.length, self.first_seed = int(episodes), int(length), int(first_seed)
         self.size, self.noise, self.workers, self.progress = int(size), float(noise), workers, bool(progress)
         self.codec = str(codec)
@@ -167,9 +228,19 @@ class CrafterRecordings:
         return self.size
 
     def __call__(self, out_dir: str | Path) -> list[EpisodeResult]:
-        return record_crafter(out_dir, self.episodes, first_seed=self.first_seed, length=self.length,
-                              size=self.size, noise=self.noise, workers=self.workers, progress=self.progress)
+        return record_crafter(
+            out_dir,
+            self.episodes,
+            first_seed=self.first_seed,
+            length=self.length,
+            size=self.size,
+            noise=self.noise,
+            workers=self.workers,
+            progress=self.progress,
+        )
 
     def __repr__(self) -> str:
-        return (f"CrafterRecordings(episodes={self.episodes}, length={self.length}, first_seed={self.first_seed}, "
-                f"size={self.size}, noise={self.noise}, codec={self.codec!r})")
+        return (
+            f"CrafterRecordings(episodes={self.episodes}, length={self.length}, first_seed={self.first_seed}, "
+            f"size={self.size}, noise={self.noise}, codec={self.codec!r})"
+        )

@@ -80,7 +80,7 @@ class ImpalaBackbone(nn.Module):
         from minesweep.policies.weights import load_policy_weights, read_policy_state_dict
 
         state = read_policy_state_dict(path)
-        cnn_state = {k[len(self.VPT_PREFIX):]: v for k, v in state.items() if k.startswith(self.VPT_PREFIX)}
+        cnn_state = {k[len(self.VPT_PREFIX) :]: v for k, v in state.items() if k.startswith(self.VPT_PREFIX)}
         if not cnn_state:
             raise ValueError(f"ImpalaBackbone: {path} has no '{self.VPT_PREFIX}*' entries (not a VPT policy?)")
         load_policy_weights(self.cnn, cnn_state)
@@ -88,7 +88,9 @@ class ImpalaBackbone(nn.Module):
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         H, W = frames.shape[1:3]
         if (H, W) != self.img_shape[:2]:
-            raise ValueError(f"ImpalaBackbone: frames are {H}x{W}, the backbone expects {self.img_shape[:2]} "
-                             "(set backbone.img_shape to the data resolution)")
+            raise ValueError(
+                f"ImpalaBackbone: frames are {H}x{W}, the backbone expects {self.img_shape[:2]} "
+                "(set backbone.img_shape to the data resolution)"
+            )
         x = to_float_frames(frames, self.project[0].weight.dtype)
         return self.project(self.cnn(x.permute(0, 2, 3, 1)))  # ImpalaCNN takes channels last

@@ -35,12 +35,10 @@ class MinePolicy(nn.Module, ABC):
         self.value_head = ValueHead(hidsize)
 
     @abstractmethod
-    def forward(self, input: dict[str, Any], state_in: State = None, **kwargs: Any) -> tuple[Latents, State]:
-        ...
+    def forward(self, input: dict[str, Any], state_in: State = None, **kwargs: Any) -> tuple[Latents, State]: ...
 
     @abstractmethod
-    def initial_state(self, batch_size: int | None = None) -> State:
-        ...
+    def initial_state(self, batch_size: int | None = None) -> State: ...
 
     @property
     def device(self) -> torch.device:
@@ -68,6 +66,7 @@ class MinePolicy(nn.Module, ABC):
         if condition:
             input = {**input, **condition}
         latents, state_out = self(input, state_in)
-        action = self.pi_head.sample(latents["pi_logits"], deterministic=deterministic, nucleus_prob=nucleus_prob,
-                                     generator=generator)
+        action = self.pi_head.sample(
+            latents["pi_logits"], deterministic=deterministic, nucleus_prob=nucleus_prob, generator=generator
+        )
         return action, state_out

@@ -60,8 +60,12 @@ class CategoricalHead(nn.Module):
         return -(log_probs.exp() * log_probs).sum(-1).sum(-1)
 
     @staticmethod
-    def sample(log_probs: torch.Tensor, deterministic: bool = False, nucleus_prob: float | None = None,
-               generator: Generators = None) -> torch.Tensor:
+    def sample(
+        log_probs: torch.Tensor,
+        deterministic: bool = False,
+        nucleus_prob: float | None = None,
+        generator: Generators = None,
+    ) -> torch.Tensor:
         """One class per position; ``nucleus_prob`` (top-p) keeps the smallest set of most likely
         classes whose probability reaches it and samples within that set. ``generator``: see :data:`Generators`."""
         if deterministic:
@@ -114,23 +118,27 @@ class MineActionHead(nn.Module):
         self, action: Action, pi_logits: PiLogits, return_dict: bool = False
     ) -> torch.Tensor | dict[str, torch.Tensor]:
         """Log-probability of ``action`` (each component (B,T,1)); (B,T) summed, or a dict per component."""
-        per_component = {
-            name: head.logprob(action[name], pi_logits[name]) for name, head in self.components().items()
-        }
+        per_component = {name: head.logprob(action[name], pi_logits[name]) for name, head in self.components().items()}
         return per_component if return_dict else sum(per_component.values())
 
     def entropy(self, pi_logits: PiLogits, return_dict: bool = False) -> torch.Tensor | dict[str, torch.Tensor]:
         per_component = {name: head.entropy(pi_logits[name]) for name, head in self.components().items()}
         return per_component if return_dict else sum(per_component.values())
 
-    def sample(self, pi_logits: PiLogits, deterministic: bool = False, nucleus_prob: float | None = None,
-               generator: Generators = None) -> Action:
+    def sample(
+        self,
+        pi_logits: PiLogits,
+        deterministic: bool = False,
+        nucleus_prob: float | None = None,
+        generator: Generators = None,
+    ) -> Action:
         """An agent action per position: each component (B,T,1) int64. ``nucleus_prob`` (top-p)
         overrides the head's default; 1.0 or None samples from the full distribution. ``generator``: where the
         noise comes from (:data:`Generators`; components draw in order, buttons first)."""
         p = self.nucleus_prob if nucleus_prob is None else nucleus_prob
-        return {name: head.sample(pi_logits[name], deterministic, p, generator)
-                for name, head in self.components().items()}
+        return {
+            name: head.sample(pi_logits[name], deterministic, p, generator) for name, head in self.components().items()
+        }
 
 
 class EwmaNormalizer(nn.Module):

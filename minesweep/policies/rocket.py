@@ -93,11 +93,13 @@ class RocketPolicy(MinePolicy):
         # Row 0: no interaction (frames without segmentation); type i is row i + 1.
         self.interaction = nn.Embedding(n_interactions + 1, interaction_dim)
         c1, c2, c3 = channels
-        self.conv_blocks = nn.ModuleList([
-            FiLMConvBlock(4, c1, 8, 4, interaction_dim),  # RGB + object mask
-            FiLMConvBlock(c1, c2, 3, 2, interaction_dim),
-            FiLMConvBlock(c2, c3, 3, 2, interaction_dim),
-        ])
+        self.conv_blocks = nn.ModuleList(
+            [
+                FiLMConvBlock(4, c1, 8, 4, interaction_dim),  # RGB + object mask
+                FiLMConvBlock(c1, c2, 3, 2, interaction_dim),
+                FiLMConvBlock(c2, c3, 3, 2, interaction_dim),
+            ]
+        )
         self.pool = nn.AdaptiveAvgPool2d(4)  # keeps where the masked object is, coarsely
         self.project = nn.Sequential(nn.Linear(c3 * 16, hidsize), nn.ReLU(inplace=True), nn.LayerNorm(hidsize))
         self.memory = TransformerStack(
@@ -123,8 +125,10 @@ class RocketPolicy(MinePolicy):
             raise KeyError(_NEEDS_SEGMENTATION.format(key="segment_interaction", what="(B,T) interaction type"))
         mask = input["segment_mask"]
         if tuple(mask.shape) != (B, T, H, W):
-            raise ValueError(f"RocketPolicy: segment_mask is {tuple(mask.shape)}, expected {(B, T, H, W)} "
-                             "(one mask per frame, at the image resolution)")
+            raise ValueError(
+                f"RocketPolicy: segment_mask is {tuple(mask.shape)}, expected {(B, T, H, W)} "
+                "(one mask per frame, at the image resolution)"
+            )
         interaction = torch.as_tensor(input["segment_interaction"], device=mask.device).long()
         if interaction.dim() <= 1:  # one type per sequence (or for all): the same at every step
             interaction = interaction.reshape(-1, 1).expand(B, T)
@@ -157,7 +161,7 @@ class RocketPolicy(MinePolicy):
 
         state_out: list[torch.Tensor] = []
         first = first.bool()
-        for i, (film, block) in enumerate(zip(self.memory_films, self.memory.blocks)):
+        for i, (film, block) in enumerate(zip(self.memory_films, self.memory.blocks, strict=False)):
             x, block_state = block(film(x, e), first, state[3 * i : 3 * i + 3])
             state_out += block_state
         h = self.final_ln(torch.relu(x))

@@ -123,9 +123,7 @@ class ImpalaDownStack(nn.Module):
         self.firstconv = FanInReLULayer(in_chans, out_chans, norm=first_norm, groups=groups)
         self.n = nn.GroupNorm(post_pool_groups, out_chans) if post_pool_groups is not None else None
         block_scale = init_scale / math.sqrt(BLOCKS_PER_STACK)
-        self.blocks = nn.ModuleList(
-            ImpalaBlock(out_chans, norm, groups, block_scale) for _ in range(BLOCKS_PER_STACK)
-        )
+        self.blocks = nn.ModuleList(ImpalaBlock(out_chans, norm, groups, block_scale) for _ in range(BLOCKS_PER_STACK))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.max_pool2d(self.firstconv(x), kernel_size=3, stride=2, padding=1)
@@ -337,8 +335,9 @@ class TransformerBlock(nn.Module):
         return y + self.mlp1(self.mlp0(y)), state
 
 
-def transformer_memory(n_layers: int, maxlen: int, hidsize: int, batch_size: int | None,
-                       like: torch.Tensor) -> list[torch.Tensor]:
+def transformer_memory(
+    n_layers: int, maxlen: int, hidsize: int, batch_size: int | None, like: torch.Tensor
+) -> list[torch.Tensor]:
     """The initial state of a TransformerStack: per layer an all-False memory mask (B,1,maxlen) and zero K, V
     (B,maxlen,hidsize), on ``like``'s device and in its dtype."""
     B = 1 if batch_size is None else batch_size
@@ -357,9 +356,7 @@ class TransformerStack(nn.Module):
     def __init__(self, n_layers: int, residual_init: bool, **block_kwargs: Any) -> None:
         super().__init__()
         scale = n_layers**-0.5 * 2**-0.5 if residual_init else 1.0
-        self.blocks = nn.ModuleList(
-            TransformerBlock(init_scale=scale, **block_kwargs) for _ in range(n_layers)
-        )
+        self.blocks = nn.ModuleList(TransformerBlock(init_scale=scale, **block_kwargs) for _ in range(n_layers))
 
     def forward(
         self, x: torch.Tensor, first: torch.Tensor, state: Sequence[torch.Tensor]

@@ -58,9 +58,17 @@ def strategy_override(trainer_cfg: DictConfig) -> str | None:
     strategy = trainer_cfg.get("strategy", "auto")
     if not isinstance(strategy, str) or strategy not in SPAWNING:
         return None
-    if devices_count(trainer_cfg.get("devices", 1), str(trainer_cfg.get("accelerator", "auto"))) * int(trainer_cfg.get("num_nodes", 1) or 1) <= 1:
+    if (
+        devices_count(trainer_cfg.get("devices", 1), str(trainer_cfg.get("accelerator", "auto")))
+        * int(trainer_cfg.get("num_nodes", 1) or 1)
+        <= 1
+    ):
         return None
     if under_slurm() or not in_multirun():
         return None
-    log.info("multirun on one machine: trainer.strategy=%s -> %s (ddp would re-run the sweep in each rank)", strategy, SPAWNING[strategy])
+    log.info(
+        "multirun on one machine: trainer.strategy=%s -> %s (ddp would re-run the sweep in each rank)",
+        strategy,
+        SPAWNING[strategy],
+    )
     return SPAWNING[strategy]

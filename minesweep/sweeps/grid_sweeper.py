@@ -60,8 +60,10 @@ class GridSweeper(BasicSweeper):
         if failed:
             for number, ret in failed:
                 error = ret._return_value
-                log.error(f"job #{number} failed ({' '.join(filter_overrides(ret.overrides or []))}): "
-                          f"{type(error).__name__}: {error}")
+                log.error(
+                    f"job #{number} failed ({' '.join(filter_overrides(ret.overrides or []))}): "
+                    f"{type(error).__name__}: {error}"
+                )
             log.error(f"{len(failed)} of {initial_job_idx} jobs failed; the others finished (see each job's error.log)")
             _ = failed[0][1].return_value  # raises the first failure, with its traceback
         return returns

@@ -36,7 +36,9 @@ def trainer_extras(cfg: DictConfig) -> tuple[list[Any], dict[str, Any]]:
         kwargs["plugins"] = plugins
         log.info(
             "SLURM job %s, task %s of %s: SLURMEnvironment(auto_requeue=False), submitit requeues",
-            os.environ.get("SLURM_JOB_ID"), os.environ.get("SLURM_PROCID"), os.environ.get("SLURM_NTASKS"),
+            os.environ.get("SLURM_JOB_ID"),
+            os.environ.get("SLURM_PROCID"),
+            os.environ.get("SLURM_NTASKS"),
         )
     strategy = strategy_override(cfg.trainer)
     if strategy is not None:

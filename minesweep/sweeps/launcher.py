@@ -131,10 +131,10 @@ class ResumingSubmititLauncher(BaseSubmititLauncher):
             log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
             job_params.append((list(overrides), "hydra.sweep.dir", idx, f"job_id_for_{idx}", Singleton.get_state()))
 
-        jobs = executor.map_array(self, *zip(*job_params))
+        jobs = executor.map_array(self, *zip(*job_params, strict=False))
         return [
             self._result(job, list(overrides), idx)
-            for idx, (job, overrides) in enumerate(zip(jobs, job_overrides), initial_job_idx)
+            for idx, (job, overrides) in enumerate(zip(jobs, job_overrides, strict=False), initial_job_idx)
         ]
 
     def _result(self, job: Any, overrides: list[str], job_num: int) -> JobReturn:
@@ -143,7 +143,9 @@ class ResumingSubmititLauncher(BaseSubmititLauncher):
             return job.results()[0]
         except Exception as error:
             stderr = getattr(getattr(job, "paths", None), "stderr", None)
-            message = f"job {job.job_id} ended without a result ({type(error).__name__}: {error}); submitit log: {stderr}"
+            message = (
+                f"job {job.job_id} ended without a result ({type(error).__name__}: {error}); submitit log: {stderr}"
+            )
             log.error("#%d %s", job_num, message)
             ret = JobReturn()
             ret.overrides = overrides

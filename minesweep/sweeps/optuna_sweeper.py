@@ -107,12 +107,18 @@ class OptunaSweeper(Sweeper):
         if overlap:
             raise ValueError(f"parameters both fixed and searched: {sorted(overlap)}")
         params = {**trial.params, **fixed}
-        return [f"{name}={value}" for name, value in params.items()] + list(fixed_overrides) + [
-            f"++hydra.job.env_set.{TRIAL_ENV}={trial.number}"
-        ]
+        return (
+            [f"{name}={value}" for name, value in params.items()]
+            + list(fixed_overrides)
+            + [f"++hydra.job.env_set.{TRIAL_ENV}={trial.number}"]
+        )
 
     def _directions(self) -> list[str]:
-        directions = self.direction if isinstance(self.direction, (list, tuple)) or OmegaConf.is_list(self.direction) else [self.direction]
+        directions = (
+            self.direction
+            if isinstance(self.direction, (list, tuple)) or OmegaConf.is_list(self.direction)
+            else [self.direction]
+        )
         return [str(getattr(d, "name", d)) for d in directions]
 
     # -- the sweep ----------------------------------------------------------------------------
@@ -134,7 +140,9 @@ class OptunaSweeper(Sweeper):
         )
         before = len(study.trials)
         log.info(f"Study '{study.study_name}' in {self.storage_spec}: {before} trials so far, {self.n_trials} to run")
-        log.info(f"Sampler: {type(self.sampler).__name__}, pruner: {type(self.pruner).__name__}, directions: {directions}")
+        log.info(
+            f"Sampler: {type(self.sampler).__name__}, pruner: {type(self.pruner).__name__}, directions: {directions}"
+        )
         stale = [t.number for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
         if stale:
             log.warning(f"trials {stale} are still RUNNING from an earlier sweep (or run by another sweeper now)")
@@ -150,7 +158,7 @@ class OptunaSweeper(Sweeper):
                 log.warning(f"trial numbers {numbers} are not consecutive: job numbers will differ from them")
             returns = self.launcher.launch(overrides, initial_job_idx=numbers[0])
             launched += batch
-            for trial, ret in zip(trials, returns):
+            for trial, ret in zip(trials, returns, strict=False):
                 state = self._record(study, trial, ret, directions)
                 counts[state] = counts.get(state, 0) + 1
                 failed += state == "FAIL"
@@ -207,12 +215,21 @@ class OptunaSweeper(Sweeper):
             return
         if len(directions) == 1:
             best = study.best_trial
-            results = {"name": "optuna", "study_name": study.study_name, "best_trial": best.number,
-                       "best_params": best.params, "best_value": best.value, "n_trials": len(study.trials)}
+            results = {
+                "name": "optuna",
+                "study_name": study.study_name,
+                "best_trial": best.number,
+                "best_params": best.params,
+                "best_value": best.value,
+                "n_trials": len(study.trials),
+            }
             log.info(f"Best trial {best.number}: value {best.value}, parameters {best.params}")
         else:
-            results = {"name": "optuna", "study_name": study.study_name,
-                       "solutions": [{"trial": t.number, "params": t.params, "values": t.values} for t in study.best_trials]}
+            results = {
+                "name": "optuna",
+                "study_name": study.study_name,
+                "solutions": [{"trial": t.number, "params": t.params, "values": t.values} for t in study.best_trials],
+            }
         OmegaConf.save(OmegaConf.create(results), f"{self.config.hydra.sweep.dir}/optimization_results.yaml")
 
 

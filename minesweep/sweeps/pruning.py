@@ -51,6 +51,9 @@ class OptunaPruning(L.Callback):
             if trainer.is_global_zero:
                 log.info(
                     "Optuna trial %s pruned at step %d (%s=%.4f)",
-                    self.trial.number, trainer.global_step, self.monitor, float(trainer.callback_metrics[self.monitor]),
+                    self.trial.number,
+                    trainer.global_step,
+                    self.monitor,
+                    float(trainer.callback_metrics[self.monitor]),
                 )
                 self.trial.set_user_attr(PRUNED_AT_STEP, trainer.global_step)

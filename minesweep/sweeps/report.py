@@ -26,7 +26,16 @@ from minesweep.sweeps.jobs import JOB_FILE, METRICS_FILE, read_json
 log = logging.getLogger(__name__)
 
 #: states in table order after the metric: finished ones first
-STATE_ORDER = {"completed": 0, "complete": 0, "pruned": 1, "running": 2, "requeued": 2, "waiting": 3, "failed": 4, "fail": 4}
+STATE_ORDER = {
+    "completed": 0,
+    "complete": 0,
+    "pruned": 1,
+    "running": 2,
+    "requeued": 2,
+    "waiting": 3,
+    "failed": 4,
+    "fail": 4,
+}
 
 
 @dataclass
@@ -106,7 +115,9 @@ def load_studies(sweep_dir: Path) -> list[Any]:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = open_storage(spec)
-    return [optuna.load_study(study_name=s.study_name, storage=storage) for s in optuna.get_all_study_summaries(storage)]
+    return [
+        optuna.load_study(study_name=s.study_name, storage=storage) for s in optuna.get_all_study_summaries(storage)
+    ]
 
 
 def merge_trials(jobs: list[Job], study: Any, metric: str) -> list[Job]:
@@ -135,7 +146,11 @@ def swept_parameters(jobs: list[Job]) -> list[str]:
                 names.append(key)
     swept = []
     for key in names:
-        values = {str(job.params.get(key, job.overrides.get(key))) for job in jobs if key in job.params or key in job.overrides}
+        values = {
+            str(job.params.get(key, job.overrides.get(key)))
+            for job in jobs
+            if key in job.params or key in job.overrides
+        }
         if len(values) > 1:
             swept.append(key)
     return swept
@@ -181,7 +196,9 @@ def _fmt_duration(seconds: float | None) -> str:
     if seconds is None:
         return "-"
     seconds = int(round(seconds))
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+    return (
+        f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+    )
 
 
 def table(jobs: list[Job], metric: str, sweep_dir: Path, extra_metrics: list[str]) -> str:
@@ -195,17 +212,24 @@ def table(jobs: list[Job], metric: str, sweep_dir: Path, extra_metrics: list[str
                 ckpt = str(Path(ckpt).resolve().relative_to(sweep_dir.resolve()))
             except ValueError:
                 pass
-        rows.append([
-            str(rank), _fmt(job.num), job.state, _fmt(job.value),
-            *[_fmt(job.metrics.get(m)) for m in extra_metrics],
-            *[_fmt(param_value(job, key)) for key in swept],
-            _fmt_duration(job.duration_s), str(job.restarts), ckpt or "-",
-        ])
+        rows.append(
+            [
+                str(rank),
+                _fmt(job.num),
+                job.state,
+                _fmt(job.value),
+                *[_fmt(job.metrics.get(m)) for m in extra_metrics],
+                *[_fmt(param_value(job, key)) for key in swept],
+                _fmt_duration(job.duration_s),
+                str(job.restarts),
+                ckpt or "-",
+            ]
+        )
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
     widths[-1] = len(header[-1])  # the checkpoint path is last and not padded
-    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip()]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=False)).rstrip()]
     lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)).rstrip() for row in rows]
     failures = [job for job in jobs if job.state == "failed"]
     if failures:
         lines.append("")
@@ -221,7 +245,9 @@ def failure_summary(job: Job) -> str:
     if path is None:
         return job.error or "no error.log (the trial failed in the sweeper, see its log)"
     lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
-    exception = next((line for line in reversed(lines) if not line.startswith((" ", "\t", "---"))), lines[0] if lines else "")
+    exception = next(
+        (line for line in reversed(lines) if not line.startswith((" ", "\t", "---"))), lines[0] if lines else ""
+    )
     return f"{exception[:200]} ({path})"
 
 
@@ -251,7 +277,7 @@ def figure(jobs: list[Job], metric: str, studies: list[Any], path: Path, maximiz
     flat = list(axes.flat)
     valued = [job for job in jobs if job.value is not None and math.isfinite(job.value)]
 
-    for ax, key in zip(flat, swept):
+    for ax, key in zip(flat, swept, strict=False):
         points = [(param_value(job, key), job.value, job.state) for job in valued if param_value(job, key) is not None]
         numeric = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x, _, _ in points)
         if numeric and points:
@@ -264,8 +290,13 @@ def figure(jobs: list[Job], metric: str, studies: list[Any], path: Path, maximiz
             xs = [categories.index(str(x)) for x, _, _ in points]
         for state in sorted({s for _, _, s in points}):
             sel = [i for i, (_, _, s) in enumerate(points) if s == state]
-            ax.scatter([xs[i] for i in sel], [points[i][1] for i in sel], label=state,
-                       color=STATE_COLORS.get(state, "tab:gray"), alpha=0.8)
+            ax.scatter(
+                [xs[i] for i in sel],
+                [points[i][1] for i in sel],
+                label=state,
+                color=STATE_COLORS.get(state, "tab:gray"),
+                alpha=0.8,
+            )
         _auto_yscale(ax, [p[1] for p in points])
         ax.set_xlabel(key)
         ax.set_ylabel(metric)
@@ -279,8 +310,13 @@ def figure(jobs: list[Job], metric: str, studies: list[Any], path: Path, maximiz
         trials = [t for t in study.get_trials(deepcopy=False) if t.value is not None]
         for state in ("COMPLETE", "PRUNED"):
             sel = [t for t in trials if t.state.name == state]
-            ax.scatter([t.number for t in sel], [t.value for t in sel], label=state.lower(),
-                       color=STATE_COLORS["completed" if state == "COMPLETE" else "pruned"], alpha=0.8)
+            ax.scatter(
+                [t.number for t in sel],
+                [t.value for t in sel],
+                label=state.lower(),
+                color=STATE_COLORS["completed" if state == "COMPLETE" else "pruned"],
+                alpha=0.8,
+            )
         best, line = None, []
         for t in sorted((t for t in trials if t.state.name == "COMPLETE"), key=lambda t: t.number):
             if best is None or (t.value > best if maximize else t.value < best):
@@ -328,8 +364,13 @@ def figure(jobs: list[Job], metric: str, studies: list[Any], path: Path, maximiz
 
 
 # -- the command -------------------------------------------------------------------------------
-def report(sweep_dir: Path, metric: str | None = None, png: Path | None = None, maximize: bool | None = None,
-           extra_metrics: tuple[str, ...] = ()) -> tuple[str, Path]:
+def report(
+    sweep_dir: Path,
+    metric: str | None = None,
+    png: Path | None = None,
+    maximize: bool | None = None,
+    extra_metrics: tuple[str, ...] = (),
+) -> tuple[str, Path]:
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         raise FileNotFoundError(f"no sweep folder at {sweep_dir}")
@@ -347,7 +388,8 @@ def report(sweep_dir: Path, metric: str | None = None, png: Path | None = None, 
     states: dict[str, int] = {}
     for job in jobs:
         states[job.state] = states.get(job.state, 0) + 1
-    summary = f"{sweep_dir}: {len(jobs)} jobs ({', '.join(f'{n} {s}' for s, n in sorted(states.items()))}), sorted by {metric}"
+    counts = ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
+    summary = f"{sweep_dir}: {len(jobs)} jobs ({counts}), sorted by {metric}"
     if studies:
         summary += f"; Optuna studies: {', '.join(s.study_name for s in studies)}"
     path = figure(jobs, metric, studies, png or sweep_dir / "sweep_report.png", bool(maximize))
@@ -367,8 +409,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("sweep_dir", type=Path, help="a multirun or Optuna sweep folder (hydra.sweep.dir)")
     parser.add_argument("--metric", help="the metric to sort by (default: the jobs' optimized_metric, val/loss)")
     parser.add_argument("--png", type=Path, help="where to write the figure (default SWEEP_DIR/sweep_report.png)")
-    parser.add_argument("--maximize", action="store_true", default=None, help="higher is better (default: the study's direction, else lower)")
-    parser.add_argument("--show", action="append", default=[], metavar="METRIC", help="another metric column (repeatable)")
+    parser.add_argument(
+        "--maximize",
+        action="store_true",
+        default=None,
+        help="higher is better (default: the study's direction, else lower)",
+    )
+    parser.add_argument(
+        "--show", action="append", default=[], metavar="METRIC", help="another metric column (repeatable)"
+    )
     args = parser.parse_args(argv)
     try:
         text, _ = report(args.sweep_dir, args.metric, args.png, args.maximize, tuple(args.show))

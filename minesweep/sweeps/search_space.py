@@ -44,8 +44,8 @@ def parse_objective_choice(value: Any) -> list[str]:
 
 def objective_weights(cfg: DictConfig, trial: Any) -> None:
     """Suggest ``objective.<name>.weight`` for each selected objective that has a range configured."""
-    from hydra_plugins.hydra_optuna_sweeper._impl import create_optuna_distribution_from_override
     from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra_plugins.hydra_optuna_sweeper._impl import create_optuna_distribution_from_override
 
     ranges = OmegaConf.select(cfg, "hydra.sweeper.objective_weights", default=None) or {}
     selected = selected_objectives(cfg, trial)

@@ -22,7 +22,7 @@ JOURNAL_SUFFIXES = (".journal", ".log")
 def journal_path(spec: str) -> Path | None:
     """The file of a journal storage spec, or None when ``spec`` is not a journal."""
     if spec.startswith(JOURNAL_PREFIX):
-        return Path(spec[len(JOURNAL_PREFIX):])
+        return Path(spec[len(JOURNAL_PREFIX) :])
     if "://" not in spec and spec.endswith(JOURNAL_SUFFIXES):
         return Path(spec)
     return None
@@ -30,7 +30,7 @@ def journal_path(spec: str) -> Path | None:
 
 def sqlite_path(spec: str) -> Path | None:
     if spec.startswith("sqlite:///"):
-        return Path(spec[len("sqlite:///"):])
+        return Path(spec[len("sqlite:///") :])
     return None
 
 

@@ -8,9 +8,19 @@ from pathlib import Path
 from hydra.core.config_search_path import ConfigSearchPath
 from hydra.plugins.search_path_plugin import SearchPathPlugin
 
-LAUNCH_DIR = Path(__file__).resolve().parents[1] / "launch"
-#: The experiment configs (an absolute path, so the console scripts work from any folder).
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+def _config_folder(name: str) -> Path:
+    """``conf/`` or ``launch/``: inside the package when installed from a wheel (setup.py copies them there), else
+    beside the package, in the checkout (``python train.py``, an editable install). Absolute, so the console scripts
+    work from any folder."""
+    package = Path(__file__).resolve().parent
+    packaged = package / name
+    return packaged if packaged.is_dir() else package.parent / name
+
+
+LAUNCH_DIR = _config_folder("launch")
+#: The experiment configs.
+CONF_DIR = _config_folder("conf")
 
 
 class LaunchSearchPathPlugin(SearchPathPlugin):

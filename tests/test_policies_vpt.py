@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
 from hydra.utils import execution_whitelist
 from omegaconf import OmegaConf
 
@@ -157,7 +158,8 @@ def test_stepwise_matches_reference(policy, ref):
 @pytest.mark.parametrize("size", ["1x", "2x", "3x"])
 def test_foundation_configs_have_the_released_state_dict(size):
     released = json.loads((FIXTURES / "foundation_keys.json").read_text())["models"][size]
-    conf = OmegaConf.load(CONF_DIR / "policy" / f"vpt_{size}.yaml")
+    with initialize_config_dir(config_dir=str(CONF_DIR)):  # composed: vpt_2x/3x take the rest from vpt_1x
+        conf = compose("train", overrides=[f"policy=vpt_{size}"]).policy
     assert conf.temperature == released["pi_head_kwargs_assumed"]["temperature"]
     for key, value in released["policy_kwargs"].items():
         assert OmegaConf.to_object(conf)[key] == value, key

@@ -110,9 +110,6 @@ def build(cfg: DictConfig) -> tuple[L.Trainer, MineLightning, L.LightningDataMod
         if not cfg.trainer.get("plugins"):
             # Checkpoints are written to a temporary file and renamed: never a partial file under a final name.
             extra["plugins"] = [*extra.get("plugins", []), AtomicCheckpointIO()]
-        if getattr(datamodule, "splits_ranks_itself", False):
-            # The continuous and random-window samplers split the data across ranks themselves.
-            extra["use_distributed_sampler"] = False
         trainer = instantiate(
             cfg.trainer, logger=logger, callbacks=callbacks, default_root_dir=str(output_dir), **extra
         )

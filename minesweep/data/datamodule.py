@@ -485,11 +485,6 @@ class MineDataModule(L.LightningDataModule):
             self._store = stores[0] if len(stores) == 1 else StoreMixture(stores, self.weights)
         return self._store
 
-    @property
-    def splits_ranks_itself(self) -> bool:
-        """The loaders give each DDP rank its own windows (Lightning must not wrap their samplers)."""
-        return True
-
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
@@ -587,7 +582,7 @@ class MineDataModule(L.LightningDataModule):
             raise RuntimeError(
                 f"MineDataModule gives each of the {trainer.world_size} DDP ranks its own batches itself; Lightning's "
                 f"default would wrap them in a DistributedSampler and break them. Build the trainer with "
-                f"L.Trainer(..., use_distributed_sampler=False)"
+                f"L.Trainer(..., use_distributed_sampler=False) (conf/trainer/default.yaml does)"
             )
 
     def train_dataloader(self) -> DataLoader:

@@ -96,12 +96,15 @@ def build(cfg: DictConfig) -> tuple[L.Trainer, MineLightning, L.LightningDataMod
         if not cfg.get("objective"):
             raise ValueError("no objective selected: choose at least one, e.g. 'objective=[bc]'")
         objectives = {name: instantiate(node) for name, node in cfg.objective.items()}
+        optim = dict(cfg.optim)
+        if optim.get("optimizer") is not None:  # another optimizer than AdamW: a _partial_ config
+            optim["optimizer"] = instantiate(optim["optimizer"])
         module = MineLightning(
             mine_policy=policy,
             callbacks=objectives,
             hyperparameters=hyperparameters,
             log_freq=cfg.log_freq,
-            **cfg.optim,
+            **optim,
         )
         logger = instantiate(cfg.logger) if cfg.get("logger") else False
         callbacks = [instantiate(node) for node in (cfg.get("callbacks") or {}).values() if node]

@@ -6,7 +6,7 @@ import copy
 import logging
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import lightning as L
@@ -65,6 +65,7 @@ class MineLightning(L.LightningModule):
         betas: Sequence[float] = (0.9, 0.999),
         episode_continuous_batch: bool | None = None,
         fused_optimizer: bool | None = None,
+        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
     ) -> None:
         super().__init__()
         self.mine_policy = mine_policy
@@ -88,6 +89,14 @@ class MineLightning(L.LightningModule):
         # faster than the per-tensor loop because it reads each parameter's state once.
         self.fused_optimizer = fused_optimizer
         self.betas = tuple(betas)
+        # Another optimizer than AdamW: a factory (a Hydra ``_partial_``) called with the parameters, lr and
+        # weight_decay; betas and fused_optimizer are AdamW's, so they must not be set for it.
+        if optimizer is not None and (fused_optimizer is not None or tuple(betas) != (0.9, 0.999)):
+            raise ValueError(
+                "optim.betas and optim.fused_optimizer are AdamW's settings; with optim.optimizer (another optimizer) "
+                "set that optimizer's own arguments in optim.optimizer instead"
+            )
+        self.optimizer_factory = optimizer
         warmup_schedule(warmup_steps, None, lr_schedule, min_lr_ratio)  # validate early
         self.episode_continuous_batch = episode_continuous_batch
         self._checked_latents = False
@@ -292,6 +301,9 @@ class MineLightning(L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         params = [p for p in self.mine_policy.parameters() if p.requires_grad]
+        if self.optimizer_factory is not None:
+            optimizer = self.optimizer_factory(params, lr=self.learning_rate, weight_decay=self.weight_decay)
+            return {"optimizer": optimizer, "lr_scheduler": self._warmup_scheduler(optimizer)}
         # fp16 mixed precision scales the loss; a fused AdamW unscales inside its step, after clipping would have
         # seen the scaled gradients, so that combination keeps the per-tensor loop.
         scaler = getattr(self._trainer.precision_plugin, "scaler", None) if self._trainer is not None else None
@@ -312,9 +324,12 @@ class MineLightning(L.LightningModule):
             betas=self.betas,
             fused=fused or None,
         )
+        return {"optimizer": optimizer, "lr_scheduler": self._warmup_scheduler(optimizer)}
+
+    def _warmup_scheduler(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+        """Linear warm-up, then constant or cosine (optim.lr_schedule), stepped every optimizer step."""
         total_steps = None
         if self.lr_schedule == "cosine":
             total_steps = int(self.trainer.estimated_stepping_batches)
         schedule = warmup_schedule(self.warmup_steps, total_steps, self.lr_schedule, self.min_lr_ratio)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return {"scheduler": torch.optim.lr_scheduler.LambdaLR(optimizer, schedule), "interval": "step"}

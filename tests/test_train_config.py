@@ -83,3 +83,33 @@ def test_run_folder_names_are_flat_short_and_distinct():
     assert len(run_folder_name(long_a)) <= 120
     assert run_folder_name(long_a) != run_folder_name(long_b)
     assert run_folder_name(long_a) == run_folder_name(long_a)
+
+
+@pytest.mark.parametrize("option, kind", [("adamw", "AdamW"), ("sgd", "SGD")])
+def test_the_optimizer_is_the_one_its_config_names(tmp_path: Path, option, kind):
+    cfg = compose_train(
+        ["logger=csv", f"paths.output_dir={tmp_path}", f"data.root={tmp_path}/store", f"optim={option}"]
+    )
+    _, module, _ = build(cfg)
+    configured = module.configure_optimizers()
+    optimizer, scheduler = configured["optimizer"], configured["lr_scheduler"]["scheduler"]
+    assert type(optimizer).__name__ == kind
+    assert optimizer.defaults["weight_decay"] == cfg.optim.weight_decay
+    assert scheduler.base_lrs == [cfg.optim.learning_rate]  # the warm-up multiplies the configured rate
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(cfg.optim.learning_rate / cfg.optim.warmup_steps)
+    if kind == "SGD":
+        assert optimizer.defaults["momentum"] == 0.9 and optimizer.defaults["nesterov"]
+
+
+def test_adamw_settings_with_another_optimizer_are_refused(tmp_path: Path):
+    cfg = compose_train(
+        [
+            "logger=csv",
+            f"paths.output_dir={tmp_path}",
+            f"data.root={tmp_path}/store",
+            "optim=sgd",
+            "+optim.betas=[0.8,0.9]",
+        ]
+    )
+    with pytest.raises(ValueError, match="optim.betas"):
+        build(cfg)

@@ -153,7 +153,7 @@ class _World:
         self.total, self.actions, self.done = 0.0, [], False
         self.writer, self.video = None, video
         if video is not None and video.seed == seed and video.max_steps > 0:
-            from minesweep.data.store import H264Writer
+            from minesweep.video import H264Writer
 
             Path(video.path).parent.mkdir(parents=True, exist_ok=True)
             self.writer = H264Writer(video.path, video.size, video.size, fps=video.fps)

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from minesweep.data.segmentation import INTERACTION_TYPES, sidecar_path, write_segmentation
-from minesweep.data.store import H264Writer
+from minesweep.video import H264Writer
 
 __all__ = ["write_synthetic_episode", "generate_recordings"]
 

@@ -99,7 +99,7 @@ def write_crafter_episode(
 
     Deterministic in ``seed``: the world and the player's noise both follow it.
     """
-    from minesweep.data.store import H264Writer  # PyAV: only where videos are written
+    from minesweep.video import H264Writer  # PyAV: only where videos are written
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

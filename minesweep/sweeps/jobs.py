@@ -46,6 +46,11 @@ def is_rank_zero() -> bool:
     return True
 
 
+def restart_count() -> int:
+    """How many times SLURM restarted this job (requeue, node failure); 0 elsewhere."""
+    return int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
+
+
 def _now() -> str:
     return datetime.now().astimezone().isoformat(timespec="seconds")
 
@@ -135,7 +140,6 @@ class JobRecorder:
     def start(self, cfg: DictConfig) -> None:
         from minesweep.graceful_stop import RequeueRequested
         from minesweep.sweeps import pruning
-        from minesweep.sweeps.launcher import restart_count
         from minesweep.sweeps.trial import trial_number
 
         RequeueRequested.value = False

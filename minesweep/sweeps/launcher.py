@@ -26,14 +26,11 @@ from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from minesweep.sweeps.jobs import mark_dead, restart_count
+
 log = logging.getLogger(__name__)
 
 RESUME_OVERRIDE = "ckpt_path=last"
-
-
-def restart_count() -> int:
-    """How many times SLURM restarted this job (requeue, node failure); 0 elsewhere."""
-    return int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
 
 
 class ResumingSubmititLauncher(BaseSubmititLauncher):
@@ -152,8 +149,6 @@ class ResumingSubmititLauncher(BaseSubmititLauncher):
             ret.status = JobStatus.FAILED
             ret.return_value = RuntimeError(message)
             try:
-                from minesweep.sweeps.jobs import mark_dead
-
                 job_dir = self.job_dir(self._sweep_config(overrides, job_num))
                 mark_dead(job_dir, message, stderr)
                 ret.working_dir = str(job_dir)

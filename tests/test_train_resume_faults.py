@@ -266,9 +266,9 @@ def test_sigkill_with_a_store_mixture(stores, tmp_path):
     [
         ["data.sampling=grid"],
         ["data.episode_continuous_batch=true"],
-        ["data.sampling=grid", "callbacks/ema=default", "callbacks.ema.decay=0.9"],
+        ["data.sampling=grid", "callbacks/ema=default", "callbacks.ema.decay=0.9", "data/augment=strong"],
     ],
-    ids=["grid", "continuous", "grid-ema"],
+    ids=["grid", "continuous", "grid-ema-augment"],
 )
 def test_a_finished_run_extended_to_more_steps_continues_exactly(stores, tmp_path, mode):
     """max_steps reached mid-epoch: last.ckpt at train end; the same command with a larger max_steps continues."""

@@ -34,7 +34,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -389,8 +389,11 @@ class MineDataModule(L.LightningDataModule):
         drop_null_actions: bool = False,
         reference_window: str = "same",
         on_corrupt: str = "raise",
+        augment: Callable[..., dict[str, Any]] | None = None,
     ) -> None:
         super().__init__()
+        # Window-consistent augmentation of training batches (minesweep.data.augment), on the training device.
+        self.augment = augment
         if on_corrupt not in ON_CORRUPT:
             raise ValueError(f"data.on_corrupt must be one of {ON_CORRUPT}, got {on_corrupt!r}")
         self.on_corrupt = on_corrupt  # what a window whose data fails its checksum does (WindowDataset)
@@ -427,6 +430,15 @@ class MineDataModule(L.LightningDataModule):
         self._store: EpisodeStore | None = None
         self.train_set: WindowDataset | None = None
         self.val_set: WindowDataset | None = None
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Training batches only: ``augment`` with parameters drawn from (seed, global step), so that a resumed run
+        augments as the uninterrupted one did. (One draw per optimizer step: with accumulate_grad_batches > 1 the
+        micro-batches of a step share it.)"""
+        trainer = self.trainer
+        if self.augment is None or trainer is None or not trainer.training:
+            return batch
+        return self.augment(batch, seed=self.seed, step=trainer.global_step)
 
     # -- data preparation -----------------------------------------------------------------------------------
     def prepare_data(self) -> None:

@@ -227,7 +227,7 @@ def load_policy(cfg: DictConfig | None, checkpoint: str | Path, use_ema: bool = 
     )
     policy_cfg.weights = None
     policy = build_policy(policy_cfg, key=source)
-    load_policy_weights(policy, read_policy_state_dict(checkpoint, trained=not use_ema))
+    load_policy_weights(policy, read_policy_state_dict(checkpoint, trained=not use_ema), source=checkpoint)
     log.info("loaded policy weights from %s", checkpoint)
     return policy.eval()
 

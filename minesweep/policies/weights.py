@@ -39,9 +39,12 @@ def read_policy_state_dict(path: str | Path, trained: bool = False) -> dict[str,
     return dict(loaded)
 
 
-def load_policy_weights(policy: nn.Module, weights: str | Path | Mapping[str, torch.Tensor]) -> None:
-    """Strictly load: every key present, none extra, every shape equal; the error names each offender."""
-    source = weights if not isinstance(weights, Mapping) else "<state dict>"
+def load_policy_weights(
+    policy: nn.Module, weights: str | Path | Mapping[str, torch.Tensor], source: str | Path | None = None
+) -> None:
+    """Strictly load: every key present, none extra, every shape equal; the error names each offender and
+    ``source`` (default: ``weights`` when it is a path)."""
+    source = source or (weights if not isinstance(weights, Mapping) else "<state dict>")
     state_dict = read_policy_state_dict(weights) if not isinstance(weights, Mapping) else weights
     own = policy.state_dict()
     missing = sorted(set(own) - set(state_dict))

@@ -22,9 +22,8 @@ Under DDP every rank holds the same weights after each step, so every rank's ave
 from __future__ import annotations
 
 import itertools
-import logging
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +33,7 @@ from lightning.pytorch.callbacks import WeightAveraging
 
 from minesweep.policies.weights import CHECKPOINT_PREFIX
 
-__all__ = ["EMA"]
-
-log = logging.getLogger("minesweep")
+__all__ = ["EMA", "ema_weights"]
 
 
 def _tensors(module: torch.nn.Module) -> Iterator[torch.Tensor]:
@@ -66,7 +63,7 @@ class EMA(WeightAveraging):
         self.decay, self.start_step, self.every_n_steps = float(decay), int(start_step), int(every_n_steps)
         self.validate_on_ema = bool(validate_on_ema)
         self.weights_file = Path(weights_file) if weights_file else None
-        self._trained: list[torch.Tensor] | None = None  # the trained weights while validation runs on the EMA
+        self._validating: AbstractContextManager | None = None  # applied() while validation runs on the EMA
 
     def _average(self, average: torch.Tensor, current: torch.Tensor, n_averaged: torch.Tensor) -> torch.Tensor:
         if not average.is_floating_point():
@@ -89,14 +86,13 @@ class EMA(WeightAveraging):
     # two, which passes the average through the model's precision: bf16 weights would round it on every validation.)
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.validate_on_ema and self._average_model is not None:
-            self._trained = [t.detach().clone() for t in _tensors(pl_module)]
-            self._copy_average_to_current(pl_module)
+            self._validating = self.applied(pl_module)
+            self._validating.__enter__()
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        trained, self._trained = getattr(self, "_trained", None), None
-        if trained is not None:
-            for tensor, saved in zip(_tensors(pl_module), trained, strict=True):
-                tensor.data.copy_(saved)
+        validating, self._validating = self._validating, None
+        if validating is not None:
+            validating.__exit__(None, None, None)
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(trainer, pl_module, checkpoint)
@@ -142,3 +138,10 @@ class EMA(WeightAveraging):
         partial = self.weights_file.with_name(self.weights_file.name + ".partial")
         torch.save(policy_state, partial)
         partial.replace(self.weights_file)  # never a half-written file under the real name
+
+
+def ema_weights(trainer: L.Trainer, pl_module: L.LightningModule) -> AbstractContextManager:
+    """The EMA weights in ``pl_module`` for the block when ``trainer`` keeps an :class:`EMA` (callbacks.ema), else
+    nothing changes: what the final and online evals play."""
+    ema = next((c for c in trainer.callbacks if isinstance(c, EMA)), None)
+    return ema.applied(pl_module) if ema is not None else nullcontext()

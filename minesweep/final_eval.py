@@ -15,7 +15,6 @@ reports on has finished and saved its checkpoints by then.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import time
@@ -26,6 +25,8 @@ from typing import Any
 import lightning as L
 import torch
 from omegaconf import OmegaConf
+
+from minesweep.ema import EMA, ema_weights
 
 __all__ = ["FinalEvalCallback"]
 
@@ -89,12 +90,9 @@ class FinalEvalCallback(L.Callback):
                 int(size),
                 int(size),
             )
-        from minesweep.ema import EMA
-
-        ema = next((c for c in trainer.callbacks if isinstance(c, EMA)), None)
         try:
-            with ema.applied(pl_module) if ema is not None else contextlib.nullcontext():
-                if ema is not None:
+            with ema_weights(trainer, pl_module):
+                if any(isinstance(c, EMA) for c in trainer.callbacks):
                     log.info("final eval: the policy plays its EMA weights (callbacks.ema)")
                 self.evaluate(pl_module.mine_policy, trainer)
         except Exception:  # noqa: BLE001 - a report on a finished run: its failure must not fail the run

@@ -15,6 +15,7 @@ from typing import Any
 import lightning as L
 import torch
 
+from minesweep.ema import ema_weights
 from minesweep.eval import rng_untouched, summarize
 from minesweep.eval_parallel import PolicyJob, play_jobs
 
@@ -58,7 +59,8 @@ class OnlineEvalCallback(L.Callback):
         if step == self._last_step or step == 0 or not (step % self.every_n_steps == 0 or last):
             return
         self._last_step = step
-        metrics = self.evaluate(pl_module.mine_policy, rank=trainer.global_rank, world_size=trainer.world_size)
+        with ema_weights(trainer, pl_module):  # with callbacks.ema: the weights that are validated and kept
+            metrics = self.evaluate(pl_module.mine_policy, rank=trainer.global_rank, world_size=trainer.world_size)
         for name, value in metrics.items():  # callback_metrics: for optimized_metric, pruning, checkpoint monitors
             pl_module.log(name, value, on_step=True, on_epoch=False, batch_size=1, logger=False)
         for logger in trainer.loggers:  # every evaluation, whatever log_every_n_steps says

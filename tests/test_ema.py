@@ -173,3 +173,22 @@ def test_a_run_with_ema_saves_it_and_evaluates_it(tmp_path):
         policy = load_policy(None, run / "checkpoints" / "last.ckpt", use_ema=use_ema)
         assert all(torch.equal(policy.state_dict()[k], expected[k]) for k in expected), use_ema
     assert all(torch.equal(from_file.state_dict()[k], ema[k]) for k in ema)
+
+
+def test_ema_weights_applies_the_average_for_a_block_and_restores_the_trained_weights():
+    from types import SimpleNamespace
+
+    from minesweep.ema import ema_weights
+
+    ema = EMA(decay=0.8)
+    model, _ = fit(ema)
+    average = [p.detach().clone() for p in model.parameters()]  # fit ends with the EMA in the model
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)  # "trained" weights that differ from the average
+    trained = [p.detach().clone() for p in model.parameters()]
+    with ema_weights(SimpleNamespace(callbacks=[ema]), model):
+        assert all(torch.equal(p, a) for p, a in zip(model.parameters(), average, strict=True))
+    assert all(torch.equal(p, t) for p, t in zip(model.parameters(), trained, strict=True))
+    with ema_weights(SimpleNamespace(callbacks=[]), model):  # no EMA: nothing changes
+        assert all(torch.equal(p, t) for p, t in zip(model.parameters(), trained, strict=True))

@@ -21,6 +21,7 @@ import torch
 
 from minesweep.envs.crafter_record import EpisodeResult, play_episode
 from minesweep.eval_batch import BatchedPolicy, EnvFactory, VideoSpec, play_policy
+from minesweep.rich_bar import counting_bar
 
 __all__ = ["EnvSpec", "env_factory", "WorldsJob", "PolicyJob", "PlayerJob", "play_jobs", "available_cpus"]
 
@@ -123,28 +124,6 @@ def available_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def _progress(enabled: bool):
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(bar_width=24),
-        MofNCompleteColumn(),
-        TextColumn("worlds"),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        disable=not enabled,
-    )
-
-
 def play_jobs(
     jobs: Sequence[tuple[WorldsJob, Sequence[int]]],
     workers: int = 1,
@@ -163,7 +142,7 @@ def play_jobs(
     total = sum(len(seeds) for _, seeds in jobs)
     workers = max(1, min(int(workers), total))
     if workers == 1:
-        with _progress(progress) as bar:
+        with counting_bar(progress, "worlds") as bar:
             task = bar.add_task(description, total=total)
 
             def collect(result: EpisodeResult) -> None:
@@ -180,7 +159,8 @@ def play_jobs(
             jobs = [(job.for_workers() if hasattr(job, "for_workers") else job, seeds) for job, seeds in jobs]
         shares = [[(job, seeds[w::workers]) for job, seeds in jobs] for w in range(workers)]
         with _Workers(shares, start_method, max(1, available_cpus() // workers)) as pool:
-            with _progress(progress) as bar:  # after the fork: no progress-bar thread is copied into the workers
+            # after the fork: no progress-bar thread is copied into the workers
+            with counting_bar(progress, "worlds") as bar:
                 task = bar.add_task(description, total=total)
                 for result in pool.results():
                     results[result.player].append(result)

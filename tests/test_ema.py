@@ -123,14 +123,9 @@ def test_bad_settings_are_refused_by_name():
 
 
 @pytest.mark.slow
-def test_a_run_with_ema_saves_it_and_evaluates_it(tmp_path):
-    from minesweep.data.datamodule import MineDataModule
+def test_a_run_with_ema_saves_it_and_evaluates_it(store, tmp_path):
     from minesweep.train import train
 
-    store = tmp_path / "store"
-    MineDataModule(
-        root=str(store), demo={"episodes": 4, "frames": 64, "width": 96, "height": 64, "seed": 1}
-    ).prepare_data()
     run = tmp_path / "run"
     with initialize_config_dir(config_dir=str(CONF_DIR)):
         cfg = compose(

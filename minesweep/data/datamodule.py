@@ -505,9 +505,7 @@ class MineDataModule(L.LightningDataModule):
         train, val = split_episodes(len(self.store.episodes), self.val_fraction, self.seed)
         # Decided once for the store, so that train and val batches have the same keys.
         segmentation = self.store.has_segmentation
-        self.train_set = WindowDataset(
-            self.store,
-            train,
+        settings = (
             self.win_len,
             self.frame_skip,
             self.drop_null_actions,
@@ -515,16 +513,8 @@ class MineDataModule(L.LightningDataModule):
             self.reference_window,
             self.on_corrupt,
         )
-        self.val_set = WindowDataset(
-            self.store,
-            val,
-            self.win_len,
-            self.frame_skip,
-            self.drop_null_actions,
-            segmentation,
-            self.reference_window,
-            self.on_corrupt,
-        )
+        self.train_set = WindowDataset(self.store, train, *settings)
+        self.val_set = WindowDataset(self.store, val, *settings)
 
     # -- loaders --------------------------------------------------------------------------------------------
     def _loader(self, dataset: WindowDataset, shuffle: bool) -> DataLoader:

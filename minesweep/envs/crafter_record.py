@@ -22,6 +22,7 @@ import numpy as np
 
 from minesweep.envs.crafter import ACTIONS, CrafterEnv, contractor_steps
 from minesweep.envs.crafter_player import RandomPlayer, ScriptedPlayer
+from minesweep.rich_bar import counting_bar
 
 __all__ = [
     "Player",
@@ -152,7 +153,7 @@ def record_crafter(
     jobs = [(out_dir, f"crafter-{i:04d}", first_seed + i, length, size, noise, 20, player) for i in range(episodes)]
 
     results: list[EpisodeResult | None] = [None] * episodes
-    bar = _progress(progress)
+    bar = counting_bar(progress, "games")
     with bar:
         task = bar.add_task(f"recording Crafter ({workers} workers)", total=episodes)
         if workers == 1:
@@ -179,27 +180,6 @@ def record_crafter(
     }
     (out_dir / SUMMARY).write_text(json.dumps(summary, indent=1))
     return done
-
-
-def _progress(enabled: bool):
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
-        disable=not enabled,
-    )
 
 
 class CrafterRecordings:

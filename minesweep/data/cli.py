@@ -6,11 +6,14 @@
                    [--shard-size-mb 256] [--on-error skip|prefix] [--no-gui-cursor] [--no-progress]
     minesweep-data import-minestudio SRC DST [--resolution 128 | 128x96]
     minesweep-data verify STORE [--json]
+    minesweep-data events STORE [PATTERN ...] [--json]
 
 ``ingest`` and ``import-minestudio`` exit 0 when the store holds at least one episode (problems are printed), 1 when
 none. Re-running ``ingest`` on the same DST resumes it: episodes already there are kept, the rest are added.
 ``verify`` reads the whole store and checks it against its checksums (every video chunk, action block and mask row;
 the shard and index sha256 sums): exit 0 when intact, 1 when anything is damaged (listed, or a JSON report).
+``events`` lists each event name of a store (or those matching the patterns) with its count and the episodes it
+occurs in; exit 1 when the store keeps no events or a pattern matches none.
 """
 
 from __future__ import annotations
@@ -117,7 +120,47 @@ def _parser() -> argparse.ArgumentParser:
     )
     verify.add_argument("store")
     verify.add_argument("--json", action="store_true", help="print a machine-readable report instead of a table")
+
+    events = commands.add_parser("events", help="count the events (e.g. Crafter achievements) of a store")
+    events.add_argument("store")
+    events.add_argument("patterns", nargs="*", help="only names matching these shell patterns (e.g. 'make_*')")
+    events.add_argument("--json", action="store_true", help="print {name: {events, episodes}} as JSON")
     return parser
+
+
+def _events(root: str, patterns: Sequence[str], as_json: bool) -> int:
+    import numpy as np
+
+    from minesweep.data.events import match_event_names
+    from minesweep.data.store import EpisodeStore
+
+    try:
+        store = EpisodeStore(root)
+        if not store.has_events:
+            raise ValueError(
+                f"{root} keeps no events: it was written by a minesweep before events were stored; re-ingest it"
+            )
+        names = match_event_names(patterns, store.event_names, root) if patterns else store.event_names
+        table = store.events
+    except (OSError, ValueError) as err:
+        print(f"minesweep-data events: {err}", file=sys.stderr)
+        return 1
+    codes = {name: store.event_names.index(name) for name in names}
+    rows = {
+        name: {
+            "events": int((table["name"] == code).sum()),
+            "episodes": len(np.unique(table["episode"][table["name"] == code])),
+        }
+        for name, code in codes.items()
+    }
+    if as_json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    print(f"{root}: {len(table)} events of {len(store.event_names)} kinds in {len(store)} episodes")
+    print("event\tcount\tepisodes")  # tab-separated: names stay whole for grep
+    for name, row in sorted(rows.items(), key=lambda item: (-item[1]["events"], item[0])):
+        print(f"{name}\t{row['events']}\t{row['episodes']}")
+    return 0
 
 
 def _verify(store: str, as_json: bool) -> int:
@@ -192,6 +235,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.command == "verify":
         return _verify(args.store, args.json)
+    if args.command == "events":
+        return _events(args.store, args.patterns, args.json)
 
     if args.command == "import-minestudio":
         from minesweep.data.minestudio import MineStudioFormatError, import_minestudio

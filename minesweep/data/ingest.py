@@ -16,6 +16,9 @@ once with its file, the reason and, where it applies, the frame index. ``on_erro
 A ``NAME.segmentation.npz`` beside a recording (:mod:`minesweep.data.segmentation`) is resized to the store
 resolution and stored with the episode; a malformed one is a problem like any other (its masks must not silently
 go missing): the episode is skipped, or with ``prefix`` kept without them.
+
+Steps that carry ``events`` or ``stats`` give the episode its events (:mod:`minesweep.data.events`); a malformed
+one is a bad step like any other.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import numpy as np
 from av.video.reformatter import VideoReformatter
 
 from minesweep.actions.contractor import ContractorFormatError, contractor_to_env, read_jsonl_prefix
+from minesweep.data.events import contractor_events
 from minesweep.data.resize import resize_bilinear
 from minesweep.data.segmentation import SegmentationError, check_segmentation, read_sidecar, resize_masks, sidecar_path
 from minesweep.data.store import DEFAULT_SHARD_SIZE, EncodedEpisode, EpisodeLengthError, StoreWriter, encode_episode
@@ -197,6 +201,7 @@ def _encode(job: _Job, settings: _Settings) -> tuple[EncodedEpisode | None, list
     try:
         env_actions = contractor_to_env(steps, legacy_vpt_camera=settings.legacy_vpt_camera, source=str(job.jsonl))
         cursor = _cursor_drawer(steps, str(job.jsonl)) if settings.gui_cursor else None
+        events = contractor_events(steps, str(job.jsonl))
     except ContractorFormatError as err:
         problem(job.jsonl, str(err), frame=err.step)
         if not prefix or not err.step:
@@ -204,6 +209,7 @@ def _encode(job: _Job, settings: _Settings) -> tuple[EncodedEpisode | None, list
         steps = steps[: err.step]
         env_actions = contractor_to_env(steps, legacy_vpt_camera=settings.legacy_vpt_camera, source=str(job.jsonl))
         cursor = _cursor_drawer(steps, str(job.jsonl)) if settings.gui_cursor else None
+        events = contractor_events(steps, str(job.jsonl))
     if len(env_actions) == 0:
         if not problems:
             problem(job.jsonl, "no steps in the .jsonl")
@@ -249,6 +255,7 @@ def _encode(job: _Job, settings: _Settings) -> tuple[EncodedEpisode | None, list
             source=job.source,
             allow_prefix=prefix,
             segmentation=segmentation,
+            events=events,
         )
     except _DecodeError as err:
         problem(job.mp4, str(err), frame=err.frame)

@@ -53,6 +53,7 @@ import numpy as np
 import xxhash
 from av.video.reformatter import VideoReformatter
 
+from minesweep.data.events import Event, check_events
 from minesweep.data.segmentation import SegmentationError, check_segmentation
 from minesweep.video import H264Writer
 
@@ -76,6 +77,9 @@ FORMAT_VERSION = 4
 ACTION_SPACE_VERSION = "vpt-20buttons-camera-degrees-1"
 CODECS = ("h264", "raw")
 MANIFEST, INDEX, JOURNAL, SHARDS = "manifest.json", "index.npy", "episodes.jsonl", "shards"
+EVENTS = "events.npy"
+#: One row per event of the store, sorted by (episode, frame, name); ``name`` indexes ``manifest["events"]["names"]``.
+EVENT_DTYPE = np.dtype([("episode", "<i8"), ("frame", "<i8"), ("name", "<i4")])
 DEFAULT_SHARD_SIZE = 256 << 20
 _SEGMENTATION = "segmentation"  # prefix of the segmentation modality's per-frame arrays in the actions .npz
 _INTEGRITY = "integrity"  # prefix of the per-unit checksum arrays in the actions .npz (module docstring)
@@ -143,6 +147,12 @@ class EpisodeRecord:
     segmentation_offset: int = 0
     segmentation_size: int = 0  # 0: the episode has no segmentation
     actions_crc: int = 0  # CRC32 of the actions bytes (which hold the checksums of everything else)
+    # (frame, name) pairs (minesweep.data.events): journalled with the episode, gathered into events.npy on close.
+    # Empty in records read back from the index (the reader has them in EpisodeStore.events).
+    events: tuple[Event, ...] = ()
+
+    def __post_init__(self) -> None:  # a journal line gives lists
+        object.__setattr__(self, "events", tuple((int(f), str(n)) for f, n in self.events))
 
 
 def _shard_name(shard: int) -> str:
@@ -198,6 +208,7 @@ class EncodedEpisode:
     source: str = ""
     frames_seen: int = 0  # frames the source offered (> length: it had more frames than actions)
     segmentation: bytes = b""  # bit-packed masks, one row per frame (empty: no segmentation)
+    events: tuple[Event, ...] = ()  # (frame, name), sorted
 
     @property
     def sha256(self) -> str:
@@ -226,6 +237,7 @@ def encode_episode(
     source: str = "",
     allow_prefix: bool = False,
     segmentation: Mapping[str, np.ndarray] | None = None,
+    events: Iterable[Sequence] | None = None,
 ) -> EncodedEpisode:
     """Encode frames and actions of one episode in memory. Raises :class:`EpisodeLengthError` when the frame and
     action counts differ (or are zero), ``ValueError`` for a frame of the wrong shape or dtype.
@@ -234,12 +246,15 @@ def encode_episode(
     the last action are not read, beyond one to notice that there are more).
     ``segmentation``: optional per-frame object masks at ``resolution`` (keys of :mod:`minesweep.data.segmentation`),
     one entry per action.
+    ``events``: ``(frame, name)`` pairs (:mod:`minesweep.data.events`), frames within the actions; those past a
+    prefix that ``allow_prefix`` keeps are dropped with their frames.
     """
     validate_episode_id(episode_id)
     if codec not in CODECS:
         raise ValueError(f"unknown codec {codec!r}; choose one of {CODECS}")
     actions = _env_action_arrays(env_actions, episode_id)
     n_actions = len(actions["buttons"])
+    checked_events = check_events(events or (), n_actions, f"episode {episode_id!r}")
     h, w = resolution
     if segmentation is not None:
         segmentation = check_segmentation(segmentation, f"episode {episode_id!r}", length=n_actions)
@@ -289,7 +304,14 @@ def encode_episode(
     npz = io.BytesIO()
     np.savez(npz, **actions)
     return EncodedEpisode(
-        episode_id, n_actions, video_bytes, npz.getvalue(), str(source), frames_seen=seen, segmentation=packed
+        episode_id,
+        n_actions,
+        video_bytes,
+        npz.getvalue(),
+        str(source),
+        frames_seen=seen,
+        segmentation=packed,
+        events=tuple(e for e in checked_events if e[0] < n_actions),
     )
 
 
@@ -529,6 +551,7 @@ class StoreWriter:
         env_actions: Any,
         source: str = "",
         segmentation: Mapping[str, np.ndarray] | None = None,
+        events: Iterable[Sequence] | None = None,
     ) -> EpisodeRecord:
         """Encode ``frames`` (an array ``(T, H, W, 3)`` or an iterable of frames or of frame batches) with the
         actions (and optional segmentation masks, see :func:`encode_episode`) and append them. Nothing of the
@@ -547,6 +570,7 @@ class StoreWriter:
             self.preset,
             source,
             segmentation=segmentation,
+            events=events,
         )
         return self.append(encoded)
 
@@ -577,6 +601,7 @@ class StoreWriter:
             actions_offset + len(episode.actions),
             len(episode.segmentation),
             episode.actions_crc,
+            episode.events,
         )
         self._journal.write(json.dumps(asdict(record)) + "\n")
         self._journal.flush()
@@ -611,6 +636,7 @@ class StoreWriter:
         tmp = self.root / f".{INDEX}.tmp.npy"
         np.save(tmp, index)
         os.replace(tmp, self.root / INDEX)
+        events = self._write_events()
         shards = sorted({e.shard for e in self.episodes})
         _write_json_atomic(
             path,
@@ -624,6 +650,7 @@ class StoreWriter:
                     "size": (self.root / INDEX).stat().st_size,
                     "sha256": _file_sha256(self.root / INDEX),
                 },
+                "events": events,
                 "shards": [
                     {
                         "file": _shard_name(s),
@@ -636,6 +663,29 @@ class StoreWriter:
         )
         self._closed = True
         return path
+
+    def _write_events(self) -> dict[str, Any]:
+        """``events.npy`` (every episode's events, :data:`EVENT_DTYPE`) and its manifest entry: the names, the count
+        of each, the file's size and sha256."""
+        names = sorted({name for record in self.episodes for _, name in record.events})
+        code = {name: i for i, name in enumerate(names)}
+        rows = [
+            (position, frame, code[name])
+            for position, record in enumerate(self.episodes)
+            for frame, name in record.events
+        ]
+        table = np.array(sorted(rows), dtype=EVENT_DTYPE)
+        tmp = self.root / f".{EVENTS}.tmp.npy"
+        np.save(tmp, table)
+        os.replace(tmp, self.root / EVENTS)
+        counts = np.bincount(table["name"], minlength=len(names)) if len(table) else np.zeros(len(names), int)
+        return {
+            "file": EVENTS,
+            "size": (self.root / EVENTS).stat().st_size,
+            "sha256": _file_sha256(self.root / EVENTS),
+            "names": names,
+            "counts": {name: int(n) for name, n in zip(names, counts, strict=True)},
+        }
 
     def __enter__(self) -> StoreWriter:
         return self
@@ -836,6 +886,7 @@ class EpisodeStore:
         self._videos: OrderedDict[int, _OpenVideo] = OrderedDict()
         self._actions: OrderedDict[int, dict[str, np.ndarray]] = OrderedDict()
         self.decoded_frames = 0  # frames decoded by the last read_frames (seek cost included)
+        self._events: np.ndarray | None = None  # events.npy, loaded on first use
 
     def __len__(self) -> int:
         return len(self.index)
@@ -864,7 +915,9 @@ class EpisodeStore:
     # -- processes: never share an open container or descriptor across processes --------------------------------
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        state.update(_videos=OrderedDict(), _actions=OrderedDict(), _fds={}, _by_id=None, index=None, episodes=None)
+        state.update(
+            _videos=OrderedDict(), _actions=OrderedDict(), _fds={}, _by_id=None, index=None, episodes=None, _events=None
+        )
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -909,6 +962,61 @@ class EpisodeStore:
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
+
+    # -- events ------------------------------------------------------------------------------------------------
+    @property
+    def has_events(self) -> bool:
+        """Whether the store records events at all (written by a minesweep that keeps them; it may hold none)."""
+        return isinstance(self.manifest.get("events"), dict)
+
+    @property
+    def event_names(self) -> list[str]:
+        return list(self.manifest["events"]["names"]) if self.has_events else []
+
+    @property
+    def event_counts(self) -> dict[str, int]:
+        """Occurrences of each event name in the whole store."""
+        return dict(self.manifest["events"]["counts"]) if self.has_events else {}
+
+    @property
+    def events(self) -> np.ndarray:
+        """Every event of the store, :data:`EVENT_DTYPE` rows ``(episode position, frame, name code)`` sorted by
+        episode and frame; ``event_names[code]`` is the name. Empty for a store without events."""
+        if self._events is None:
+            self._events = self._load_events()
+        return self._events
+
+    def _load_events(self) -> np.ndarray:
+        if not self.has_events:
+            return np.zeros(0, EVENT_DTYPE)
+        entry, path = self.manifest["events"], self.root / EVENTS
+        try:
+            size = path.stat().st_size
+            if size != entry.get("size"):
+                raise ValueError(f"it is {size} bytes, the manifest says {entry.get('size')} (truncated or replaced)")
+            table = np.load(path, mmap_mode="r")
+            if table.dtype != EVENT_DTYPE or table.ndim != 1:
+                raise ValueError(f"expected rows of {EVENT_DTYPE}, got {table.dtype} with shape {table.shape}")
+        except FileNotFoundError:
+            raise CorruptDataError(f"{path} is missing (the manifest lists events): restore it or re-ingest") from None
+        except (ValueError, OSError, EOFError) as err:
+            raise CorruptDataError(f"{path}: not a valid event table: {err}. Restore it or re-ingest") from err
+        names = entry.get("names", [])
+        episodes, codes = table["episode"], table["name"]
+        bad = (episodes < 0) | (episodes >= len(self)) | (codes < 0) | (codes >= len(names))
+        if not bad.any():
+            bad = table["frame"] >= self.lengths[table["episode"]]
+        if bad.any() or (table["frame"] < 0).any():
+            raise CorruptDataError(f"{path}: event rows point outside the store's episodes or names: re-ingest")
+        return table
+
+    def episode_events(self, episode: int | str) -> list[tuple[int, str]]:
+        """``(frame, name)`` pairs of one episode."""
+        position = self.position(episode)
+        table = self.events
+        lo, hi = np.searchsorted(table["episode"], [position, position + 1])
+        names = self.event_names
+        return [(int(f), names[int(n)]) for f, n in zip(table["frame"][lo:hi], table["name"][lo:hi], strict=True)]
 
     # -- reading ---------------------------------------------------------------------------------------------
     @property
@@ -1301,6 +1409,10 @@ def verify_store(root: str | Path) -> VerifyReport:
         index = store.manifest.get("index")
         if isinstance(index, dict) and index.get("sha256") != _file_sha256(store.root / INDEX):
             problem("index", f"{store.root / INDEX}: sha256 does not match the manifest", shard=INDEX)
+        if store.has_events:
+            path = store.root / EVENTS
+            if not path.is_file() or _file_sha256(path) != store.manifest["events"].get("sha256"):
+                problem("events", f"{path}: missing, or its sha256 does not match the manifest", shard=EVENTS)
         for shard in store.manifest["shards"]:
             path = store.root / shard["file"]
             if not path.is_file():

@@ -230,7 +230,7 @@ def contractor_steps(actions: Sequence[int], extra: Sequence[dict] | None = None
     * attack-stuck fix: ``newButtons == [0]`` at step 0 would drop the attack until it is released, so an
       attack at step 0 is recorded as held, not new.
 
-    ``extra``: optional per-step fields merged into each step (e.g. ``{"crafter": {...}}``); ingest ignores them.
+    ``extra``: optional per-step fields merged into each step (e.g. ``{"crafter": {...}}``; ingest reads ``events``).
     """
     if extra is not None and len(extra) != len(actions):
         raise ValueError(f"extra has {len(extra)} entries for {len(actions)} actions")

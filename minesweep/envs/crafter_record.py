@@ -52,6 +52,8 @@ class EpisodeResult:
     achievements: dict[str, int]  # achievement -> times unlocked in the episode
     name: str = ""
     actions: list[int] = field(default_factory=list, repr=False)
+    # (step, achievement): each time action `step` made an achievement's count go up (the recording's events)
+    events: list[tuple[int, str]] = field(default_factory=list, repr=False)
 
     def unlocked(self) -> list[str]:
         return sorted(k for k, v in self.achievements.items() if v > 0)
@@ -68,14 +70,17 @@ def play_episode(
     ``on_step(obs, action, info)`` is called before each step with the observation the action answers.
     """
     obs, info = env.reset()
-    total, actions, done = 0.0, [], False
+    total, actions, events, done = 0.0, [], [], False
     while not done:
         action = int(player.act(obs, info))
         if on_step is not None:
             on_step(obs, action, info)
+        before = info["achievements"]
         actions.append(action)
         obs, reward, done, info = env.step(action)
         total += reward
+        for name, count in sorted(info["achievements"].items()):
+            events.extend([(len(actions) - 1, name)] * max(0, count - before.get(name, 0)))
     return EpisodeResult(
         seed=env.seed if seed is None else seed,
         player=player.name,
@@ -83,6 +88,7 @@ def play_episode(
         episode_return=float(total),
         achievements=dict(info["achievements"]),
         actions=actions,
+        events=events,
     )
 
 
@@ -114,7 +120,14 @@ def write_crafter_episode(
     mp4, jsonl = out_dir / f"{name}.mp4", out_dir / f"{name}.jsonl"
     with H264Writer(mp4, size, size, fps) as video:
         result = play_episode(env, bot, on_step=lambda obs, action, info: video.write(obs))
-    extra = [{"crafter": {"action": ACTIONS[a], "seed": seed}} for a in result.actions]
+    unlocked: list[list[str]] = [[] for _ in result.actions]
+    for step, achievement in result.events:
+        unlocked[step].append(achievement)
+    # "events": the achievements each action unlocked (minesweep.data.events reads them at ingest)
+    extra = [
+        {"crafter": {"action": ACTIONS[a], "seed": seed}, **({"events": names} if names else {})}
+        for a, names in zip(result.actions, unlocked, strict=True)
+    ]
     with open(jsonl, "w") as f:
         for step in contractor_steps(result.actions, extra):
             f.write(json.dumps(step))
@@ -176,7 +189,7 @@ def record_crafter(
         "noise": noise,
         "player": player,
         "mean_return": float(np.mean([r.episode_return for r in done])),
-        "results": [{k: v for k, v in asdict(r).items() if k != "actions"} for r in done],
+        "results": [{k: v for k, v in asdict(r).items() if k not in ("actions", "events")} for r in done],
     }
     (out_dir / SUMMARY).write_text(json.dumps(summary, indent=1))
     return done

@@ -6,6 +6,8 @@ Training windows come one of three ways (``sampling``):
   exactly once; the last window of an episode is padded with zeros and mask 0 (also what validation uses);
 * ``frames``: random windows, every window start of the data equally likely;
 * ``episodes``: random windows, every episode equally likely;
+* ``events``: windows that hold one of the store's events (``events``: name patterns) at ``event_offset``, mixed
+  with ``frames`` windows (``event_share``: the fraction of event windows); see :class:`EventWindowSampler`;
 
 or, with ``episode_continuous_batch``, each batch slot walks its episodes window after window (sampler.py).
 Episodes, not windows, are split into train and val, so no validation frame is ever seen in training.
@@ -27,6 +29,8 @@ One item (and, stacked by ``default_collate``, one batch with a leading B)::
     timestep      int64   (T,)   frame index in the episode (padding continues the count; frame_skip
                                  k keeps every k-th frame)
     first         bool    (T,)   True exactly at timestep 0: the episode-start flag
+    event_frame   int64   ()     with ``sampling="events"`` only: the index in the window of the event it was
+                                 centred on (-1: an ordinary window)
 """
 
 from __future__ import annotations
@@ -53,8 +57,15 @@ from torch.utils.data import (
 )
 
 from minesweep.actions import CAMERA_NULL_INDEX, NULL_BUTTONS_INDEX, env_to_agent
+from minesweep.data.events import match_event_names
 from minesweep.data.mixture import StoreMixture
-from minesweep.data.sampler import PAD, EpisodeContinuousBatchSampler, RandomWindowSampler, ResumableEpochs
+from minesweep.data.sampler import (
+    PAD,
+    EpisodeContinuousBatchSampler,
+    EventWindowSampler,
+    RandomWindowSampler,
+    ResumableEpochs,
+)
 from minesweep.data.segmentation import empty_segmentation
 from minesweep.data.store import MANIFEST, CorruptDataError, EpisodeStore
 from minesweep.graceful_stop import ignore_stop_signals
@@ -72,7 +83,7 @@ _HOW_TO_CREATE = (
 
 #: ``window_index`` of a random window (not part of any continuous walk through an episode).
 RANDOM_WINDOW = -2
-SAMPLING = ("grid", "frames", "episodes")
+SAMPLING = ("grid", "frames", "episodes", "events")
 REFERENCE_WINDOWS = ("same", "other")
 ON_CORRUPT = ("raise", "skip")
 
@@ -81,13 +92,15 @@ class WindowDataset(Dataset):
     """Windows over some episodes of a store. Videos are opened lazily in the reading process.
 
     An item is addressed by an ``int`` (the i-th grid window: episode after episode, ``win_len * frame_skip``
-    frames apart) or by a pair ``(episode, start)`` (a window starting anywhere; see RandomWindowSampler).
+    frames apart), by a pair ``(episode, start)`` (a window starting anywhere; see RandomWindowSampler) or by a
+    triple ``(episode, start, event index)`` (a window holding an event there; see EventWindowSampler).
 
     ``segmentation``: add the ``segment_*`` keys (None: when the store has the modality).
     ``reference_window``: ``"other"`` adds a reference video from another window of the same episode (GROOT).
     ``on_corrupt``: a window whose stored bytes fail their checksum (:class:`CorruptDataError`) stops the run
     (``"raise"``), or (``"skip"``) is replaced by a fully masked padding window (mask 0, episode -1), so batch
     shapes stay fixed; each one is logged and counted in ``corrupt_windows`` (all loader workers together).
+    ``event_frames``: every item gets ``event_frame`` (the event's index for a triple key, else -1).
     """
 
     def __init__(
@@ -100,6 +113,7 @@ class WindowDataset(Dataset):
         segmentation: bool | None = None,
         reference_window: str = "same",
         on_corrupt: str = "raise",
+        event_frames: bool = False,
     ) -> None:
         if win_len <= 0:
             raise ValueError(f"win_len must be positive, got {win_len}")
@@ -115,6 +129,7 @@ class WindowDataset(Dataset):
         self.store = store if isinstance(store, (EpisodeStore, StoreMixture)) else EpisodeStore(store)
         self.segmentation = self.store.has_segmentation if segmentation is None else bool(segmentation)
         self.reference_window = reference_window
+        self.event_frames = bool(event_frames)
         self.win_len, self.frame_skip = int(win_len), int(frame_skip)
         self.drop_null_actions = bool(drop_null_actions)
         self.lengths = np.asarray(self.store.lengths, np.int64)
@@ -191,10 +206,13 @@ class WindowDataset(Dataset):
             del padding["image"]
             return padding
 
-    def _read_window(self, key: int | tuple[int, int], image: np.ndarray) -> dict[str, Any]:
+    def _read_window(self, key: int | tuple[int, ...], image: np.ndarray) -> dict[str, Any]:
+        event_frame = -1
         if isinstance(key, (tuple, list)):
             episode, start = int(key[0]), int(key[1])
             window_index = RANDOM_WINDOW
+            if len(key) == 3:
+                event_frame = int(key[2])
         elif key == PAD:
             image[:] = 0
             padding = self._padding()
@@ -242,6 +260,8 @@ class WindowDataset(Dataset):
             "timestep": torch.from_numpy(frames.astype(np.int64)),
             "first": torch.from_numpy(frames == 0),
         }
+        if self.event_frames:
+            item["event_frame"] = torch.tensor(event_frame, dtype=torch.int64)
         if self.segmentation:
             item.update(self._segmentation(episode, start, n))
         if self.reference_window == "other":
@@ -305,6 +325,8 @@ class WindowDataset(Dataset):
             "timestep": torch.full((T,), PAD, dtype=torch.int64),
             "first": torch.zeros(T, dtype=torch.bool),
         }
+        if self.event_frames:
+            item["event_frame"] = torch.tensor(-1, dtype=torch.int64)
         if self.segmentation:
             item.update(self._segmentation(None, 0, 0))
         if self.reference_window == "other":
@@ -368,8 +390,11 @@ class MineDataModule(L.LightningDataModule):
     (conf/data/synth_demo.yaml: the synthetic world, which also has camera actions). ``resolution`` (a key of the
     mapping or an attribute of the recipe) is the store's frame size, 128 by default.
     ``root`` may be a list of stores, mixed by ``weights`` (random-window sampling only). ``sampling``: ``grid``,
-    ``frames`` or ``episodes`` (module docstring); ``samples_per_epoch``: random windows per epoch and rank
-    (default: as many as the grid has, split over the ranks).
+    ``frames``, ``episodes`` or ``events`` (module docstring); ``samples_per_epoch``: random windows per epoch and
+    rank (default: as many as the grid has, split over the ranks). With ``sampling="events"``: ``events`` (name
+    patterns, e.g. ``[place_table, "make_*"]``), ``event_offset``, ``event_share`` and ``event_balance``
+    (:class:`EventWindowSampler`); event windows come from the training episodes' events only (store ``weights``
+    apply to the ordinary windows).
     """
 
     def __init__(
@@ -390,6 +415,10 @@ class MineDataModule(L.LightningDataModule):
         reference_window: str = "same",
         on_corrupt: str = "raise",
         augment: Callable[..., dict[str, Any]] | None = None,
+        events: Sequence[str] | None = None,
+        event_offset: int | str = "end",
+        event_share: float = 1.0,
+        event_balance: str = "occurrences",
     ) -> None:
         super().__init__()
         # Window-consistent augmentation of training batches (minesweep.data.augment), on the training device.
@@ -413,6 +442,19 @@ class MineDataModule(L.LightningDataModule):
                 "data.weights mixes several stores (a list in data.root) by their share of random "
                 "windows: it needs data.sampling=frames or episodes, without episode_continuous_batch"
             )
+        if (sampling == "events") != bool(events):
+            raise ValueError(
+                "data.sampling=events needs data.events (event names or patterns, e.g. [place_table, 'make_*'])"
+                if sampling == "events"
+                else f"data.events={list(events or [])} is only used with data.sampling=events (got {sampling!r})"
+            )
+        if sampling == "events" and episode_continuous_batch:
+            raise ValueError(
+                "data.sampling=events draws windows around events; it cannot be combined with "
+                "episode_continuous_batch (which walks whole episodes in order)"
+            )
+        self.events = None if events is None else [str(e) for e in events]
+        self.event_offset, self.event_share, self.event_balance = event_offset, float(event_share), event_balance
         self.roots = [Path(r) for r in roots]
         self.root = self.roots[0]
         self.sampling, self.weights = sampling, None if weights is None else list(weights)
@@ -512,6 +554,7 @@ class MineDataModule(L.LightningDataModule):
             segmentation,
             self.reference_window,
             self.on_corrupt,
+            self.sampling == "events",
         )
         self.train_set = WindowDataset(self.store, train, *settings)
         self.val_set = WindowDataset(self.store, val, *settings)
@@ -565,15 +608,49 @@ class MineDataModule(L.LightningDataModule):
             ]
         world_size = self.trainer.world_size if self.trainer is not None else 1
         num_samples = self.samples_per_epoch or -(-len(dataset) // world_size)
-        return RandomWindowSampler(
+        if self.sampling != "events":
+            return RandomWindowSampler(
+                lengths,
+                dataset.span,
+                num_samples,
+                mode=self.sampling,
+                episode_weights=weights,
+                seed=self.seed,
+                episodes=dataset.episode_indices,
+            )
+        return EventWindowSampler(
             lengths,
             dataset.span,
             num_samples,
-            mode=self.sampling,
+            self._training_events(dataset),
+            win_len=self.win_len,
+            frame_skip=self.frame_skip,
+            offset=self.event_offset,
+            share=self.event_share,
+            balance=self.event_balance,
             episode_weights=weights,
             seed=self.seed,
             episodes=dataset.episode_indices,
         )
+
+    def _training_events(self, dataset: WindowDataset) -> np.ndarray:
+        """The events named by ``data.events`` in the training episodes; an error that says why when none are."""
+        store, where = self.store, ", ".join(str(r) for r in self.roots)
+        if not store.has_events:
+            raise ValueError(
+                f"data.sampling=events: the store {where} keeps no events (written before minesweep stored them); "
+                f"re-ingest it to sample event windows"
+            )
+        names = match_event_names(self.events or [], store.event_names, where)
+        codes = [store.event_names.index(name) for name in names]
+        table = store.events
+        chosen = table[np.isin(table["name"], codes) & np.isin(table["episode"], dataset.episode_indices)]
+        if not len(chosen):
+            raise ValueError(
+                f"data.events={self.events} ({', '.join(names)}) occur only in validation episodes of {where}: "
+                f"no training window can hold them"
+            )
+        return chosen
 
     def _check_trainer(self) -> None:
         """Lightning's default DDP sampler wrapping would give each rank a shuffled subset of our batches (continuous

@@ -108,8 +108,6 @@ def match_event_names(patterns: Sequence[str], names: Iterable[str], where: str)
         hits = fnmatch.filter(names, str(pattern))
         if not hits:
             shown = ", ".join(names[:40]) + (" ..." if len(names) > 40 else "")
-            raise ValueError(
-                f"{pattern!r} matches no event in {where} (it has: {shown or 'no events at all'})"
-            )
+            raise ValueError(f"{pattern!r} matches no event in {where} (it has: {shown or 'no events at all'})")
         matched.update(hits)
     return sorted(matched)

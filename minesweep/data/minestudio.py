@@ -6,6 +6,7 @@ The layout, as MineStudio's converter (``tools/convertion.py``) writes it and it
     SRC/
       image/ (or video/)   part-*/   one LMDB environment each (data.mdb)
       action/              part-*/
+      event/               (optional) one LMDB environment of events, written by MineStudio's event converter
       meta_info/, ...      (other modalities: not imported)
 
 In every LMDB environment:
@@ -19,6 +20,13 @@ In every LMDB environment:
   action chunks are a pickled dict of arrays, one row per frame: the 20 button keys of the VPT action space
   (``attack``, ``forward``, ..., ``hotbar.1``..``hotbar.9``), ``camera`` ``(n, 2)`` in degrees ``[pitch, yaw]``,
   and, from the OpenAI contractor converter, also ``ESC``, ``swapHands`` and ``pickItem``.
+
+The ``event`` environment holds ``"__event_info__"`` -> pickled ``{name: {"__num_items__": n, ...}}``, an optional
+``"__codebook__"`` -> pickled ``{episode name: id}``, and ``str((name, i))`` -> pickled ``(episode or its id, frame,
+value)`` for ``i < n``. Each item becomes the event ``(frame, name)`` of that episode (the store's events,
+:mod:`minesweep.data.events`; MineStudio's reader also drops events before frame 128 as "dirty": here they are kept,
+and ``data.events`` sampling decides). An item that is missing, unreadable or outside its episode is noted in the
+report, never silently dropped; the episode is imported with its other events.
 
 MineStudio's converter keeps only whole chunks, and its ``num_frames`` counts whole chunks. This importer keeps
 every frame it finds: a final chunk shorter than ``chunk_size`` is imported, and chunks stored past
@@ -57,6 +65,7 @@ __all__ = ["ImportReport", "MineStudioFormatError", "import_minestudio", "restri
 REPORT = "import_report.json"
 IMAGE_MODALITIES = ("image", "video")  # MineStudio's ImageKernelCallback accepts either folder name
 ACTION_MODALITY = "action"
+EVENT_MODALITY = "event"
 META_KEYS = ("__chunk_size__", "__chunk_infos__", "__num_episodes__", "__num_total_frames__")
 _DECODE_ERRORS = (av.error.FFmpegError, OSError, ValueError, EOFError, RuntimeError, StopIteration)
 
@@ -206,6 +215,67 @@ def _chunks(ref: _EpisodeRef, modality: str) -> Iterator[tuple[int, bytes]]:
             start += ref.chunk_size
 
 
+def _read_events(folder: Path, report: ImportReport) -> dict[str, list[tuple[int, str]]]:
+    """Every event of the ``event`` LMDB environment (module docstring), by episode name: ``[(frame, name), ...]``."""
+    import lmdb
+
+    events: dict[str, list[tuple[int, str]]] = {}
+    if not (folder / "data.mdb").is_file():
+        report.notes.append({"episode": "*", "note": f"{folder} holds no LMDB environment: no events imported"})
+        return events
+    try:
+        env = lmdb.open(str(folder), readonly=True, lock=False, readahead=False, subdir=True)
+    except lmdb.Error as err:
+        report.notes.append({"episode": "*", "note": f"{folder}: cannot open the event LMDB ({err}): no events"})
+        return events
+    try:
+        with env.begin() as txn:
+            try:
+                info = restricted_loads(txn.get(b"__event_info__") or b"")
+                codebook_raw = txn.get(b"__codebook__")
+                codebook = {} if codebook_raw is None else restricted_loads(codebook_raw)
+                if not isinstance(info, dict) or not isinstance(codebook, dict):
+                    raise TypeError("__event_info__ and __codebook__ must be dicts")
+            except (pickle.UnpicklingError, EOFError, TypeError, ValueError) as err:
+                report.notes.append({"episode": "*", "note": f"{folder}: unreadable event index ({err}): no events"})
+                return events
+            names_by_id = {str(v): str(k) for k, v in codebook.items()}
+            for name in sorted(info):
+                try:
+                    count = int(info[name]["__num_items__"])
+                except (KeyError, TypeError, ValueError):
+                    report.notes.append({"episode": "*", "note": f"{folder}: event {name!r} has no __num_items__"})
+                    continue
+                for i in range(count):
+                    key = str((name, i))
+                    try:
+                        episode, frame, _value = restricted_loads(txn.get(key.encode()) or b"")
+                        frame = int(frame)
+                    except (pickle.UnpicklingError, EOFError, TypeError, ValueError) as err:
+                        report.notes.append({"episode": "*", "note": f"{folder}: event item {key} unreadable: {err}"})
+                        continue
+                    episode = names_by_id.get(str(episode), str(episode)) if codebook else str(episode)
+                    events.setdefault(episode, []).append((frame, str(name)))
+    finally:
+        env.close()
+    return events
+
+
+def _episode_events(name: str, length: int, found: list[tuple[int, str]], report: ImportReport) -> list:
+    """The events of an imported episode within its ``length`` frames; the others are noted."""
+    inside = [(f, n) for f, n in found if 0 <= f < length]
+    if len(inside) < len(found):
+        outside = sorted({f for f, _ in found if not 0 <= f < length})
+        report.notes.append(
+            {
+                "episode": name,
+                "note": f"{len(found) - len(inside)} event(s) at frames {outside[:5]} outside its "
+                f"{length} frames were not imported",
+            }
+        )
+    return inside
+
+
 # --------------------------------------------------------------------------- one episode
 
 
@@ -345,7 +415,14 @@ def _store_id(name: str) -> str:
     return "_" + out[1:] if out.startswith(".") else out
 
 
-def _import_one(writer: StoreWriter, name: str, video: _EpisodeRef, action: _EpisodeRef, report: ImportReport) -> None:
+def _import_one(
+    writer: StoreWriter,
+    name: str,
+    video: _EpisodeRef,
+    action: _EpisodeRef,
+    report: ImportReport,
+    events: list[tuple[int, str]],
+) -> None:
     import lmdb
 
     if video.chunk_size != action.chunk_size:
@@ -355,7 +432,11 @@ def _import_one(writer: StoreWriter, name: str, video: _EpisodeRef, action: _Epi
         actions, lengths = _episode_actions(action)
         total = sum(lengths)
         writer.add_episode(
-            _store_id(name), _episode_frames(video, lengths, writer.resolution), actions, source=f"minestudio:{name}"
+            _store_id(name),
+            _episode_frames(video, lengths, writer.resolution),
+            actions,
+            source=f"minestudio:{name}",
+            events=_episode_events(name, total, events, report),
         )
     except MineStudioFormatError as err:
         report.skip(name, err.file or video.part, str(err), frame=err.frame)
@@ -418,6 +499,9 @@ def import_minestudio(
                 _load_part(part, envs, "video", videos, report)
         for part in _part_dirs(src / ACTION_MODALITY):
             _load_part(part, envs, ACTION_MODALITY, actions, report)
+        events = _read_events(src / EVENT_MODALITY, report) if (src / EVENT_MODALITY).is_dir() else {}
+        for name in sorted(events.keys() - (videos.keys() & actions.keys())):
+            report.notes.append({"episode": name, "note": f"{len(events[name])} event(s) of an episode not imported"})
         with StoreWriter(dst, resolution=resolution, fps=fps) as writer:
             for name in sorted(videos.keys() | actions.keys()):
                 if name not in actions:
@@ -425,7 +509,7 @@ def import_minestudio(
                 elif name not in videos:
                     report.skip(name, actions[name].part, "no video data for this episode")
                 else:
-                    _import_one(writer, name, videos[name], actions[name], report)
+                    _import_one(writer, name, videos[name], actions[name], report, events.get(name, []))
     finally:
         for env in envs:
             env.close()

@@ -92,6 +92,27 @@ class StoreMixture:
         store, local = self.locate(position)
         return self.stores[store].read_segmentation(local, start, length)
 
+    @property
+    def has_events(self) -> bool:
+        return all(store.has_events for store in self.stores)
+
+    @property
+    def event_names(self) -> list[str]:
+        return sorted({name for store in self.stores for name in store.event_names})
+
+    @property
+    def events(self) -> np.ndarray:
+        """Every store's events, episodes renumbered to mixture positions and names to :attr:`event_names`."""
+        names = {name: i for i, name in enumerate(self.event_names)}
+        tables = []
+        for offset, store in zip(self.offsets, self.stores, strict=False):
+            table = np.array(store.events)
+            recode = np.array([names[n] for n in store.event_names] or [0], np.int32)
+            table["episode"] += offset
+            table["name"] = recode[table["name"]] if len(table) else table["name"]
+            tables.append(table)
+        return np.concatenate(tables)
+
     def read_actions(self, position: int) -> dict[str, np.ndarray]:
         store, local = self.locate(position)
         return self.stores[store].read_actions(local)

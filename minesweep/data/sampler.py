@@ -302,8 +302,104 @@ class RandomWindowSampler(Sampler):
         distributed = dist.is_available() and dist.is_initialized()
         return self._world_size if self._world_size is not None else (dist.get_world_size() if distributed else 1)
 
+    def _rng(self) -> np.random.Generator:
+        return np.random.default_rng([self.seed, self.epoch, self.rank, self.world_size])
+
+    def _draw(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """``n`` random windows: (episode positions in the store, start frames)."""
+        episodes = rng.choice(len(self.lengths), size=n, p=self.probabilities)
+        starts = (rng.random(n) * self.starts[episodes]).astype(np.int64)
+        return self.episodes[episodes], starts
+
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        rng = np.random.default_rng([self.seed, self.epoch, self.rank, self.world_size])
-        episodes = rng.choice(len(self.lengths), size=self.num_samples, p=self.probabilities)
-        starts = (rng.random(self.num_samples) * self.starts[episodes]).astype(np.int64)
-        return iter(zip(self.episodes[episodes].tolist(), starts.tolist(), strict=False))
+        episodes, starts = self._draw(self._rng(), self.num_samples)
+        return iter(zip(episodes.tolist(), starts.tolist(), strict=False))
+
+
+#: Where an event sits in its window by default, as a frame index of the window ("end": the last frame).
+EVENT_OFFSETS = ("end", "centre", "start")
+EVENT_BALANCE = ("occurrences", "names")
+
+
+class EventWindowSampler(RandomWindowSampler):
+    """Windows that hold an event at a chosen position (MineStudio's event dataset, for rare moments such as
+    crafting), mixed with the ordinary random windows of :class:`RandomWindowSampler`.
+
+    ``events``: rows ``(episode position, frame, name code)`` of the episodes to sample from (the training split).
+    ``offset``: the event's index in the window (``0 .. win_len - 1``; ``"end"`` = ``win_len - 1``, ``"centre"``,
+    ``"start"`` = 0): the window starts ``offset * frame_skip`` frames before the event. Near an episode's start or
+    end, where that window does not fit, it is shifted just enough to fit, and the event's real index is yielded with
+    it. ``share``: the expected fraction of event windows (each sample is one with that probability; the others are
+    ordinary windows). ``balance``: ``occurrences`` draws every event equally often (frequent names dominate);
+    ``names`` draws a name uniformly, then one of its events. Yields ``(episode, start, event index)`` for event
+    windows and ``(episode, start)`` for ordinary ones, from a generator seeded by (seed, epoch, rank, world size):
+    a resumed epoch replays exactly.
+    """
+
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        span: int,
+        num_samples: int,
+        events: np.ndarray,
+        win_len: int,
+        frame_skip: int = 1,
+        offset: int | str = "end",
+        share: float = 1.0,
+        balance: str = "occurrences",
+        mode: str = "frames",
+        episode_weights: Sequence[float] | None = None,
+        seed: int = 0,
+        rank: int | None = None,
+        world_size: int | None = None,
+        episodes: Sequence[int] | None = None,
+    ) -> None:
+        super().__init__(lengths, span, num_samples, mode, episode_weights, seed, rank, world_size, episodes)
+        if len(events) == 0:
+            raise ValueError("no events to centre windows on")
+        if not 0.0 < float(share) <= 1.0:
+            raise ValueError(f"data.event_share must be in (0, 1], got {share}")
+        if balance not in EVENT_BALANCE:
+            raise ValueError(f"data.event_balance must be one of {EVENT_BALANCE}, got {balance!r}")
+        self.win_len, self.frame_skip, self.share, self.balance = int(win_len), int(frame_skip), float(share), balance
+        named = {"end": self.win_len - 1, "centre": self.win_len // 2, "start": 0}
+        if isinstance(offset, str) and offset not in named:
+            raise ValueError(f"data.event_offset must be an index in 0..{self.win_len - 1} or one of {EVENT_OFFSETS}")
+        self.offset = named[offset] if isinstance(offset, str) else int(offset)
+        if not 0 <= self.offset < self.win_len:
+            raise ValueError(f"data.event_offset={offset} is outside the window's {self.win_len} frames")
+        length_of = dict(zip(self.episodes.tolist(), self.lengths.tolist(), strict=True))
+        self.event_episode = np.asarray(events["episode"], np.int64)
+        self.event_frame = np.asarray(events["frame"], np.int64)
+        self.event_name = np.asarray(events["name"], np.int64)
+        unknown = set(self.event_episode.tolist()) - length_of.keys()
+        if unknown:
+            raise ValueError(f"events of episodes {sorted(unknown)[:5]} that are not among the sampled episodes")
+        self.event_length = np.array([length_of[e] for e in self.event_episode.tolist()], np.int64)
+        if balance == "names":
+            _, inverse, counts = np.unique(self.event_name, return_inverse=True, return_counts=True)
+            weights = 1.0 / counts[inverse]
+            self.event_probabilities = weights / weights.sum()
+        else:
+            self.event_probabilities = None
+
+    def window_of(self, episode_length: np.ndarray, frame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(start frame, event index in the window) for events at ``frame``: the index is ``offset`` where the window
+        fits in the episode, else the nearest index that makes it fit (or, in an episode shorter than a window, the
+        one that starts it at frame 0 or nearest)."""
+        k, span = self.frame_skip, self.win_len * self.frame_skip
+        highest = np.minimum(self.win_len - 1, frame // k)  # the window must not start before frame 0
+        lowest = np.maximum(0, -(-(frame + span - episode_length) // k))  # nor end after the episode
+        index = np.minimum(np.maximum(self.offset, lowest), highest)
+        return frame - index * k, index
+
+    def __iter__(self) -> Iterator[tuple[int, ...]]:
+        rng = self._rng()
+        is_event = rng.random(self.num_samples) < self.share
+        n_events = int(is_event.sum())
+        chosen = rng.choice(len(self.event_frame), size=n_events, p=self.event_probabilities)
+        starts, index = self.window_of(self.event_length[chosen], self.event_frame[chosen])
+        plain_episodes, plain_starts = self._draw(rng, self.num_samples - n_events)
+        event_keys = iter(zip(self.event_episode[chosen].tolist(), starts.tolist(), index.tolist(), strict=True))
+        plain_keys = iter(zip(plain_episodes.tolist(), plain_starts.tolist(), strict=True))
+        return iter([next(event_keys) if e else next(plain_keys) for e in is_event.tolist()])

@@ -184,7 +184,7 @@ class _SpyWriter(ms.StoreWriter):
 
     seen: dict[str, np.ndarray] = {}
 
-    def add_episode(self, episode_id, frames, env_actions, source=""):  # type: ignore[override]
+    def add_episode(self, episode_id, frames, env_actions, source="", **kwargs):  # type: ignore[override]
         batches = []
 
         def tee():
@@ -192,7 +192,7 @@ class _SpyWriter(ms.StoreWriter):
                 batches.append(np.array(batch))
                 yield batch
 
-        record = super().add_episode(episode_id, tee(), env_actions, source)
+        record = super().add_episode(episode_id, tee(), env_actions, source, **kwargs)
         _SpyWriter.seen[episode_id] = np.concatenate(batches)
         return record
 
@@ -341,3 +341,40 @@ def test_report_lines_stay_whole_when_not_a_terminal(dataset: Fixture, tmp_path:
     bad = [line for line in lines if line.startswith("ep-count-mismatch\t")]
     assert len(bad) == 1 and "has 8 frames but the action chunk has 10" in bad[0], lines
     assert any(line.startswith("imported 4 episode(s)") and str(tmp_path / "store") in line for line in lines)
+
+
+def test_events_are_imported_by_episode_name_and_bad_items_noted(tmp_path: Path) -> None:
+    """MineStudio's event LMDB (SRC/event: __event_info__, __codebook__, (name, i) -> (episode id, frame, value))."""
+    fx = Fixture(tmp_path / "src")
+    fx.add("ep-a", 64, seed=1, in_memory=True)
+    fx.add("ep-b", 40, seed=2, in_memory=True)
+    fx.write()
+    items = {
+        "craft_item:crafting_table": [("0", 10, 1), ("1", 39, 1)],
+        "mine_block:oak_log": [("0", 3, 1), ("0", 5, 2), ("1", 40, 1), ("9", 1, 1)],  # frame 40: past ep-b's 40
+    }
+    env = lmdb.open(str(fx.root / "event"), map_size=1 << 24)
+    with env.begin(write=True) as txn:
+        info = {
+            name: {"__num_items__": len(v) + (name == "craft_item:crafting_table"), "__num_episodes__": 2}
+            for name, v in items.items()
+        }  # one item more than stored: a missing item
+        txn.put(b"__event_info__", pickle.dumps(info))
+        txn.put(b"__codebook__", pickle.dumps({"ep-a": "0", "ep-b": "1", "ep-gone": "9"}))
+        for name, rows in items.items():
+            for i, row in enumerate(rows):
+                txn.put(str((name, i)).encode(), pickle.dumps(row))
+    env.close()
+    report = ms.import_minestudio(fx.root, tmp_path / "store", resolution=(H, W), print_summary=False)
+    assert sorted(report.ingested) == ["ep-a", "ep-b"]
+    store = EpisodeStore(tmp_path / "store")
+    assert store.episode_events("ep-a") == [
+        (3, "mine_block:oak_log"),
+        (5, "mine_block:oak_log"),
+        (10, "craft_item:crafting_table"),
+    ]
+    assert store.episode_events("ep-b") == [(39, "craft_item:crafting_table")]
+    notes = " | ".join(f"{n['episode']}: {n['note']}" for n in report.notes)
+    assert "('craft_item:crafting_table', 2) is missing" in notes  # the missing item
+    assert "ep-b: 1 event(s) at frames [40] outside its 40 frames" in notes
+    assert "ep-gone: 1 event(s) of an episode not imported" in notes

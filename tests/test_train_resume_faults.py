@@ -249,8 +249,17 @@ def kill_steps(seed: int, n: int = 2) -> list[int]:
         ["data.episode_continuous_batch=true"],
         ["data.episode_continuous_batch=true", "data.num_workers=0", "data.frame_skip=2", "data.win_len=8"],
         ["data.episode_continuous_batch=true", "callbacks/ema=default", "callbacks.ema.decay=0.9"],
+        ["data.sampling=events", "data.events=['mine_block:*']", "data.event_share=0.5", "data.event_offset=centre"],
     ],
-    ids=["grid", "frames", "episodes-0workers", "continuous", "continuous-frameskip2-0workers", "continuous-ema"],
+    ids=[
+        "grid",
+        "frames",
+        "episodes-0workers",
+        "continuous",
+        "continuous-frameskip2-0workers",
+        "continuous-ema",
+        "events",
+    ],
 )
 def test_sigkill_at_random_steps_then_resume_trains_exactly_what_the_uninterrupted_run_trains(stores, tmp_path, mode):
     check_resumed_chain(tmp_path, [*BASE, f"data.root={stores[0]}", *mode], kill_steps(hash(tuple(mode)) % 1000))

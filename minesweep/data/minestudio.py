@@ -248,8 +248,12 @@ def _read_events(folder: Path, report: ImportReport) -> dict[str, list[tuple[int
                     continue
                 for i in range(count):
                     key = str((name, i))
+                    raw = txn.get(key.encode())
+                    if raw is None:
+                        report.notes.append({"episode": "*", "note": f"{folder}: event item {key} is missing"})
+                        continue
                     try:
-                        episode, frame, _value = restricted_loads(txn.get(key.encode()) or b"")
+                        episode, frame, _value = restricted_loads(raw)
                         frame = int(frame)
                     except (pickle.UnpicklingError, EOFError, TypeError, ValueError) as err:
                         report.notes.append({"episode": "*", "note": f"{folder}: event item {key} unreadable: {err}"})

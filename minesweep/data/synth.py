@@ -20,6 +20,10 @@ episode ends before it breaks; frames where the target is off screen are marked 
 
 Care is taken with the contractor quirks (see fixtures/vpt/actions/README.md): no attack press at step 0 (it would
 trigger the attack-stuck fix) and the hotbar field stays 0 (a change would count as a hotbar press).
+
+Each step's ``stats`` holds the counter ``minecraft.mine_block:minecraft.red_wool``: the targets broken so far,
+counted after the step's action, so each broken target is a ``mine_block:red_wool`` event at the step that broke it
+(:mod:`minesweep.data.events`).
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from minesweep.video import H264Writer
 __all__ = ["write_synthetic_episode", "generate_recordings"]
 
 CAMERA_SCALER = 0.15  # contractor mouse counts -> degrees
+MINED_STAT = "minecraft.mine_block:minecraft.red_wool"  # targets broken so far (the first target has id 0)
 FOV_X = 70.0  # horizontal field of view, degrees
 EYE = 1.62  # eye height, metres
 BLOCK = 1.0  # target block edge, metres
@@ -266,7 +271,7 @@ def _json_step(
         "inventory": [],
         "serverTick": 6000 + t,
         "serverTickDurationMs": round(float(rng.uniform(40.0, 50.0)), 4),
-        "stats": {},
+        "stats": {},  # filled in after the step's action (write_synthetic_episode)
     }
 
 
@@ -308,10 +313,12 @@ def write_synthetic_episode(
                     mask[t, r0:r1, c0:c1] = True
                     target_ids[t] = agent.target_id
             dx, dy, keys, buttons = _policy(agent, rng, t)
-            lines.write(json.dumps(_json_step(t, agent, dx, dy, keys, buttons, agent.keys, agent.buttons, rng)))
-            lines.write("\n")
+            step = _json_step(t, agent, dx, dy, keys, buttons, agent.keys, agent.buttons, rng)
             agent.keys, agent.buttons = keys, buttons
             _step(agent, dx, dy, keys, buttons, rng)
+            step["stats"][MINED_STAT] = agent.target_id  # counted after the action: an event at the breaking step
+            lines.write(json.dumps(step))
+            lines.write("\n")
     if mask is not None:
         valid = target_ids >= 0
         # Hindsight labels: every target but the current one was broken (a new one spawns only then).

@@ -11,7 +11,8 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import execution_whitelist
 from omegaconf import OmegaConf
 
-from minesweep.policies.vpt import VPTPolicy, clipped_causal_mask, load_vpt_weights
+from minesweep.policies.memory import clipped_causal_mask
+from minesweep.policies.vpt import VPTPolicy, load_vpt_weights
 from minesweep.train import ALLOWED_TARGETS, build_policy
 from tests.conftest import CONF_DIR
 

@@ -14,7 +14,7 @@ different window of the same episode instead (``batch['reference_image']``).
 
 Latents: ``pi_logits``, ``vpred``, ``posterior_dist`` / ``prior_dist`` (``{'mu', 'log_var'}``, (B, latent_dim),
 what :class:`minesweep.objectives.KLDivergenceCallback` reads), ``goal`` and ``pi_h``. The memory decoder is VPT's
-transformer stack (:class:`minesweep.policies.vpt.TransformerStack`), so the state is VPT's flat
+transformer stack (:class:`minesweep.policies.memory.TransformerStack`), so the state is VPT's flat
 ``[mask, K, V] * layers`` list and episode starts (``first``) reset it the same way.
 """
 
@@ -30,7 +30,7 @@ from torch.nn import functional as F
 from minesweep.policies.backbones import SmallCNN
 from minesweep.policies.base import Latents, MinePolicy, State
 from minesweep.policies.heads import Generators
-from minesweep.policies.vpt import TransformerStack, transformer_memory
+from minesweep.policies.memory import TransformerStack, transformer_memory
 
 __all__ = ["GrootPolicy", "GaussianHead", "VideoEncoder", "FirstFrameEncoder", "sinusoidal_positions"]
 

@@ -25,7 +25,7 @@ from torch import nn
 from minesweep.data.segmentation import INTERACTION_TYPES
 from minesweep.policies.backbones import to_float_frames
 from minesweep.policies.base import Latents, MinePolicy, State
-from minesweep.policies.vpt import TransformerStack, transformer_memory
+from minesweep.policies.memory import TransformerStack, transformer_memory
 
 __all__ = ["RocketPolicy", "FiLM", "FiLMConvBlock"]
 

@@ -7,10 +7,12 @@ ends at ``t`` holds both what the player saw and what it did. Where events come 
 
   - ``"events": ["collect_wood", ...]``: names, each an event at that step (what our Crafter recorder writes:
     the achievements unlocked by the step's action);
-  - ``"stats": {"minecraft.mine_block:minecraft.oak_log": 3, ...}``: cumulative counters; each increase over the
-    previous step is one event named after the counter, ``minecraft.`` dropped (``mine_block:oak_log``). The
-    first step is the baseline: a recording that starts with counters already above zero does not turn them into
-    events at frame 0.
+  - ``"stats": {"minecraft.mine_block:minecraft.oak_log": 3, ...}``: Minecraft's cumulative statistics; a step
+    where a counter went up (by any amount) has one event named after it, ``minecraft.`` dropped
+    (``mine_block:oak_log``, ``craft_item:crafting_table``, ``pickup:...``). The first step is the baseline: a
+    recording that starts with counters already above zero does not turn them into events at frame 0. The
+    ``custom`` category (time played, distance walked, jumps: counters that move nearly every step) is not an
+    event.
 
 * MineStudio datasets with an ``event`` modality (``minesweep.data.minestudio``).
 
@@ -28,6 +30,8 @@ from minesweep.actions.contractor import ContractorFormatError
 __all__ = ["Event", "EventError", "check_events", "contractor_events", "match_event_names", "stat_event_name"]
 
 Event = tuple[int, str]
+#: Statistics that are not events: Minecraft's general counters, which change nearly every step.
+IGNORED_STATS = ("custom:",)
 
 
 class EventError(ValueError):
@@ -93,8 +97,9 @@ def contractor_events(steps: Sequence[Mapping], source: str = "<jsonl>") -> list
             current[key] = float(value)
         if previous is not None:
             for key, value in current.items():
-                gained = int(value - previous.get(key, 0.0))
-                events.extend([(i, stat_event_name(key))] * max(0, gained))
+                name = stat_event_name(key)
+                if value > previous.get(key, 0.0) and not name.startswith(IGNORED_STATS):
+                    events.append((i, name))
         previous = current
     return sorted(events)
 

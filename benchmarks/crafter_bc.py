@@ -116,7 +116,7 @@ def main() -> int:
         "trainer.val_check_interval=1000",
         *overrides,
     ]
-    cfg = compose_config(train_overrides)
+    cfg = compose_config(train_overrides, config="train")
     last = run / "checkpoints" / "last.ckpt"
     if args.reuse_run and last.is_file():
         # wall time from the run's files: config.yaml is written at the start, last.ckpt at the end
@@ -130,16 +130,15 @@ def main() -> int:
     steps = int(metrics["global_step"])
 
     t = time.perf_counter()
-    cfg = compose_config(
+    eval_cfg = compose_config(
         [
-            *overrides,
+            *(o for o in overrides if o.lstrip("+~").startswith(("eval.", "paths."))),  # minesweep-eval's config
             f"eval.checkpoint={run / 'checkpoints' / 'last.ckpt'}",
             f"eval.episodes={args.eval_episodes}",
             f"eval.output_dir={run / 'eval'}",
-            "eval.env.size=128",
         ]
-    )  # the frame size recorded and ingested above
-    report = evaluate_checkpoint(cfg)
+    )  # plays at the frame size recorded and ingested above (stored in the checkpoint)
+    report = evaluate_checkpoint(eval_cfg)
     timings["eval"] = time.perf_counter() - t
     print_report(report)
 

@@ -88,7 +88,8 @@ def main() -> int:
                     "callbacks.final_eval=null",
                     *arm_overrides(arm, args.events, args.share),
                     *overrides,
-                ]
+                ],
+                config="train",
             )
             t = time.perf_counter()
             metrics = train(cfg)
@@ -96,7 +97,7 @@ def main() -> int:
             report = evaluate_checkpoint(
                 compose_config(
                     [
-                        *overrides,
+                        *(o for o in overrides if o.lstrip("+~").startswith(("eval.", "paths."))),
                         f"eval.checkpoint={run / 'checkpoints' / 'last.ckpt'}",
                         f"eval.output_dir={run / 'eval'}",
                         "eval.progress=false",

@@ -1,12 +1,12 @@
-"""``minesweep-eval``: let a trained policy play Crafter, next to a random and the scripted player.
+"""Evaluation as a library: let a trained policy play Crafter, next to a random and the scripted player.
 
-    minesweep-eval eval.checkpoint=outputs/demo/runs/default/checkpoints/last.ckpt [eval.episodes=30 ...]
-
-Arguments are Hydra overrides of ``conf/train.yaml`` (its ``eval`` group, ``conf/eval/crafter.yaml``). The policy is
-built from the policy config stored inside the checkpoint (so training-time overrides such as ``policy.hidsize``
-apply, and no side file is trusted); for older checkpoints from the ``config.yaml`` of the checkpoint's run folder,
-checked against the same allow-list as any config (minesweep.allowed_targets), else from ``policy`` in the composed
-config. Every player plays the same held-out worlds ``eval.first_seed + i``.
+The ``minesweep-eval`` command (:mod:`minesweep.eval_cli`, config ``conf/evaluate.yaml``) calls
+:func:`evaluate_checkpoint`; the final and online evaluations of training call :func:`evaluate_policy` and
+:func:`summarize`. The policy is built from the policy config stored inside the checkpoint (so training-time
+overrides such as ``policy.hidsize`` apply, and no side file is trusted); for older checkpoints from the
+``config.yaml`` of the checkpoint's run folder, checked against the same allow-list as any config
+(minesweep.allowed_targets), else from ``policy`` in the config. It plays at the frame size stored in the checkpoint
+unless ``eval.env.size`` says otherwise. Every player plays the same held-out worlds ``eval.first_seed + i``.
 
 The policy plays its worlds batched (minesweep.eval_batch): one forward per step over all worlds still playing,
 each world with its own memory row and its own sampling generator (from the world seed and ``eval.seed``), so a
@@ -28,7 +28,6 @@ import json
 import logging
 import math
 import random
-import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -39,7 +38,6 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from minesweep.allowed_targets import RefusedTarget
 from minesweep.envs.crafter import ACHIEVEMENTS, CrafterEnv
 from minesweep.envs.crafter_record import EpisodeResult
 from minesweep.eval_batch import BatchedPolicy, VideoSpec, as_video_frame, state_is_batch_first
@@ -60,7 +58,6 @@ __all__ = [
     "evaluate_checkpoint",
     "print_report",
     "compose_config",
-    "main",
 ]
 
 log = logging.getLogger("minesweep")
@@ -164,10 +161,11 @@ def plot_achievements(summaries: Mapping[str, Mapping[str, Any]], path: str | Pa
     return path
 
 
-def _saved_policy_config(checkpoint: Path) -> dict | None:
-    """The policy config MineLightning stored in ``checkpoint`` (``minesweep_policy_config``), or None (an older
-    checkpoint, a plain state dict). Read with ``weights_only=True``: the checkpoint is data, never code."""
-    from minesweep.policies.build import POLICY_CONFIG_KEY
+def _saved_facts(checkpoint: Path) -> tuple[dict | None, list[int] | None]:
+    """The policy config and the training frame size MineLightning stored in ``checkpoint``, each None where it holds
+    none (an older checkpoint, a plain state dict). Read with ``weights_only=True``: the checkpoint is data, never
+    code."""
+    from minesweep.policies.build import FRAME_SIZE_KEY, POLICY_CONFIG_KEY
 
     try:
         try:
@@ -181,7 +179,32 @@ def _saved_policy_config(checkpoint: Path) -> dict | None:
         raise ValueError(
             f"eval.checkpoint: {checkpoint}'s '{POLICY_CONFIG_KEY}' is a {type(config).__name__}, not a dict"
         )
-    return dict(config) if config is not None else None
+    size = saved.get(FRAME_SIZE_KEY) if isinstance(saved, Mapping) else None
+    if size is not None and (
+        not isinstance(size, (list, tuple)) or len(size) != 2 or not all(isinstance(v, int) and v > 0 for v in size)
+    ):
+        raise ValueError(f"eval.checkpoint: {checkpoint}'s '{FRAME_SIZE_KEY}' is {size!r}, not [height, width]")
+    return (dict(config) if config is not None else None), (list(size) if size is not None else None)
+
+
+def play_size(env: Mapping[str, Any], checkpoint: Path) -> int:
+    """``eval.env.size``, or where it is null the frame size the checkpoint's policy was trained on (Crafter's frames
+    are square); for an older checkpoint without it, ``data.demo.size`` of its run folder's config.yaml."""
+    if env.get("size") is not None:
+        return int(env["size"])
+    size = _saved_facts(checkpoint)[1]
+    if size is None:
+        run_config = checkpoint.resolve().parent.parent / "config.yaml"
+        demo_size = OmegaConf.select(OmegaConf.load(run_config), "data.demo.size") if run_config.is_file() else None
+        if not isinstance(demo_size, int):
+            raise ValueError(
+                f"{checkpoint} does not say what frame size its policy was trained on (an older checkpoint): "
+                f"set eval.env.size"
+            )
+        return demo_size
+    if size[0] != size[1]:
+        raise ValueError(f"{checkpoint}: the policy was trained on {size[0]}x{size[1]} frames; Crafter's are square")
+    return size[0]
 
 
 def _policy_config(cfg: DictConfig | None, checkpoint: Path) -> tuple[Any, str]:
@@ -192,7 +215,7 @@ def _policy_config(cfg: DictConfig | None, checkpoint: Path) -> tuple[Any, str]:
        the run folder may have edited, so it is untrusted like any config (build_policy checks its targets);
     3. else ``policy`` in ``cfg`` (the composed config), when given.
     """
-    saved = _saved_policy_config(checkpoint)
+    saved = _saved_facts(checkpoint)[0]
     if saved is not None:
         log.info("policy config from the checkpoint %s", checkpoint)
         return saved, f"{checkpoint}: minesweep_policy_config"
@@ -203,10 +226,10 @@ def _policy_config(cfg: DictConfig | None, checkpoint: Path) -> tuple[Any, str]:
             raise KeyError(f"{run_config}: no 'policy' section to build the checkpoint's policy from")
         log.info("policy config from %s (the checkpoint holds none)", run_config)
         return saved_run.policy, f"{run_config}: policy"
-    if cfg is None:
+    if cfg is None or cfg.get("policy") is None:
         raise ValueError(
             f"{checkpoint} holds no policy config (an older checkpoint) and has no run config.yaml beside "
-            f"its folder: pass the policy's config"
+            f"its folder: pass the policy's config (minesweep-eval +policy=tiny policy.hidsize=...)"
         )
     return cfg.policy, "policy"
 
@@ -395,9 +418,10 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
     out = Path(ev.output_dir) if ev.get("output_dir") else checkpoint.resolve().parent.parent / "eval"
     seeds = [int(ev.first_seed) + i for i in range(int(ev.episodes))]
     cache_dir = cfg.get("paths", {}).get("cache_dir") if ev.get("cache_baselines", True) else None
+    env = {**_plain(ev.env), "size": play_size(ev.env, checkpoint)}
     report = evaluate_policy(
         policy,
-        ev.env,
+        env,
         seeds,
         out,
         baselines=ev.get("baselines") or {},
@@ -441,31 +465,14 @@ def print_report(report: Mapping[str, Any]) -> None:
     print(f"wrote {report['output_dir']}/results.json, achievements.png, episode.mp4")
 
 
-def compose_config(overrides: Sequence[str]) -> DictConfig:
-    """``conf/train.yaml`` with ``overrides`` (no Hydra run folder: the evaluation writes only its own outputs)."""
+def compose_config(overrides: Sequence[str], config: str = "evaluate") -> DictConfig:
+    """``conf/<config>.yaml`` with ``overrides``, without a Hydra run (for scripts and tests): ``evaluate`` is what
+    ``minesweep-eval`` reads, ``train`` what ``train.py`` does."""
     from hydra import compose, initialize_config_dir
 
     from minesweep.searchpath import CONF_DIR
 
+    # train's paths.output_dir refers to Hydra's runtime, which compose() does not set: give it a harmless value
+    runtime = ["paths.output_dir=."] if config == "train" else []
     with initialize_config_dir(config_dir=str(CONF_DIR)):
-        # paths.output_dir refers to Hydra's runtime, which compose() does not set: give it a harmless value
-        return compose("train", overrides=["paths.output_dir=.", *overrides])
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help") for a in args):
-        print(__doc__)
-        return 0
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        report = evaluate_checkpoint(compose_config(args))
-    except (FileNotFoundError, ValueError, KeyError, RefusedTarget) as err:
-        print(f"minesweep-eval: {err}", file=sys.stderr)
-        return 1
-    print_report(report)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+        return compose(config, overrides=[*runtime, *overrides])

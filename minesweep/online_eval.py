@@ -8,6 +8,7 @@ across steps and runs. Select it with ``callbacks/online_eval=crafter`` (conf/ca
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -50,6 +51,18 @@ class OnlineEvalCallback(L.Callback):
         self.first_seed, self.deterministic, self.seed = int(first_seed), bool(deterministic), int(seed)
         self._last_step: int | None = None
         self.played_seeds: list[int] = []  # the worlds this process played in the last evaluation
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # eval.env.size null (data other than the demo): play at the frame size the policy trains on.
+        keywords = getattr(self.env, "keywords", None)
+        store = getattr(trainer.datamodule, "store", None) if trainer.datamodule is not None else None
+        if isinstance(self.env, functools.partial) and keywords.get("size") is None and store is not None:
+            height, width = store.resolution
+            if height != width:
+                raise ValueError(
+                    f"callbacks.online_eval: Crafter's frames are square, the training store's {height}x{width}"
+                )
+            self.env = functools.partial(self.env, size=int(height))
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int

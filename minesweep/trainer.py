@@ -14,7 +14,7 @@ import torch
 
 from minesweep.objectives.base import ObjectiveCallback, missing_latent
 from minesweep.policies.base import MinePolicy
-from minesweep.policies.build import POLICY_CONFIG_KEY
+from minesweep.policies.build import FRAME_SIZE_KEY, POLICY_CONFIG_KEY
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +160,9 @@ class MineLightning(L.LightningModule):
         policy_config = getattr(self.mine_policy, POLICY_CONFIG_KEY, None)
         if policy_config is not None:
             checkpoint[POLICY_CONFIG_KEY] = copy.deepcopy(policy_config)
+        resolution = getattr(getattr(getattr(self._trainer, "datamodule", None), "store", None), "resolution", None)
+        if resolution is not None:  # the frame size the policy learnt from: an evaluation plays at it
+            checkpoint[FRAME_SIZE_KEY] = [int(resolution[0]), int(resolution[1])]
         # Every DDP rank carries the memory of its own slots, and rank 0 writes the checkpoint: gather them all
         # (saving is collective, so every rank is here) and keep them by rank.
         memory = self._memory.get("train")

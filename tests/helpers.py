@@ -38,3 +38,24 @@ SMALL_RUN = [
     "trainer.limit_val_batches=2",
     "callbacks.progress_bar=null",
 ]
+
+
+def run_eval_cli(args: list[str]) -> int:
+    """``minesweep-eval ARGS`` as its console script runs it (Hydra reads sys.argv): the exit code, and a refusal's
+    one line on stderr, as the interpreter prints a SystemExit message."""
+    import sys
+
+    from minesweep.eval_cli import main
+
+    argv = sys.argv
+    sys.argv = ["minesweep-eval", *args]
+    try:
+        main()
+    except SystemExit as exit:
+        if isinstance(exit.code, str):
+            print(exit.code, file=sys.stderr)
+            return 1
+        return int(exit.code or 0)
+    finally:
+        sys.argv = argv
+    return 0

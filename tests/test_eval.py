@@ -18,13 +18,13 @@ from minesweep.envs.crafter import ACHIEVEMENTS, CrafterEnv, agent_to_action
 from minesweep.envs.crafter_player import RandomPlayer
 from minesweep.envs.crafter_record import EpisodeResult, play_episode, record_crafter
 from minesweep.eval import PolicyPlayer, plot_achievements, summarize
-from minesweep.eval import main as eval_main
 from minesweep.final_eval import FinalEvalCallback
 from minesweep.online_eval import OnlineEvalCallback
 from minesweep.policies.tiny import TinyPolicy
 from minesweep.train import train
 from tests.conftest import CONF_DIR, REPO
 from tests.helpers import SMALL_RUN
+from tests.helpers import run_eval_cli as eval_main
 
 
 def result(ret: float, unlocked: list[str], length: int = 10) -> EpisodeResult:

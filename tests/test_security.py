@@ -26,11 +26,11 @@ from minesweep import allowed_targets
 from minesweep.allowed_targets import ENV_VAR, RefusedTarget, check_target, check_targets
 from minesweep.data.datamodule import MineDataModule
 from minesweep.eval import load_policy
-from minesweep.eval import main as eval_main
 from minesweep.train import build, build_policy, train
 from minesweep.trainer import POLICY_CONFIG_KEY
 from tests.conftest import CONF_DIR, REPO
 from tests.helpers import SMALL_RUN
+from tests.helpers import run_eval_cli as eval_main
 
 
 class _WritesMarker:
@@ -250,7 +250,7 @@ def poison_run_config(run: Path, evil_pickle: Path) -> None:
 def eval_cfg():
     from minesweep.eval import compose_config
 
-    return compose_config(["eval.baselines=null"])
+    return compose_config(["eval.baselines=null"], config="train")
 
 
 @pytest.mark.slow

@@ -12,12 +12,14 @@ from minesweep import allowed_targets
 from minesweep.policies.base import MinePolicy
 from minesweep.policies.weights import load_policy_weights
 
-__all__ = ["POLICY_CONFIG_KEY", "build_policy"]
+__all__ = ["FRAME_SIZE_KEY", "POLICY_CONFIG_KEY", "build_policy"]
 
 log = logging.getLogger("minesweep")
 
 #: Where a checkpoint holds its policy's config (a plain dict): minesweep-eval rebuilds the policy from it alone.
 POLICY_CONFIG_KEY = "minesweep_policy_config"
+#: Where a checkpoint holds the (height, width) of the frames its policy was trained on: minesweep-eval plays at it.
+FRAME_SIZE_KEY = "minesweep_frame_size"
 
 
 def build_policy(policy_cfg: DictConfig | dict, key: str = "policy") -> MinePolicy:

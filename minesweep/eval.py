@@ -418,6 +418,9 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
     out = Path(ev.output_dir) if ev.get("output_dir") else checkpoint.resolve().parent.parent / "eval"
     seeds = [int(ev.first_seed) + i for i in range(int(ev.episodes))]
     cache_dir = cfg.get("paths", {}).get("cache_dir") if ev.get("cache_baselines", True) else None
+    from minesweep.allowed_targets import allowed_targets, check_targets
+
+    check_targets(ev.env, "eval.env", allowed_targets())  # before anything is read on its behalf
     env = {**_plain(ev.env), "size": play_size(ev.env, checkpoint)}
     report = evaluate_policy(
         policy,

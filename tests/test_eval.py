@@ -176,8 +176,7 @@ def test_record_ingest_train_eval(tmp_path):
                 "trainer.max_steps=12",
                 "trainer.val_check_interval=6",
                 "callbacks/online_eval=crafter",
-                "callbacks.online_eval.episodes=2",
-                "eval.env.size=64",
+                "callbacks.online_eval.episodes=2",  # plays at the store's 64x64 (eval.env.size is null off the demo)
                 "eval.env.length=40",
                 "optimized_metric=eval/return",
             ],
@@ -194,8 +193,7 @@ def test_record_ingest_train_eval(tmp_path):
             [
                 f"eval.checkpoint={checkpoint}",
                 "eval.episodes=2",
-                "eval.env.size=64",
-                "eval.env.length=40",
+                "eval.env.length=40",  # the size: 64, the frames the policy trained on, stored in the checkpoint
                 "eval.video.max_steps=20",
                 "eval.video.size=64",
                 "eval.progress=false",
@@ -206,6 +204,8 @@ def test_record_ingest_train_eval(tmp_path):
     )
     out = run / "eval"
     report = json.loads((out / "results.json").read_text())
+    assert torch.load(checkpoint, weights_only=True)["minesweep_frame_size"] == [64, 64]
+    assert report["env"]["size"] == 64
     assert set(report["players"]) == {"policy", "random", "scripted"}
     assert report["players"]["policy"]["episodes"] == 2 and report["worlds"]["first_seed"] == 1_000_000
     assert report["players"]["random"]["seeds"] == report["players"]["policy"]["seeds"]

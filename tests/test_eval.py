@@ -572,3 +572,38 @@ def test_training_on_the_crafter_demo_ends_with_a_short_eval(tmp_path, caplog):
     assert report["global_step"] == 3 and report["players"]["policy"]["episodes"] == 2
     assert metrics["final_eval/return"] == pytest.approx(report["players"]["policy"]["mean_return"])
     assert math.isfinite(metrics["final_eval/random_return"]) and "final_eval/return_vs_random" in metrics
+
+
+def test_minesweep_eval_is_a_hydra_app(tmp_path, capsys):
+    """``--cfg job`` shows the eval's own config (nothing of training), and ``-m`` evaluates each checkpoint."""
+    from minesweep.policies.build import FRAME_SIZE_KEY, POLICY_CONFIG_KEY
+    from minesweep.policies.tiny import TinyPolicy
+
+    assert eval_main(["--cfg", "job"]) == 0
+    shown = capsys.readouterr().out
+    assert "checkpoint: null" in shown and "trainer" not in shown and "objective" not in shown
+
+    checkpoints = []
+    for i, hidsize in enumerate((16, 24)):
+        config = {"_target_": "minesweep.policies.tiny.TinyPolicy", "hidsize": hidsize}
+        policy = TinyPolicy(hidsize=hidsize)
+        path = tmp_path / f"run{i}" / "checkpoints" / "last.ckpt"
+        path.parent.mkdir(parents=True)
+        state = {f"mine_policy.{k}": v for k, v in policy.state_dict().items()}
+        torch.save({"state_dict": state, POLICY_CONFIG_KEY: config, FRAME_SIZE_KEY: [48, 48]}, path)
+        checkpoints.append(path)
+    args = [
+        "-m",
+        f"eval.checkpoint={checkpoints[0]},{checkpoints[1]}",
+        "eval.episodes=1",
+        "eval.env.length=8",
+        "eval.baselines=null",
+        "eval.video.max_steps=0",
+        "eval.progress=false",
+        "eval.workers=1",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+    ]
+    assert eval_main(args) == 0
+    for path in checkpoints:
+        report = json.loads((path.parent.parent / "eval" / "results.json").read_text())
+        assert report["env"]["size"] == 48 and report["players"]["policy"]["episodes"] == 1

@@ -86,7 +86,7 @@ def build(cfg: DictConfig) -> tuple[L.Trainer, MineLightning, L.LightningDataMod
     output_dir = Path(cfg.paths.output_dir)
     hyperparameters = OmegaConf.to_container(cfg, resolve=True)
     # Sweep hook (minesweep.sweeps.hooks): Optuna pruning, checkpoint on submitit's preemption signal,
-    # SLURM without Lightning's auto-requeue, ddp_spawn in a local multirun. Inert in a plain run.
+    # SLURM without Lightning's auto-requeue, plain ddp refused in a local multirun. Inert in a plain run.
     sweep_callbacks, sweep_trainer_kwargs = trainer_extras(cfg)
     if cfg.get("retain_host_memory", True):
         retain_freed_memory()  # a process setting: later CPU steps reuse pages instead of faulting them in

@@ -15,7 +15,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from minesweep.sweeps import overrides as ov
-from minesweep.sweeps.ddp import strategy_override
+from minesweep.sweeps.ddp import check_strategy
 from minesweep.sweeps.search_space import objective_weights
 from minesweep.sweeps.storage import find_storage, journal_path, open_storage
 from tests.conftest import CONF_DIR, REPO
@@ -125,27 +125,30 @@ def test_storage_specs(tmp_path):
 
 
 # -- DDP strategy -------------------------------------------------------------------------------
-def test_local_multirun_spawns_ddp_ranks_instead_of_rerunning_the_sweep(monkeypatch):
+def test_local_multirun_refuses_ddp_that_would_rerun_the_sweep_and_names_the_fix(monkeypatch):
     from minesweep.sweeps import ddp
 
     trainer = OmegaConf.create({"strategy": "ddp", "devices": 2, "accelerator": "cpu", "num_nodes": 1})
     for var in ("SLURM_NTASKS", "SLURM_JOB_NAME"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setattr(ddp, "in_multirun", lambda: True)
-    assert strategy_override(trainer) == "ddp_spawn"
+    with pytest.raises(ValueError, match="trainer.strategy=ddp with 2 devices .* Use trainer.strategy=ddp_spawn "):
+        check_strategy(trainer)
     trainer.strategy = "ddp_find_unused_parameters_true"
-    assert strategy_override(trainer) == "ddp_spawn_find_unused_parameters_true"
-    trainer.strategy = "fsdp"
-    assert strategy_override(trainer) is None  # not ours to change
+    with pytest.raises(ValueError, match="Use trainer.strategy=ddp_spawn_find_unused_parameters_true "):
+        check_strategy(trainer)
+    for fine in ("fsdp", "ddp_spawn", "ddp_spawn_find_unused_parameters_true"):
+        trainer.strategy = fine
+        check_strategy(trainer)  # not ours to judge, or already spawning
     trainer.strategy, trainer.devices = "ddp", 1
-    assert strategy_override(trainer) is None
+    check_strategy(trainer)
     trainer.devices = 2
     monkeypatch.setenv("SLURM_NTASKS", "2")  # srun started the ranks: plain ddp is right
     monkeypatch.setenv("SLURM_JOB_NAME", "train")
-    assert strategy_override(trainer) is None
+    check_strategy(trainer)
     monkeypatch.delenv("SLURM_NTASKS")
     monkeypatch.setattr(ddp, "in_multirun", lambda: False)  # a single run: ddp re-runs only this run
-    assert strategy_override(trainer) is None
+    check_strategy(trainer)
 
 
 # -- checkpoint on the preemption signal ---------------------------------------------------------
@@ -268,7 +271,7 @@ def test_local_multirun_with_two_devices_spawns_ranks_and_runs_the_sweep_once(st
         f"data.root={store}",
         f"paths.output_root={tmp_path}",
         "trainer.devices=2",
-        "trainer.strategy=ddp_find_unused_parameters_true",  # BC leaves the value head unused
+        "trainer.strategy=ddp_spawn_find_unused_parameters_true",  # BC leaves the value head unused
         "trainer.max_steps=4",
         "trainer.val_check_interval=2",
         "optim.learning_rate=1e-3",
@@ -278,7 +281,6 @@ def test_local_multirun_with_two_devices_spawns_ranks_and_runs_the_sweep_once(st
     )
     assert result.returncode == 0, result.stderr[-3000:]
     output = result.stdout + result.stderr
-    assert "-> ddp_spawn_find_unused_parameters_true" in output
     assert "MEMBER: 2/2" in output
     (sweep,) = (tmp_path / "demo" / "multirun").iterdir()  # one sweep, not one per rank
     (job,) = [p for p in sweep.iterdir() if p.is_dir()]

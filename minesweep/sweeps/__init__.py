@@ -13,8 +13,7 @@ One idea per module:
   to submitit (Lightning's own SLURM auto-requeue is turned off).
 - ``launcher``: the ``hydra/launcher=slurm|local`` plugins: a requeued job resumes from its own
   ``last.ckpt``; a job that dies is a failed job, not a dead sweep.
-- ``ddp``: the DDP strategy that fits where the job runs (srun-started ranks on SLURM, ``ddp_spawn``
-  in a local multirun).
+- ``ddp``: refuses a DDP strategy that cannot work where the job runs (plain ``ddp`` in a local multirun).
 - ``jobs``: the record each job leaves in its folder (``job.json``: state, timing, restarts, metrics;
   ``error.log``: the traceback of a failed job).
 - ``hooks``: the few lines ``minesweep.train`` calls.

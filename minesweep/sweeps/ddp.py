@@ -4,8 +4,9 @@
   Lightning's SLURM environment sees them and plain ``ddp`` starts no processes of its own.
 - On one machine, plain ``ddp`` starts ranks by re-running the command line (``sys.argv``). In a
   Hydra multirun that re-runs the whole sweep in every rank (and under Optuna, every rank asks for a
-  trial of its own and trains different parameters). A multirun job with several devices therefore
-  uses ``ddp_spawn``: ranks are forked from the job itself.
+  trial of its own and trains different parameters). A multirun job with several devices must use
+  ``ddp_spawn`` (ranks forked from the job itself): :func:`check_strategy` refuses plain ``ddp`` there,
+  naming the setting to use, rather than rewriting the config behind the user's back.
 """
 
 from __future__ import annotations
@@ -51,24 +52,19 @@ def devices_count(devices, accelerator: str = "auto") -> int:
         return 1
 
 
-def strategy_override(trainer_cfg: DictConfig) -> str | None:
-    """``ddp_spawn[...]`` when ``ddp[...]`` would re-run a local multirun; None to keep the configured strategy."""
+def check_strategy(trainer_cfg: DictConfig) -> None:
+    """Refuse a strategy that starts ranks by re-running the command line in a multirun on one machine (each rank
+    would run the whole sweep again): the error names the spawning strategy to use instead."""
     from minesweep.sweeps.preemption import under_slurm
 
     strategy = trainer_cfg.get("strategy", "auto")
     if not isinstance(strategy, str) or strategy not in SPAWNING:
-        return None
-    if (
-        devices_count(trainer_cfg.get("devices", 1), str(trainer_cfg.get("accelerator", "auto")))
-        * int(trainer_cfg.get("num_nodes", 1) or 1)
-        <= 1
-    ):
-        return None
-    if under_slurm() or not in_multirun():
-        return None
-    log.info(
-        "multirun on one machine: trainer.strategy=%s -> %s (ddp would re-run the sweep in each rank)",
-        strategy,
-        SPAWNING[strategy],
+        return
+    devices = devices_count(trainer_cfg.get("devices", 1), str(trainer_cfg.get("accelerator", "auto")))
+    if devices * int(trainer_cfg.get("num_nodes", 1) or 1) <= 1 or under_slurm() or not in_multirun():
+        return
+    raise ValueError(
+        f"trainer.strategy={strategy} with {devices} devices in a multirun on one machine: its ranks would start "
+        f"by re-running the command line, i.e. the whole sweep, once per rank. Use "
+        f"trainer.strategy={SPAWNING[strategy]} (ranks spawned by the job), or hydra/launcher=slurm (srun tasks)"
     )
-    return SPAWNING[strategy]

@@ -19,9 +19,9 @@ def trainer_extras(cfg: DictConfig) -> tuple[list[Any], dict[str, Any]]:
 
     - in an Optuna trial: ``OptunaPruning`` (reports ``optimized_metric`` after each validation);
     - on SLURM: ``plugins=[SLURMEnvironment(auto_requeue=False)]`` (submitit requeues, not Lightning);
-    - several devices in a local multirun: ``strategy="ddp_spawn"``.
+    - several devices in a local multirun: a refusal of plain ``ddp`` (``minesweep.sweeps.ddp.check_strategy``).
     """
-    from minesweep.sweeps.ddp import strategy_override
+    from minesweep.sweeps.ddp import check_strategy
     from minesweep.sweeps.preemption import cluster_plugins
     from minesweep.sweeps.pruning import OptunaPruning
     from minesweep.sweeps.trial import JobTrial
@@ -40,7 +40,5 @@ def trainer_extras(cfg: DictConfig) -> tuple[list[Any], dict[str, Any]]:
             os.environ.get("SLURM_PROCID"),
             os.environ.get("SLURM_NTASKS"),
         )
-    strategy = strategy_override(cfg.trainer)
-    if strategy is not None:
-        kwargs["strategy"] = strategy
+    check_strategy(cfg.trainer)
     return callbacks, kwargs

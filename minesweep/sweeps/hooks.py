@@ -17,20 +17,14 @@ log = logging.getLogger(__name__)
 def trainer_extras(cfg: DictConfig) -> tuple[list[Any], dict[str, Any]]:
     """``(callbacks, trainer kwargs)`` for the job's situation:
 
-    - in an Optuna trial: ``OptunaPruning`` (reports ``optimized_metric`` after each validation);
     - on SLURM: ``plugins=[SLURMEnvironment(auto_requeue=False)]`` (submitit requeues, not Lightning);
     - several devices in a local multirun: a refusal of plain ``ddp`` (``minesweep.sweeps.ddp.check_strategy``).
     """
     from minesweep.sweeps.ddp import check_strategy
     from minesweep.sweeps.preemption import cluster_plugins
-    from minesweep.sweeps.pruning import OptunaPruning
-    from minesweep.sweeps.trial import JobTrial
 
     callbacks: list[Any] = []
     kwargs: dict[str, Any] = {}
-    trial = JobTrial.from_hydra()
-    if trial is not None and cfg.get("optimized_metric"):
-        callbacks.append(OptunaPruning(trial, monitor=cfg.optimized_metric))
     plugins = cluster_plugins()
     if plugins and not cfg.trainer.get("plugins"):
         kwargs["plugins"] = plugins

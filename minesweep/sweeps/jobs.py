@@ -139,11 +139,9 @@ class JobRecorder:
 
     def start(self, cfg: DictConfig) -> None:
         from minesweep.graceful_stop import RequeueRequested
-        from minesweep.sweeps import pruning
         from minesweep.sweeps.trial import trial_number
 
         RequeueRequested.value = False
-        pruning.LAST_PRUNED_AT_STEP = None
         self._started = time.time()
         if not is_rank_zero():
             return
@@ -175,7 +173,7 @@ class JobRecorder:
 
     def end(self, cfg: DictConfig, value: Any = None, error: BaseException | None = None) -> None:
         from minesweep.graceful_stop import RequeueRequested, StopRequested
-        from minesweep.sweeps import pruning
+        from minesweep.sweeps.pruning import PRUNED_METRIC
 
         if not is_rank_zero():
             return
@@ -187,7 +185,8 @@ class JobRecorder:
                 number = float(value)
             except (TypeError, ValueError):
                 number = None
-        pruned_at = pruning.LAST_PRUNED_AT_STEP
+        metrics = read_json(self.job_dir / METRICS_FILE) if error is None else {}
+        pruned_at = int(metrics[PRUNED_METRIC]) if PRUNED_METRIC in metrics else None  # OptunaPruning's final metric
         if error is not None and not isinstance(error, Exception) and RequeueRequested.value:
             state = "requeued"  # submitit's SystemExit after scontrol requeue: the job runs again
         elif isinstance(error, StopRequested):
@@ -204,7 +203,7 @@ class JobRecorder:
             runs=runs,
             duration_s=round(sum(r.get("duration_s") or 0 for r in runs), 1),
             value=number if number is None or math.isfinite(number) else str(number),
-            metrics=read_json(self.job_dir / METRICS_FILE) if error is None else {},
+            metrics=metrics,
             pruned_at_step=pruned_at,
             checkpoint=_existing(self.job_dir / "checkpoints" / "last.ckpt"),
             best_checkpoint=_best_checkpoint(self.job_dir),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -206,7 +207,7 @@ def test_event_sampling_refuses_what_it_cannot_do(crafter, store) -> None:
         _event_windows(root, events=["plase_table"])
     with pytest.raises(ValueError, match="offset"):
         _event_windows(root, events=["*"], event_offset=WIN)
-    # A store with no event of that kind in its training episodes.
+    # A store without that event at all (the synthetic demo has only mine_block:red_wool).
     with pytest.raises(ValueError, match="matches no event"):
         _event_windows(store, events=["place_table"])
 
@@ -214,8 +215,6 @@ def test_event_sampling_refuses_what_it_cannot_do(crafter, store) -> None:
 def test_store_written_without_events_says_so(tmp_path: Path, crafter) -> None:
     root, _ = crafter
     old = tmp_path / "old"
-    import shutil
-
     shutil.copytree(root, old)
     manifest = json.loads((old / "manifest.json").read_text())
     del manifest["events"]  # as a store written before events were kept
@@ -228,8 +227,6 @@ def test_store_written_without_events_says_so(tmp_path: Path, crafter) -> None:
 # -- the event table's integrity and the writer's journal -----------------------------------------------------------
 def test_damaged_event_table_is_named(tmp_path: Path, crafter) -> None:
     root, _ = crafter
-    import shutil
-
     damaged = tmp_path / "damaged"
     shutil.copytree(root, damaged)
     data = bytearray((damaged / EVENTS).read_bytes())

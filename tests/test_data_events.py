@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -278,3 +279,45 @@ def test_counter_events_of_the_synthetic_demo_go_through_ingest(store: Path) -> 
         assert episodes.episode_events(record.id) == expected
         total += len(expected)
     assert total > 0 and episodes.event_counts == {"mine_block:red_wool": total}
+
+
+@pytest.mark.slow
+def test_the_readme_event_command_trains(crafter, tmp_path: Path) -> None:
+    """The README's event-window command, as written, at a toy scale on a real Crafter store."""
+    import re
+    import shlex
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    section = (REPO / "README.md").read_text(encoding="utf-8").split("### Event-centred windows", 1)[1]
+    block = re.search(r"```bash\n(.*?)```", section, re.S).group(1).replace("\\\n", " ")
+    (line,) = [line.strip() for line in block.splitlines() if line.strip().startswith("python train.py")]
+    assert "data.sampling=events" in line
+    root, _ = crafter
+    toy = [
+        f"data.root={root}",
+        "data.demo=null",
+        "data.win_len=8",
+        "data.batch_size=4",
+        "data.num_workers=0",
+        "trainer.max_steps=3",
+        "trainer.val_check_interval=3",
+        "trainer.limit_val_batches=1",
+        "callbacks.progress_bar=null",
+        "callbacks.final_eval=null",
+        "logger=csv",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    ]
+    result = subprocess.run(
+        [sys.executable, *shlex.split(line)[1:], *toy],
+        cwd=REPO,
+        env={**os.environ, "WANDB_MODE": "disabled"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    saved = (tmp_path / "run" / "config.yaml").read_text()
+    assert "sampling: events" in saved and "make_*" in saved

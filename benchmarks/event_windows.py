@@ -1,6 +1,6 @@
 """Does oversampling rare moments help? BC on the Crafter demo with and without event-centred windows.
 
-    python benchmarks/event_windows.py [--seeds 0 1 2] [--arms frames events] [--share 0.25]
+    python benchmarks/event_windows.py [--seeds 0 1 2] [--arms frames events] [--share 0.25] [--balance names]
                                        [--events place_table make_wood_pickaxe] [--out outputs/event_windows]
                                        [hydra overrides of conf/train.yaml, applied to every arm]
 
@@ -8,8 +8,9 @@ Every arm trains the default experiment (``python train.py``: the Crafter demo, 
 batch and window) on random windows, so that the arms differ only in which windows are drawn:
 
 * ``frames``: ``data.sampling=frames`` (every window start equally likely);
-* ``events``: ``data.sampling=events`` with ``data.events=EVENTS`` and ``data.event_share=SHARE``: that share of
-  the windows ends at one of the events (the crafting step is the window's last frame), the rest as ``frames``;
+* ``events``: ``data.sampling=events`` with ``data.events=EVENTS``, ``data.event_share=SHARE`` and
+  ``data.event_balance=BALANCE``: that share of the windows ends at one of the events (the crafting step is the
+  window's last frame), the rest as ``frames``;
 * ``default``: the demo's own setting (episode-continuous batches, the memory carried across windows), for
   reference.
 
@@ -41,7 +42,7 @@ from minesweep.train import train  # noqa: E402
 SHOWN = ("collect_wood", "place_table", "make_wood_pickaxe", "make_wood_sword")
 
 
-def arm_overrides(arm: str, events: list[str], share: float) -> list[str]:
+def arm_overrides(arm: str, events: list[str], share: float, balance: str) -> list[str]:
     if arm == "default":
         return []
     random_windows = ["data.episode_continuous_batch=false"]
@@ -49,7 +50,13 @@ def arm_overrides(arm: str, events: list[str], share: float) -> list[str]:
         return [*random_windows, "data.sampling=frames"]
     if arm == "events":
         names = ",".join(f"'{e}'" for e in events)
-        return [*random_windows, "data.sampling=events", f"data.events=[{names}]", f"data.event_share={share}"]
+        return [
+            *random_windows,
+            "data.sampling=events",
+            f"data.events=[{names}]",
+            f"data.event_share={share}",
+            f"data.event_balance={balance}",
+        ]
     raise ValueError(f"unknown arm {arm!r}: frames, events or default")
 
 
@@ -65,6 +72,7 @@ def main() -> int:
     parser.add_argument("--arms", nargs="+", default=["frames", "events"])
     parser.add_argument("--events", nargs="+", default=["place_table", "make_wood_pickaxe"])
     parser.add_argument("--share", type=float, default=0.25, help="fraction of event windows in the events arm")
+    parser.add_argument("--balance", default="names", help="data.event_balance: names or occurrences")
     parser.add_argument("--out", default="outputs/event_windows")
     args, overrides = parser.parse_known_args()
     out = Path(args.out).resolve()
@@ -86,7 +94,7 @@ def main() -> int:
                     "logger=csv",
                     "callbacks.progress_bar=null",
                     "callbacks.final_eval=null",
-                    *arm_overrides(arm, args.events, args.share),
+                    *arm_overrides(arm, args.events, args.share, args.balance),
                     *overrides,
                 ],
                 config="train",

@@ -1,6 +1,6 @@
 """Windows of a store as training batches: ``WindowDataset`` and the Lightning ``MineDataModule``.
 
-Training windows come one of three ways (``sampling``):
+Training windows come one of these ways (``sampling``):
 
 * ``grid``: each episode cut into consecutive windows of ``win_len`` frames, shuffled; an epoch serves every frame
   exactly once; the last window of an episode is padded with zeros and mask 0 (also what validation uses);
@@ -440,7 +440,7 @@ class MineDataModule(L.LightningDataModule):
         if weights is not None and (len(roots) < 2 or episode_continuous_batch or sampling == "grid"):
             raise ValueError(
                 "data.weights mixes several stores (a list in data.root) by their share of random "
-                "windows: it needs data.sampling=frames or episodes, without episode_continuous_batch"
+                "windows: it needs data.sampling=frames, episodes or events, without episode_continuous_batch"
             )
         if (sampling == "events") != bool(events):
             raise ValueError(

@@ -112,7 +112,7 @@ def test_mixing_refuses_what_cannot_work(tmp_path):
         StoreMixture([a, tmp_path / "big"])
     with pytest.raises(ValueError, match="one non-negative number per store"):
         StoreMixture([a, a], weights=[1.0])
-    with pytest.raises(ValueError, match="needs data.sampling=frames or episodes"):
+    with pytest.raises(ValueError, match="needs data.sampling=frames, episodes or events"):
         MineDataModule([str(a), str(a)], weights=[1, 1], sampling="grid")
     with pytest.raises(ValueError, match="data.sampling must be one of"):
         MineDataModule(str(a), sampling="uniform")

@@ -30,7 +30,7 @@ def sweep(store: Path, output_root: Path) -> subprocess.CompletedProcess:
         sys.executable,
         "train.py",
         "-m",
-        "hydra/sweeper=optuna",
+        "hydra/sweeper=optuna_study",
         "hydra/launcher=local",
         *SMALL,
         f"data.root={store}",

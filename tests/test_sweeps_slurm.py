@@ -59,6 +59,7 @@ def command(store: Path, sweep_dir: Path, *overrides: str) -> list[str]:
         sys.executable,
         "train.py",
         "-m",
+        "hydra/sweeper=grid",  # objective-list grids and failures reported after every job (grid_sweeper.py)
         *CPU_SLURM,
         *SMALL,
         f"data.root={store}",

@@ -31,7 +31,7 @@ def compose_hydra(*overrides: str):
 
 # -- presets ------------------------------------------------------------------------------------
 def test_presets_compose_with_our_plugins():
-    cfg = compose_hydra("hydra/launcher=slurm", "hydra/sweeper=optuna", "trainer.devices=4")
+    cfg = compose_hydra("hydra/launcher=slurm", "hydra/sweeper=optuna_study", "trainer.devices=4")
     launcher, sweeper = cfg.hydra.launcher, cfg.hydra.sweeper
     assert launcher._target_ == "minesweep.sweeps.launcher.SlurmLauncher"
     assert launcher.tasks_per_node == 4 and launcher.gpus_per_node == 4  # one task per device
@@ -44,7 +44,11 @@ def test_presets_compose_with_our_plugins():
     assert {"optim.warmup_steps", "optim.weight_decay"} <= set(sweeper.params)
     # the Optuna sweep folder is fixed by the study name: a rerun finds the study again
     assert cfg.hydra.sweep.dir == f"{cfg.paths.output_root}/demo/optuna/demo"
-    assert compose_hydra().hydra.sweeper._target_ == "minesweep.sweeps.grid_sweeper.GridSweeper"
+    # a plain -m is Hydra's own sweeper; ours are chosen by name and never shadow upstream's presets
+    assert compose_hydra().hydra.sweeper._target_ == "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+    assert compose_hydra("hydra/sweeper=grid").hydra.sweeper._target_ == "minesweep.sweeps.grid_sweeper.GridSweeper"
+    upstream = compose_hydra("hydra/sweeper=optuna").hydra.sweeper._target_
+    assert upstream == "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
     assert "/multirun/" in compose_hydra().hydra.sweep.dir
     local = compose_hydra("hydra/launcher=local").hydra.launcher
     assert local._target_ == "minesweep.sweeps.launcher.LocalLauncher" and local.tasks_per_node == 1
@@ -82,7 +86,7 @@ def _trial(params=None):
     ],
 )
 def test_objective_weights_are_searched_only_for_selected_objectives(selection, swept, expected):
-    cfg = compose_hydra("hydra/sweeper=optuna", *selection)
+    cfg = compose_hydra("hydra/sweeper=optuna_study", *selection)
     trial = _trial({"objective": swept} if swept else None)
     objective_weights(cfg, trial)
     assert set(trial.params) - {"objective"} == expected

@@ -5,7 +5,7 @@ One idea per module:
 - ``storage``: where an Optuna study lives (a journal file, SQLite, or a database URL).
 - ``search_space``: ``objective_weights``, the ``custom_search_space`` that searches the weights of the
   objectives a trial actually trains with.
-- ``optuna_sweeper``: the ``hydra/sweeper=optuna`` plugin: trials are Hydra jobs, pruned and failed
+- ``optuna_sweeper``: the ``hydra/sweeper=optuna_study`` plugin: trials are Hydra jobs, pruned and failed
   jobs are recorded as such, the study is resumed from its storage.
 - ``trial``: the job's side of an Optuna trial (find it, report to it, finish it).
 - ``pruning``: a Lightning callback that reports validation loss to the trial and stops pruned trials.

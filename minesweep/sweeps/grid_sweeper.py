@@ -1,4 +1,4 @@
-"""The default multirun sweeper (``hydra/sweeper=grid``, chosen in conf/train.yaml): Hydra's basic grid
+"""``hydra/sweeper=grid`` (chosen by name; a plain ``-m`` is Hydra's own basic sweeper): Hydra's basic grid
 sweeper, with two changes for sweeps of many jobs:
 
 - Overrides of objectives a job does not train with are dropped and identical jobs run once

@@ -1,4 +1,5 @@
-"""The ``hydra/sweeper=optuna`` plugin (launch/hydra/sweeper/optuna.yaml): Optuna trials as Hydra jobs.
+"""The ``hydra/sweeper=optuna_study`` plugin (launch/hydra/sweeper/optuna_study.yaml): Optuna trials as Hydra jobs.
+(``hydra/sweeper=optuna`` stays hydra-optuna-sweeper's own preset.)
 
 Built on hydra-optuna-sweeper's search-space parsing, with what a long search on a cluster needs:
 

@@ -60,6 +60,7 @@ ALLOWED_TARGETS: tuple[str, ...] = (
     "minesweep.*",  # policies, objectives, data modules, envs, players, callbacks
     "minesweep.policies.vpt.VPTPolicy.from_model_file",  # a released VPT's architecture (plain-data reader)
     "minesweep.policies.vpt.VPTPolicy.from_reference",  # reference weights (weights_only loader)
+    "minesweep.cluster.slurm_environment",  # trainer plugin: Lightning's SLURM environment, or none off SLURM
     "torch.optim.*",  # optimizers, and schedulers in torch.optim.lr_scheduler
     "lightning.pytorch.callbacks.*",
     "lightning.pytorch.loggers.*",
@@ -186,7 +187,7 @@ def allowed_targets() -> tuple[str, ...]:
 def hydra_whitelist() -> tuple[str, ...]:
     """For ``@hydra.main(execution_whitelist=...)``: what Hydra may build before our code runs (``hydra.callbacks``,
     logging factories): the user's own extensions, and :class:`HydraCallbacksChecked`, which checks them."""
-    return (f"{__name__}.HydraCallbacksChecked", *extension_targets())
+    return (f"{__name__}.HydraCallbacksChecked", "minesweep.sweeps.jobs.JobRecord", *extension_targets())
 
 
 def describe_allow_list(patterns: Sequence[str] | None = None) -> str:
@@ -317,10 +318,10 @@ def _check_hydra_callbacks(*, _root_: Any) -> bool:
         f"{allowed}. To allow a package of your own, set {ENV_VAR}='myproject.*' or declare an entry point in the "
         f"group '{ENTRY_POINT_GROUP}'; a config cannot extend this list."
     )
-    ours = f"{__name__}.{HydraCallbacksChecked.__qualname__}"
+    ours = (f"{__name__}.{HydraCallbacksChecked.__qualname__}", "minesweep.sweeps.jobs.JobRecord")
     for name in callbacks:
         node = callbacks[name]
-        if isinstance(node, Mapping) and node.get("_target_") == ours:
+        if isinstance(node, Mapping) and node.get("_target_") in ours:
             continue
         check_targets(node, f"hydra.callbacks.{name}", patterns, allow_list)
     return True

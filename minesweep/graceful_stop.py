@@ -71,13 +71,6 @@ def ignore_stop_signals(worker_id: int) -> None:
         pl_worker_init_function(worker_id)
 
 
-class RequeueRequested:
-    """Set once this process handed a preemption signal to submitit: the SystemExit that follows is a requeue,
-    not a failure (``minesweep.sweeps.jobs`` records it so)."""
-
-    value = False
-
-
 class GracefulStop(L.Callback):
     """Save ``last.ckpt`` at the first batch start after a stop or preemption signal, then exit (or let submitit
     requeue). ``grace_s``: how long a preemption may wait for a batch start (None: half the launcher's
@@ -131,7 +124,6 @@ class GracefulStop(L.Callback):
 
     def _hand_over(self, frame: Any = None) -> None:
         """Restore the previous handlers and call submitit's (on rank 0: checkpoint(), scontrol requeue, exit)."""
-        RequeueRequested.value = True
         signal.setitimer(signal.ITIMER_REAL, 0)
         previous = self._previous.get(self._signum)
         self._restore()
@@ -200,7 +192,6 @@ class GracefulStop(L.Callback):
         previous = self._previous.get(signum) if signum is not None else None
         self._restore()
         if pending and signum == self._preemption and callable(previous):
-            RequeueRequested.value = True
             trainer.save_checkpoint(last_checkpoint_path(trainer))
             previous(signum, None)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 from collections.abc import Iterator
@@ -14,19 +15,20 @@ import lightning as L
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from minesweep import allowed_targets
-from minesweep.checkpoint_io import AtomicCheckpointIO
+from minesweep.cluster import check_strategy
 from minesweep.host_memory import retain_freed_memory
 from minesweep.policies.build import build_policy  # noqa: F401 - also minesweep.train.build_policy, as before
 from minesweep.run_lock import owns_run_folder, run_lock
 from minesweep.searchpath import CONF_DIR
-from minesweep.sweeps.hooks import trainer_extras
-from minesweep.sweeps.jobs import record_job, save_final_metrics
 from minesweep.trainer import MineLightning
 
 log = logging.getLogger("minesweep")
+
+METRICS_FILE = "metrics.json"  # the final metrics in the run folder (minesweep.sweeps.jobs reads them)
 
 #: Configs are the security boundary: what a config may build (minesweep.allowed_targets).
 ALLOWED_TARGETS = allowed_targets.ALLOWED_TARGETS
@@ -85,9 +87,7 @@ def build(cfg: DictConfig) -> tuple[L.Trainer, MineLightning, L.LightningDataMod
     """Instantiate data, policy, objectives, module, logger, callbacks and trainer from ``cfg``."""
     output_dir = Path(cfg.paths.output_dir)
     hyperparameters = OmegaConf.to_container(cfg, resolve=True)
-    # Sweep hook (minesweep.sweeps.hooks): Optuna pruning, checkpoint on submitit's preemption signal,
-    # SLURM without Lightning's auto-requeue, plain ddp refused in a local multirun. Inert in a plain run.
-    sweep_callbacks, sweep_trainer_kwargs = trainer_extras(cfg)
+    check_strategy(cfg.trainer)  # plain ddp in a local multirun would re-run the sweep in every rank: refused
     if cfg.get("retain_host_memory", True):
         retain_freed_memory()  # a process setting: later CPU steps reuse pages instead of faulting them in
     with allowed_targets.only_allowed(cfg), explain_refused_targets():  # every _target_ in cfg checked first
@@ -108,13 +108,14 @@ def build(cfg: DictConfig) -> tuple[L.Trainer, MineLightning, L.LightningDataMod
         )
         logger = instantiate(cfg.logger) if cfg.get("logger") else False
         callbacks = [instantiate(node) for node in (cfg.get("callbacks") or {}).values() if node]
-        callbacks += sweep_callbacks  # sweep hook
-        extra = dict(sweep_trainer_kwargs)  # sweep hook
-        if not cfg.trainer.get("plugins"):
-            # Checkpoints are written to a temporary file and renamed: never a partial file under a final name.
-            extra["plugins"] = [*extra.get("plugins", []), AtomicCheckpointIO()]
+        # Plugins by name (conf/trainer/default.yaml); one may stand down where it does not apply (None).
+        plugins = [instantiate(node) for node in (cfg.trainer.get("plugins") or {}).values() if node]
         trainer = instantiate(
-            cfg.trainer, logger=logger, callbacks=callbacks, default_root_dir=str(output_dir), **extra
+            cfg.trainer,
+            logger=logger,
+            callbacks=callbacks,
+            plugins=[plugin for plugin in plugins if plugin is not None],
+            default_root_dir=str(output_dir),
         )
     return trainer, module, datamodule
 
@@ -171,13 +172,22 @@ def finish_wandb() -> None:
         wandb.finish()
 
 
-# Hydra builds hydra.callbacks (and logging factories) before main runs: only the user's trusted extensions.
+@rank_zero_only  # DDP ranks started by srun or torchrun share the run folder
+def save_final_metrics(output_dir: str | Path, metrics: dict[str, float]) -> None:
+    """``metrics.json`` in the run folder: what ``train()`` returned (job records and sweep reports read it)."""
+    path = Path(output_dir) / METRICS_FILE
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps({k: float(v) for k, v in sorted(metrics.items())}, indent=2) + "\n")
+    tmp.replace(path)  # atomically: a reader never sees half a file
+
+
+# Hydra builds hydra.callbacks (the job record, the user's trusted extensions) before main runs: see
+# minesweep.allowed_targets.hydra_whitelist.
 @hydra.main(config_path=str(CONF_DIR), config_name="train", execution_whitelist=allowed_targets.hydra_whitelist())
-@record_job  # sweep hook: job.json / error.log in the job folder, the Optuna trial's outcome
 def main(cfg: DictConfig) -> float | None:
     metrics = train(cfg)
     log.info("final metrics: %s", {k: round(v, 4) for k, v in sorted(metrics.items())})
-    save_final_metrics(cfg.paths.output_dir, metrics)  # sweep hook: metrics.json for job.json and the sweep report
+    save_final_metrics(cfg.paths.output_dir, metrics)
     metric = cfg.get("optimized_metric")
     if not metric:
         return None

@@ -59,3 +59,21 @@ def run_eval_cli(args: list[str]) -> int:
     finally:
         sys.argv = argv
     return 0
+
+
+class DieAtStep:
+    """A Lightning callback that SIGKILLs its own process at optimizer step ``at_step`` (never when negative): a job
+    killed without a word, as the out-of-memory killer or a lost node would."""
+
+    def __init__(self, at_step: int) -> None:
+        self.at_step = at_step
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        pass
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        import os
+        import signal
+
+        if trainer.global_step == self.at_step:
+            os.kill(os.getpid(), signal.SIGKILL)

@@ -24,7 +24,7 @@ from omegaconf import OmegaConf
 
 from minesweep import allowed_targets
 from minesweep.allowed_targets import ENV_VAR, RefusedTarget, check_target, check_targets
-from minesweep.data.datamodule import MineDataModule
+from minesweep.data.loading.datamodule import MineDataModule
 from minesweep.eval import load_policy
 from minesweep.train import build, build_policy, train
 from minesweep.trainer import POLICY_CONFIG_KEY
@@ -509,6 +509,7 @@ def test_environment_extends_with_packages_and_exact_names(monkeypatch):
         check_target("collections.namedtuple", "k")  # a pattern admits classes only
     assert allowed_targets.hydra_whitelist() == (
         "minesweep.allowed_targets.HydraCallbacksChecked",
+        "minesweep.sweeps.jobs.JobRecord",
         "collections.*",
         "json.dumps",
     )

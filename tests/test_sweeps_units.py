@@ -12,10 +12,8 @@ import optuna
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
 from minesweep.sweeps import overrides as ov
-from minesweep.sweeps.ddp import check_strategy
 from minesweep.sweeps.search_space import objective_weights
 from minesweep.sweeps.storage import find_storage, journal_path, open_storage
 from tests.conftest import CONF_DIR, REPO
@@ -128,37 +126,10 @@ def test_storage_specs(tmp_path):
     assert find_storage(tmp_path / "db").startswith("sqlite:///")
 
 
-# -- DDP strategy -------------------------------------------------------------------------------
-def test_local_multirun_refuses_ddp_that_would_rerun_the_sweep_and_names_the_fix(monkeypatch):
-    from minesweep.sweeps import ddp
-
-    trainer = OmegaConf.create({"strategy": "ddp", "devices": 2, "accelerator": "cpu", "num_nodes": 1})
-    for var in ("SLURM_NTASKS", "SLURM_JOB_NAME"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(ddp, "in_multirun", lambda: True)
-    with pytest.raises(ValueError, match="trainer.strategy=ddp with 2 devices .* Use trainer.strategy=ddp_spawn "):
-        check_strategy(trainer)
-    trainer.strategy = "ddp_find_unused_parameters_true"
-    with pytest.raises(ValueError, match="Use trainer.strategy=ddp_spawn_find_unused_parameters_true "):
-        check_strategy(trainer)
-    for fine in ("fsdp", "ddp_spawn", "ddp_spawn_find_unused_parameters_true"):
-        trainer.strategy = fine
-        check_strategy(trainer)  # not ours to judge, or already spawning
-    trainer.strategy, trainer.devices = "ddp", 1
-    check_strategy(trainer)
-    trainer.devices = 2
-    monkeypatch.setenv("SLURM_NTASKS", "2")  # srun started the ranks: plain ddp is right
-    monkeypatch.setenv("SLURM_JOB_NAME", "train")
-    check_strategy(trainer)
-    monkeypatch.delenv("SLURM_NTASKS")
-    monkeypatch.setattr(ddp, "in_multirun", lambda: False)  # a single run: ddp re-runs only this run
-    check_strategy(trainer)
-
-
 # -- checkpoint on the preemption signal ---------------------------------------------------------
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> Path:
-    from minesweep.data.datamodule import MineDataModule
+    from minesweep.data.loading.datamodule import MineDataModule
 
     root = tmp_path_factory.mktemp("demo") / "store"
     MineDataModule(
@@ -173,7 +144,7 @@ def test_preemption_signal_saves_last_ckpt_at_a_batch_end_then_hands_over_to_sub
     handler that was there before (submitit's: requeue and exit; here one that records)."""
     import lightning as L
 
-    from minesweep.graceful_stop import GracefulStop, RequeueRequested
+    from minesweep.graceful_stop import GracefulStop
     from minesweep.train import build
 
     last = tmp_path / "checkpoints" / "last.ckpt"
@@ -188,7 +159,6 @@ def test_preemption_signal_saves_last_ckpt_at_a_batch_end_then_hands_over_to_sub
                 os.kill(os.getpid(), signal.SIGUSR2)  # arrives during the step, like SLURM's
 
     monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")  # the callback takes the preemption signal under submitit only
-    monkeypatch.setattr(RequeueRequested, "value", False)
     with initialize_config_dir(config_dir=str(CONF_DIR)):
         cfg = compose(
             "train",
@@ -210,9 +180,38 @@ def test_preemption_signal_saves_last_ckpt_at_a_batch_end_then_hands_over_to_sub
     finally:
         signal.signal(signal.SIGUSR2, previous)
     assert handed_over == [(signal.SIGUSR2, 4)], "saved at the end of the signalled step, then handed over"
-    assert RequeueRequested.value
     assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0), "the fallback timer is disarmed"
     assert trainer.global_step == 6  # the recording handler does not exit: training went on
+
+
+# -- job records -------------------------------------------------------------------------------
+def test_a_requeue_is_told_from_the_traceback_not_from_a_flag():
+    """submitit's handler raises SystemExit after scontrol requeue: the job is 'requeued', any other exit is not."""
+    from minesweep.sweeps.jobs import requeued_by_submitit
+
+    scope = {}
+    handler = "def checkpoint_and_try_requeue(signum, frame=None):\n    raise SystemExit(-1)\n"
+    exec(compile(handler, "/venv/site-packages/submitit/core/job_environment.py", "exec"), scope)
+
+    def training_step():  # the signal handler runs inside whatever the job was doing
+        scope["checkpoint_and_try_requeue"](12)
+
+    try:
+        training_step()
+    except SystemExit as error:
+        assert requeued_by_submitit(error)
+    try:
+        raise SystemExit(1)
+    except SystemExit as error:
+        assert not requeued_by_submitit(error), "a plain exit is not a requeue"
+    assert not requeued_by_submitit(RuntimeError("checkpoint_and_try_requeue"))
+
+
+def test_training_imports_nothing_from_the_sweep_machinery():
+    code = "import sys, minesweep.train, minesweep.trainer; print(sorted(m for m in sys.modules if 'sweeps' in m))"
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "[]"
 
 
 # -- the report ---------------------------------------------------------------------------------

@@ -9,15 +9,12 @@ One idea per module:
   jobs are recorded as such, the study is resumed from its storage.
 - ``trial``: the job's side of an Optuna trial (find it, report to it, finish it).
 - ``pruning``: a Lightning callback that reports validation loss to the trial and stops pruned trials.
-- ``preemption``: checkpoint on submitit's signal before a time limit or preemption; leave requeueing
-  to submitit (Lightning's own SLURM auto-requeue is turned off).
 - ``launcher``: the ``hydra/launcher=slurm|local`` plugins: a requeued job resumes from its own
   ``last.ckpt``; a job that dies is a failed job, not a dead sweep.
-- ``ddp``: refuses a DDP strategy that cannot work where the job runs (plain ``ddp`` in a local multirun).
-- ``jobs``: the record each job leaves in its folder (``job.json``: state, timing, restarts, metrics;
-  ``error.log``: the traceback of a failed job).
-- ``hooks``: the few lines ``minesweep.train`` calls.
+- ``jobs``: the Hydra callback that records each job in its folder (``job.json``: state, timing, restarts,
+  metrics; ``error.log``: the traceback of a failed job) and tells an Optuna trial its outcome.
 - ``report``: ``minesweep-sweep-report SWEEP_DIR``: a table and a PNG of a sweep.
 
-Modules import Optuna, submitit and matplotlib lazily: ``minesweep.train`` stays light for single runs.
+Training imports nothing from here: pruning is a callback and the job record a Hydra callback, both chosen in
+config (conf/train.yaml); the SLURM environment and the DDP strategy check live in ``minesweep.cluster``.
 """

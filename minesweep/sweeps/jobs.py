@@ -8,15 +8,14 @@
 - ``metrics.json``: the final metrics ``train()`` returned.
 - ``error.log``: the traceback of a failed job.
 
-``record_job`` decorates the Hydra task function (``minesweep.train.main``), so it sees every job end,
-the failed ones included. At the end of an Optuna trial it also tells the trial's outcome to the
-study (``minesweep.sweeps.trial``). (A Hydra callback in ``hydra.callbacks`` would do the same, but Hydra builds
-those before our code runs, so ``@hydra.main`` admits none of ours there: see minesweep.allowed_targets.)
+``JobRecord`` is a Hydra callback (``hydra.callbacks.job_record`` in conf/train.yaml): Hydra calls its
+``on_job_start``/``on_job_end`` around every job, failed ones included, and hands ``on_job_end`` the exception that
+ended a job (also submitit's ``SystemExit`` after a requeue). At the end of an Optuna trial it also tells the trial's
+outcome to the study (``minesweep.sweeps.trial``). Training itself knows nothing of it.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import math
@@ -24,17 +23,18 @@ import os
 import socket
 import time
 import traceback
-from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
 
 JOB_FILE = "job.json"
-METRICS_FILE = "metrics.json"
+METRICS_FILE = "metrics.json"  # written by minesweep.train.main: the final metrics train() returned
 ERROR_FILE = "error.log"
 
 
@@ -77,12 +77,6 @@ def update_record(job_dir: Path, **fields: Any) -> dict[str, Any]:
     return record
 
 
-def save_final_metrics(output_dir: str | Path, metrics: dict[str, float]) -> None:
-    """``metrics.json`` in the job folder: what ``train()`` returned (called by ``minesweep.train.main``)."""
-    if is_rank_zero():
-        write_json(Path(output_dir) / METRICS_FILE, {k: float(v) for k, v in sorted(metrics.items())})
-
-
 def checkpoint_step(path: str | Path) -> int | None:
     """The global step saved in a Lightning checkpoint (memory-mapped: cheap for big files)."""
     try:
@@ -103,24 +97,39 @@ def mark_dead(job_dir: Path, reason: str, stderr: Any = None) -> None:
     update_record(job_dir, state="failed", error=ERROR_FILE, reason=reason, ended=_now())
 
 
-def record_job(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
-    """Decorate the Hydra task function (``minesweep.train.main``): every job records its run."""
+class JobRecord(Callback):
+    """The Hydra callback that records every job (module docstring)."""
 
-    @functools.wraps(task)
-    def recorded(cfg: DictConfig) -> Any:
-        recorder = JobRecorder.for_current_job()
-        if recorder is None:  # not under Hydra (a test calling main's body directly)
-            return task(cfg)
-        recorder.start(cfg)
-        try:
-            value = task(cfg)
-        except BaseException as error:
-            recorder.end(cfg, error=error)
-            raise
-        recorder.end(cfg, value=value)
-        return value
+    def __init__(self) -> None:
+        self._recorder: JobRecorder | None = None
 
-    return recorded
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._recorder = JobRecorder.for_current_job()
+        if self._recorder is not None:
+            self._recorder.start(config)
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        recorder, self._recorder = self._recorder, None
+        if recorder is None:
+            return
+        if job_return.status == JobStatus.COMPLETED:
+            recorder.end(config, value=job_return.return_value)
+        else:
+            recorder.end(config, error=job_return._return_value)  # the exception (Hydra keeps it there)
+
+
+def requeued_by_submitit(error: BaseException) -> bool:
+    """submitit ends a job it has requeued with a ``SystemExit`` raised in its signal handler
+    (``checkpoint_and_try_requeue``, called directly or by ``GracefulStop``): find that frame in the traceback."""
+    if not isinstance(error, SystemExit):
+        return False
+    frame = error.__traceback__
+    while frame is not None:
+        code = frame.tb_frame.f_code
+        if code.co_name == "checkpoint_and_try_requeue" and "submitit" in code.co_filename:
+            return True
+        frame = frame.tb_next
+    return False
 
 
 class JobRecorder:
@@ -138,10 +147,8 @@ class JobRecorder:
         return cls(HydraConfig.get()) if HydraConfig.initialized() else None
 
     def start(self, cfg: DictConfig) -> None:
-        from minesweep.graceful_stop import RequeueRequested
         from minesweep.sweeps.trial import trial_number
 
-        RequeueRequested.value = False
         self._started = time.time()
         if not is_rank_zero():
             return
@@ -172,7 +179,7 @@ class JobRecorder:
             self._trial_call("set_user_attr", "job_dir", str(self.job_dir))
 
     def end(self, cfg: DictConfig, value: Any = None, error: BaseException | None = None) -> None:
-        from minesweep.graceful_stop import RequeueRequested, StopRequested
+        from minesweep.graceful_stop import StopRequested
         from minesweep.sweeps.pruning import PRUNED_METRIC
 
         if not is_rank_zero():
@@ -187,7 +194,7 @@ class JobRecorder:
                 number = None
         metrics = read_json(self.job_dir / METRICS_FILE) if error is None else {}
         pruned_at = int(metrics[PRUNED_METRIC]) if PRUNED_METRIC in metrics else None  # OptunaPruning's final metric
-        if error is not None and not isinstance(error, Exception) and RequeueRequested.value:
+        if error is not None and requeued_by_submitit(error):
             state = "requeued"  # submitit's SystemExit after scontrol requeue: the job runs again
         elif isinstance(error, StopRequested):
             state = "stopped"  # SIGTERM or Ctrl-C: last.ckpt saved, ckpt_path=last continues

@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.train_throughput import cpu_model  # noqa: E402
-from minesweep.data.ingest import ingest  # noqa: E402
+from minesweep.data.ingest.contractor import ingest  # noqa: E402
 from minesweep.envs.crafter_record import SUMMARY, record_crafter  # noqa: E402
 from minesweep.eval import compose_config, evaluate_checkpoint, print_report  # noqa: E402
 from minesweep.train import train  # noqa: E402

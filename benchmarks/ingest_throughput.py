@@ -24,8 +24,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from minesweep.data.ingest import ingest  # noqa: E402
-from minesweep.data.synth import generate_recordings  # noqa: E402
+from minesweep.data.ingest.contractor import ingest  # noqa: E402
+from minesweep.data.recordings.synth import generate_recordings  # noqa: E402
 
 
 def cpu_model() -> str:

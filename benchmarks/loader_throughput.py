@@ -39,8 +39,8 @@ from torch.utils.data import DataLoader
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from minesweep.data.datamodule import Batches, WindowDataset  # noqa: E402
-from minesweep.data.sampler import RandomWindowSampler  # noqa: E402
+from minesweep.data.loading.datamodule import Batches, WindowDataset  # noqa: E402
+from minesweep.data.loading.sampler import RandomWindowSampler  # noqa: E402
 from minesweep.data.store import EpisodeStore, StoreWriter, encode_episode  # noqa: E402
 
 RES = 128

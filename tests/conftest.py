@@ -29,7 +29,7 @@ def pytest_runtest_makereport(item, call):
 def store(tmp_path_factory) -> Path:
     """The demo store of the training and sweep tests: 8 synthetic episodes of 96 frames (with a segmentation
     modality), built once per test session. Read only; a test that needs other data builds its own."""
-    from minesweep.data.datamodule import MineDataModule
+    from minesweep.data.loading.datamodule import MineDataModule
 
     root = tmp_path_factory.mktemp("demo") / "store"
     demo = {"episodes": 8, "frames": 96, "width": 160, "height": 90, "seed": 1}

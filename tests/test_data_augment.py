@@ -1,5 +1,5 @@
-"""minesweep.data.augment: one parameter draw per window, the same on all its frames; reproducible from (seed, step);
-masks and reference videos moved with their frames; training batches only."""
+"""minesweep.data.loading.augment: one parameter draw per window, the same on all its frames; reproducible from
+(seed, step); masks and reference videos moved with their frames; training batches only."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from minesweep.data.augment import WindowAugment
-from minesweep.data.datamodule import MineDataModule
+from minesweep.data.loading.augment import WindowAugment
+from minesweep.data.loading.datamodule import MineDataModule
 
 STRONG = dict(
     translate=0.1, scale=(0.9, 1.1), degrees=8.0, brightness=0.4, contrast=0.4, saturation=0.4, hue=0.05, blur_p=0.5

@@ -6,9 +6,9 @@ import shutil
 import pytest
 
 from minesweep.data.cli import main as cli_main
-from minesweep.data.ingest import ingest
+from minesweep.data.ingest.contractor import ingest
+from minesweep.data.recordings.synth import write_synthetic_episode
 from minesweep.data.store import EpisodeStore
-from minesweep.data.synth import write_synthetic_episode
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""GUI cursor compositing (minesweep.data.cursor): sprite, position scaling, clipping, blend arithmetic."""
+"""GUI cursor compositing (minesweep.data.ingest.cursor): sprite, position scaling, clipping, blend arithmetic."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from minesweep.actions.contractor import ContractorFormatError, read_jsonl
-from minesweep.data.cursor import CURSOR_SIZE, cursor_inputs, cursor_sprite, draw_cursor
+from minesweep.data.ingest.cursor import CURSOR_SIZE, cursor_inputs, cursor_sprite, draw_cursor
 
 
 def _frames(n: int = 3, h: int = 360, w: int = 640, seed: int = 0) -> np.ndarray:

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from minesweep.actions import CAMERA_NULL_INDEX, env_to_agent
-from minesweep.data.datamodule import MineDataModule, WindowDataset, split_episodes
-from minesweep.data.ingest import ingest
+from minesweep.data.ingest.contractor import ingest
+from minesweep.data.loading.datamodule import MineDataModule, WindowDataset, split_episodes
+from minesweep.data.recordings.synth import write_synthetic_episode
 from minesweep.data.store import EpisodeStore
-from minesweep.data.synth import write_synthetic_episode
 
 LENGTHS = [40, 50, 64, 75]  # 40 and 50 end in a padded window; 64 does not
 WIN = 32
@@ -188,7 +188,7 @@ def test_spawned_workers_read_the_same_batches(root):
     # Readers open their own shard handles per process: spawn (no inherited state) must work like fork.
     from torch.utils.data import DataLoader, SequentialSampler
 
-    from minesweep.data.datamodule import Batches
+    from minesweep.data.loading.datamodule import Batches
 
     dataset = WindowDataset(root, win_len=WIN)
     expected = [dataset[keys] for keys in Batches(SequentialSampler(dataset), 3, drop_last=False)]
@@ -209,7 +209,7 @@ def test_spawned_workers_read_the_same_batches(root):
 def test_batches_resume_the_cut_epoch_at_its_next_batch():
     from torch.utils.data import DistributedSampler
 
-    from minesweep.data.datamodule import Batches
+    from minesweep.data.loading.datamodule import Batches
 
     def batches(seed: int = 5) -> Batches:
         return Batches(
@@ -236,7 +236,7 @@ def test_batches_resume_the_cut_epoch_at_its_next_batch():
 def test_batches_resumed_with_another_batch_size_skip_the_windows_already_trained(caplog):
     from torch.utils.data import DistributedSampler
 
-    from minesweep.data.datamodule import Batches
+    from minesweep.data.loading.datamodule import Batches
 
     def batches(batch_size: int) -> Batches:
         return Batches(DistributedSampler(list(range(24)), num_replicas=1, rank=0, shuffle=True, seed=0), batch_size)
@@ -245,7 +245,7 @@ def test_batches_resumed_with_another_batch_size_skip_the_windows_already_traine
     straight.set_epoch(2)
     windows = [w for batch in straight for w in batch]
     resumed = batches(6)
-    with caplog.at_level(logging.WARNING, logger="minesweep.data.datamodule"):
+    with caplog.at_level(logging.WARNING, logger="minesweep.data.loading.datamodule"):
         resumed.load_state_dict(straight.state_dict(batches_done=3))  # 12 windows trained on
     resumed.set_epoch(2)
     assert [w for batch in resumed for w in batch] == windows[12:]
@@ -287,7 +287,7 @@ def test_on_corrupt_skip_pads_the_window_counts_and_names_it(corrupt_root, caplo
     copy, position = corrupt_root
     dataset = WindowDataset(copy, win_len=WIN, on_corrupt="skip")
     keys = [(position, 0), (position, 40), (0, 5)]
-    with caplog.at_level(logging.WARNING, logger="minesweep.data.datamodule"):
+    with caplog.at_level(logging.WARNING, logger="minesweep.data.loading.datamodule"):
         batch = dataset[keys]
     assert tuple(batch["image"].shape) == (3, WIN, 64, 64, 3)
     assert batch["episode"].tolist() == [position, -1, 0]

@@ -13,10 +13,10 @@ import pytest
 
 from minesweep.actions.contractor import ContractorFormatError
 from minesweep.data.cli import main as cli_main
-from minesweep.data.datamodule import Batches, MineDataModule
 from minesweep.data.events import EventError, check_events, contractor_events, match_event_names
-from minesweep.data.ingest import ingest
-from minesweep.data.sampler import EventWindowSampler
+from minesweep.data.ingest.contractor import ingest
+from minesweep.data.loading.datamodule import Batches, MineDataModule
+from minesweep.data.loading.sampler import EventWindowSampler
 from minesweep.data.store import EVENT_DTYPE, EVENTS, CorruptDataError, EpisodeStore, StoreWriter, verify_store
 from minesweep.envs.crafter_record import SUMMARY, record_crafter
 
@@ -268,7 +268,7 @@ def test_counter_events_of_the_synthetic_demo_go_through_ingest(store: Path) -> 
     """The synthetic recordings count broken targets in ``stats`` (as contractor files count mined blocks): each
     increase is an event at that step, through the real ingest."""
     from minesweep.actions.contractor import read_jsonl
-    from minesweep.data.synth import MINED_STAT
+    from minesweep.data.recordings.synth import MINED_STAT
 
     episodes = EpisodeStore(store)
     assert episodes.event_names == ["mine_block:red_wool"]

@@ -11,10 +11,10 @@ import pytest
 
 from minesweep.actions.contractor import contractor_to_env, read_jsonl
 from minesweep.data.cli import main as cli_main
-from minesweep.data.ingest import ingest
-from minesweep.data.resize import resize_bilinear
+from minesweep.data.ingest.contractor import ingest
+from minesweep.data.ingest.resize import resize_bilinear, resize_masks
+from minesweep.data.recordings.synth import write_synthetic_episode
 from minesweep.data.store import EpisodeStore
-from minesweep.data.synth import write_synthetic_episode
 
 SRC_W, SRC_H, RES = 96, 64, (48, 64)
 GOOD = {"good-a": 40, "good-b": 50, "sub/good-c": 70}
@@ -255,7 +255,7 @@ def test_non_utf8_file_names_are_reported_not_fatal(src, tmp_path):
 
 
 def test_gui_cursor_is_drawn_where_the_gui_is_open(src, tmp_path):
-    from minesweep.data.cursor import draw_cursor
+    from minesweep.data.ingest.cursor import draw_cursor
 
     raw = tmp_path / "raw"
     raw.mkdir()
@@ -380,7 +380,7 @@ def test_report_lines_keep_long_names_whole_when_not_a_terminal(src, tmp_path, c
 
 
 def test_jsonl_shorter_than_the_video_is_a_count_mismatch_not_a_bad_sidecar(tmp_path):
-    from minesweep.data.segmentation import read_sidecar, resize_masks
+    from minesweep.data.segmentation import read_sidecar
 
     raw = tmp_path / "raw"
     jsonl = one_recording(raw, n=40, segmentation=True)

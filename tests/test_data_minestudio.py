@@ -1,4 +1,4 @@
-"""MineStudio LMDB import (minesweep.data.minestudio): fixtures in MineStudio's layout, built here."""
+"""MineStudio LMDB import (minesweep.data.ingest.minestudio): fixtures in MineStudio's layout, built here."""
 
 from __future__ import annotations
 
@@ -14,11 +14,12 @@ import pytest
 
 lmdb = pytest.importorskip("lmdb")
 
-import minesweep.data.minestudio as ms  # noqa: E402
+import minesweep.data.ingest.minestudio as ms  # noqa: E402
 from minesweep.actions.space import BUTTONS  # noqa: E402
 from minesweep.data.cli import main as cli_main  # noqa: E402
-from minesweep.data.resize import resize_bilinear  # noqa: E402
-from minesweep.data.store import EpisodeStore, H264Writer  # noqa: E402
+from minesweep.data.ingest.resize import resize_bilinear  # noqa: E402
+from minesweep.data.store import EpisodeStore  # noqa: E402
+from minesweep.video import H264Writer  # noqa: E402
 
 H, W = 48, 64  # source frame size in the fixture (MineStudio's are 128x128, 224x224 or 640x360)
 CHUNK = 32

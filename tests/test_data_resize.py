@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from minesweep.data.resize import resize_bilinear
+from minesweep.data.ingest.resize import resize_bilinear
 
 FIXTURE = (
     Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "vpt" / "preprocess" / "resize_reference.npz"

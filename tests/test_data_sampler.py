@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from minesweep.data.sampler import PAD, EpisodeContinuousBatchSampler
+from minesweep.data.loading.sampler import PAD, EpisodeContinuousBatchSampler
 
 
 def make_windows(lengths):

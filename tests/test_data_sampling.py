@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from minesweep.data.datamodule import MineDataModule, WindowDataset
-from minesweep.data.mixture import StoreMixture
-from minesweep.data.sampler import RandomWindowSampler
+from minesweep.data.loading.datamodule import MineDataModule, WindowDataset
+from minesweep.data.loading.mixture import StoreMixture
+from minesweep.data.loading.sampler import RandomWindowSampler
 from minesweep.data.store import EpisodeStore, StoreWriter
 
 H = W = 16

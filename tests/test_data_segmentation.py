@@ -8,18 +8,18 @@ import pytest
 import torch
 from torch.utils.data import default_collate
 
-from minesweep.data.datamodule import MineDataModule, WindowDataset
-from minesweep.data.ingest import ingest
+from minesweep.data.ingest.contractor import ingest
+from minesweep.data.ingest.resize import resize_masks
+from minesweep.data.loading.datamodule import MineDataModule, WindowDataset
+from minesweep.data.recordings.synth import generate_recordings
 from minesweep.data.segmentation import (
     INTERACTION_TYPES,
     SegmentationError,
     check_segmentation,
     read_sidecar,
-    resize_masks,
     sidecar_path,
 )
 from minesweep.data.store import EpisodeStore, StoreWriter
-from minesweep.data.synth import generate_recordings
 
 W, H, N = 96, 64, 72
 

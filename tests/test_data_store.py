@@ -410,7 +410,7 @@ def test_corrupt_error_survives_a_dataloader_worker(tmp_path):
     """Raised in a worker, re-raised in the training process with its message (constructible from it alone)."""
     from torch.utils.data import DataLoader
 
-    from minesweep.data.datamodule import WindowDataset
+    from minesweep.data.loading.datamodule import WindowDataset
 
     root = corrupt_store(tmp_path, codec="raw")
     record = EpisodeStore(root).episodes[1]
@@ -424,7 +424,7 @@ def test_corrupt_error_survives_a_dataloader_worker(tmp_path):
 def test_unit_hashes_hash_each_unit_and_catch_flips_and_swaps(unit_bytes):
     import xxhash
 
-    from minesweep.data.store import _unit_hashes
+    from minesweep.data.store.format import _unit_hashes
 
     rng = np.random.default_rng(unit_bytes)
     data = rng.integers(0, 256, 3 * unit_bytes, dtype=np.uint8).tobytes()

@@ -6,8 +6,8 @@ import pytest
 
 from minesweep.actions import BUTTONS, camera_to_bins
 from minesweep.actions.contractor import contractor_to_env, read_jsonl
-from minesweep.data import synth
-from minesweep.data.synth import generate_recordings, write_synthetic_episode
+from minesweep.data.recordings import synth
+from minesweep.data.recordings.synth import generate_recordings, write_synthetic_episode
 
 W, H, N = 96, 64, 160
 STEP_KEYS = {

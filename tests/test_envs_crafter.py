@@ -9,7 +9,7 @@ import pytest
 from minesweep.actions import BUTTONS, CAMERA_NULL_INDEX, contractor_to_env, env_to_agent, read_jsonl
 from minesweep.actions.space import BUTTON_INDEX_TO_FACTORED, INVENTORY_INDEX, N_BUTTON_COMBINATIONS
 from minesweep.data.cli import main as cli_main
-from minesweep.data.ingest import ingest
+from minesweep.data.ingest.contractor import ingest
 from minesweep.data.store import EpisodeStore
 from minesweep.envs.crafter import (
     ACHIEVEMENTS,
@@ -194,7 +194,7 @@ def test_default_demo_is_crafter_and_generated_on_first_use(tmp_path):
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
-    from minesweep.data.datamodule import MineDataModule
+    from minesweep.data.loading.datamodule import MineDataModule
     from minesweep.envs.crafter_record import CrafterRecordings
     from tests.conftest import CONF_DIR
 

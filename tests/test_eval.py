@@ -13,7 +13,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from minesweep.data.ingest import ingest
+from minesweep.data.ingest.contractor import ingest
 from minesweep.envs.crafter import ACHIEVEMENTS, CrafterEnv, agent_to_action
 from minesweep.envs.crafter_player import RandomPlayer
 from minesweep.envs.crafter_record import EpisodeResult, play_episode, record_crafter
@@ -231,7 +231,7 @@ def test_record_ingest_train_eval(tmp_path):
     for name in ("policy", "random", "scripted"):
         assert again["players"][name]["returns"] == report["players"][name]["returns"]
     assert (out / "achievements.png").stat().st_size > 1000
-    from minesweep.data.ingest import _decoded_frames
+    from minesweep.data.ingest.contractor import _decoded_frames
 
     video = np.concatenate(list(_decoded_frames(out / "episode.mp4", (64, 64), None)))
     assert 1 <= len(video) <= 20

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from minesweep.data.datamodule import MineDataModule
+from minesweep.data.loading.datamodule import MineDataModule
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow

@@ -4,7 +4,7 @@ trains on with those windows masked and counted (skip). Before store format 3 it
 import pytest
 from hydra import compose, initialize_config_dir
 
-from minesweep.data.datamodule import MineDataModule
+from minesweep.data.loading.datamodule import MineDataModule
 from minesweep.data.store import CorruptDataError, EpisodeStore
 from minesweep.train import train
 from tests.conftest import CONF_DIR

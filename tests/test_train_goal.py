@@ -80,8 +80,8 @@ def test_vpt_tiny_with_kl_fails_at_the_first_step_naming_the_latent(store, tmp_p
 
 def test_rocket_on_a_store_without_segmentation_says_what_is_missing(tmp_path):
     root = tmp_path / "plain" / "store"
-    from minesweep.data.ingest import ingest
-    from minesweep.data.synth import generate_recordings
+    from minesweep.data.ingest.contractor import ingest
+    from minesweep.data.recordings.synth import generate_recordings
 
     generate_recordings(tmp_path / "raw", episodes=2, frames=24, width=64, height=64, segmentation=False)
     ingest(tmp_path / "raw", root, print_summary=False)

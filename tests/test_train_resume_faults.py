@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from minesweep.data.datamodule import MineDataModule
+from minesweep.data.loading.datamodule import MineDataModule
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
@@ -58,8 +58,8 @@ def stores(tmp_path_factory) -> list[Path]:
 @pytest.fixture(scope="module")
 def varied_store(tmp_path_factory) -> Path:
     """Episodes of different lengths: packings (and, naively, epoch lengths) differ from epoch to epoch."""
-    from minesweep.data.ingest import ingest
-    from minesweep.data.synth import write_synthetic_episode
+    from minesweep.data.ingest.contractor import ingest
+    from minesweep.data.recordings.synth import write_synthetic_episode
 
     raw = tmp_path_factory.mktemp("varied_raw")
     for i, frames in enumerate([37, 22, 51, 64, 15, 80, 33, 47, 29, 70]):
@@ -411,7 +411,7 @@ def test_a_plain_lightning_trainer_under_ddp_is_refused_with_the_setting_to_chan
 def test_continuous_training_serves_every_window_once_in_every_epoch(varied_store, tmp_path):
     """Through Lightning (which fixes the epoch length from the first epoch): each complete epoch of a real run
     trains every window of every training episode exactly once, whatever that epoch's packing."""
-    from minesweep.data.datamodule import split_episodes
+    from minesweep.data.loading.datamodule import split_episodes
     from minesweep.data.store import EpisodeStore
 
     run_to_end(

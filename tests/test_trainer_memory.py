@@ -5,10 +5,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from minesweep.data.datamodule import MineDataModule
-from minesweep.data.ingest import ingest
+from minesweep.data.ingest.contractor import ingest
+from minesweep.data.loading.datamodule import MineDataModule
+from minesweep.data.recordings.synth import write_synthetic_episode
 from minesweep.data.store import EpisodeStore
-from minesweep.data.synth import write_synthetic_episode
 from minesweep.objectives import BehaviorCloneCallback
 from minesweep.policies.tiny import TinyPolicy
 from minesweep.policies.vpt import VPTPolicy

@@ -11,13 +11,13 @@ from typing import TYPE_CHECKING, Any
 __all__ = ["CorruptDataError", "MineDataModule", "EpisodeStore"]
 
 if TYPE_CHECKING:
-    from minesweep.data.datamodule import MineDataModule
+    from minesweep.data.loading.datamodule import MineDataModule
     from minesweep.data.store import CorruptDataError, EpisodeStore
 
 
 def __getattr__(name: str) -> Any:
     if name == "MineDataModule":
-        from minesweep.data.datamodule import MineDataModule
+        from minesweep.data.loading.datamodule import MineDataModule
 
         return MineDataModule
     if name in ("EpisodeStore", "CorruptDataError"):

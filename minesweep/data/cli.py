@@ -195,7 +195,7 @@ def _verify(store: str, as_json: bool) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "synth":
-        from minesweep.data.synth import generate_recordings
+        from minesweep.data.recordings.synth import generate_recordings
 
         paths = generate_recordings(
             args.out,
@@ -239,7 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _events(args.store, args.patterns, args.json)
 
     if args.command == "import-minestudio":
-        from minesweep.data.minestudio import MineStudioFormatError, import_minestudio
+        from minesweep.data.ingest.minestudio import MineStudioFormatError, import_minestudio
 
         try:
             report = import_minestudio(args.src, args.dst, resolution=args.resolution)
@@ -248,7 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         return 0 if report.ingested else 1
 
-    from minesweep.data.ingest import ingest
+    from minesweep.data.ingest.contractor import ingest
 
     try:
         report = ingest(

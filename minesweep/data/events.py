@@ -14,7 +14,7 @@ ends at ``t`` holds both what the player saw and what it did. Where events come 
     ``custom`` category (time played, distance walked, jumps: counters that move nearly every step) is not an
     event.
 
-* MineStudio datasets with an ``event`` modality (``minesweep.data.minestudio``).
+* MineStudio datasets with an ``event`` modality (``minesweep.data.ingest.minestudio``).
 
 Names are matched by shell-style patterns (``make_*``, ``mine_block:*``) in ``data.events``.
 """

@@ -10,8 +10,9 @@ one entry per frame::
 
 This is what ROCKET-style policies are conditioned on. Labels are hindsight labels: a frame's object is the one the
 player interacts with next, and ``interaction`` says how. Where ``valid`` is False the mask is empty and the ids
-are -1 (enforced by :func:`check_segmentation`). Ingest resizes the masks to the store resolution; the store keeps
-them beside the video (``segmentation/<id>.npz``, same keys).
+are -1 (enforced by :func:`check_segmentation`). Ingest resizes the masks to the store resolution
+(``minesweep.data.ingest.resize.resize_masks``); the store keeps them beside the video (``segmentation/<id>.npz``,
+same keys).
 """
 
 from __future__ import annotations
@@ -21,8 +22,6 @@ from pathlib import Path
 
 import numpy as np
 
-from minesweep.data.resize import resize_bilinear
-
 __all__ = [
     "INTERACTION_TYPES",
     "SIDECAR_SUFFIX",
@@ -30,7 +29,6 @@ __all__ = [
     "check_segmentation",
     "read_sidecar",
     "write_segmentation",
-    "resize_masks",
     "sidecar_path",
     "empty_segmentation",
 ]
@@ -103,24 +101,6 @@ def read_sidecar(path: str | Path, length: int | None = None) -> dict[str, np.nd
 def write_segmentation(path: str | Path, seg: Mapping[str, np.ndarray]) -> None:
     """Write validated arrays, compressed (masks are mostly empty)."""
     np.savez_compressed(path, **check_segmentation(seg, str(path)))
-
-
-def resize_masks(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Bool masks ``(T, H, W)`` -> ``(T, h, w)``: the same bilinear resize as the frames, then >= half coverage.
-
-    Objects that shrink below half a pixel keep the pixel at their centre, so a frame with an object never loses
-    it entirely.
-    """
-    if mask.shape[1:] == tuple(size):
-        return mask.copy()
-    levels = resize_bilinear(mask.astype(np.uint8)[..., None] * np.uint8(255), size)[..., 0]
-    out = levels >= 128
-    lost = mask.any(axis=(1, 2)) & ~out.any(axis=(1, 2))
-    (H, W), (h, w) = mask.shape[1:], size
-    for t in np.flatnonzero(lost):
-        rows, cols = np.nonzero(mask[t])
-        out[t, min(int(rows.mean() * h / H), h - 1), min(int(cols.mean() * w / W), w - 1)] = True
-    return out
 
 
 def empty_segmentation(length: int, size: tuple[int, int]) -> dict[str, np.ndarray]:

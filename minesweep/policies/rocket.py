@@ -11,7 +11,8 @@ mask can mean "mine it" or "approach it". FiLM layers start as the identity. The
 ``[mask, K, V] * layers`` list; ``first`` resets it at episode starts.
 
 Batches come from a store with the segmentation modality (``segment_*`` keys, see
-minesweep/data/datamodule.py); at inference pass ``condition={'segment_mask': ..., 'segment_interaction': ...}``.
+minesweep/data/loading/datamodule.py);
+at inference pass ``condition={'segment_mask': ..., 'segment_interaction': ...}``.
 """
 
 from __future__ import annotations

@@ -38,8 +38,8 @@ from av.video.reformatter import VideoReformatter
 
 from minesweep.actions.contractor import ContractorFormatError, contractor_to_env, read_jsonl_prefix
 from minesweep.data.events import contractor_events
-from minesweep.data.resize import resize_bilinear
-from minesweep.data.segmentation import SegmentationError, check_segmentation, read_sidecar, resize_masks, sidecar_path
+from minesweep.data.ingest.resize import resize_bilinear, resize_masks
+from minesweep.data.segmentation import SegmentationError, check_segmentation, read_sidecar, sidecar_path
 from minesweep.data.store import DEFAULT_SHARD_SIZE, EncodedEpisode, EpisodeLengthError, StoreWriter, encode_episode
 
 __all__ = ["IngestReport", "ingest", "print_report"]
@@ -167,7 +167,7 @@ def _decoded_frames(mp4: Path, resolution: tuple[int, int], cursor: Any | None) 
 def _cursor_drawer(steps: list[dict], source: str) -> Any | None:
     """A function that draws the GUI cursor onto a batch of original-size frames, or None when no step has a GUI
     open. Built from the steps' ``isGuiOpen`` and ``mouse.x/y``."""
-    from minesweep.data.cursor import cursor_inputs, draw_cursor
+    from minesweep.data.ingest.cursor import cursor_inputs, draw_cursor
 
     x, y, gui_open = cursor_inputs(steps, source=source)
     if not gui_open.any():

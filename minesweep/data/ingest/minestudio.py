@@ -54,7 +54,7 @@ from av.video.reformatter import VideoReformatter
 
 from minesweep.actions.contractor import MOUSE_COUNTS_TO_DEGREES, NUMBER_LIMITS
 from minesweep.actions.space import BUTTONS
-from minesweep.data.resize import resize_bilinear
+from minesweep.data.ingest.resize import resize_bilinear
 from minesweep.data.store import EpisodeLengthError, StoreWriter
 
 #: The contractor bound on mouse counts per step, in degrees (1500: over four turns in a step is a glitch).
@@ -88,7 +88,7 @@ class MineStudioFormatError(ValueError):
 
 @dataclass
 class ImportReport:
-    """Like :class:`minesweep.data.ingest.IngestReport`, plus notes on imported episodes."""
+    """Like :class:`minesweep.data.ingest.contractor.IngestReport`, plus notes on imported episodes."""
 
     src: str
     dst: str

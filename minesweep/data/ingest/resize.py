@@ -88,3 +88,21 @@ def resize_bilinear(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     acc += 2
     acc >>= 2
     return np.clip(acc, 0, 255).astype(np.uint8)
+
+
+def resize_masks(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bool masks ``(T, H, W)`` -> ``(T, h, w)``: the same bilinear resize as the frames, then >= half coverage.
+
+    Objects that shrink below half a pixel keep the pixel at their centre, so a frame with an object never loses
+    it entirely.
+    """
+    if mask.shape[1:] == tuple(size):
+        return mask.copy()
+    levels = resize_bilinear(mask.astype(np.uint8)[..., None] * np.uint8(255), size)[..., 0]
+    out = levels >= 128
+    lost = mask.any(axis=(1, 2)) & ~out.any(axis=(1, 2))
+    (H, W), (h, w) = mask.shape[1:], size
+    for t in np.flatnonzero(lost):
+        rows, cols = np.nonzero(mask[t])
+        out[t, min(int(rows.mean() * h / H), h - 1), min(int(cols.mean() * w / W), w - 1)] = True
+    return out

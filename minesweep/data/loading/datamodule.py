@@ -58,8 +58,8 @@ from torch.utils.data import (
 
 from minesweep.actions import CAMERA_NULL_INDEX, NULL_BUTTONS_INDEX, env_to_agent
 from minesweep.data.events import match_event_names
-from minesweep.data.mixture import StoreMixture
-from minesweep.data.sampler import (
+from minesweep.data.loading.mixture import StoreMixture
+from minesweep.data.loading.sampler import (
     PAD,
     EpisodeContinuousBatchSampler,
     EventWindowSampler,
@@ -421,7 +421,7 @@ class MineDataModule(L.LightningDataModule):
         event_balance: str = "occurrences",
     ) -> None:
         super().__init__()
-        # Window-consistent augmentation of training batches (minesweep.data.augment), on the training device.
+        # Window-consistent augmentation of training batches (minesweep.data.loading.augment), on the training device.
         self.augment = augment
         if on_corrupt not in ON_CORRUPT:
             raise ValueError(f"data.on_corrupt must be one of {ON_CORRUPT}, got {on_corrupt!r}")
@@ -463,7 +463,7 @@ class MineDataModule(L.LightningDataModule):
         self.win_len, self.batch_size, self.num_workers = int(win_len), int(batch_size), int(num_workers)
         self.frame_skip = int(frame_skip)
         # Each batch slot follows one episode window after window; a memory policy's state is then
-        # carried across batches by MineLightning (see minesweep/data/sampler.py).
+        # carried across batches by MineLightning (see minesweep/data/loading/sampler.py).
         self.episode_continuous_batch = bool(episode_continuous_batch)
         self._train_sampler: EpisodeContinuousBatchSampler | Batches | None = None
         self._resume_state: dict[str, Any] | None = None
@@ -489,8 +489,8 @@ class MineDataModule(L.LightningDataModule):
         self._generate_demo()
 
     def _generate_demo(self) -> None:
-        from minesweep.data.ingest import ingest
-        from minesweep.data.synth import generate_recordings
+        from minesweep.data.ingest.contractor import ingest
+        from minesweep.data.recordings.synth import generate_recordings
 
         demo = self.demo or {}
         log.info("minesweep: generating demo data into %s (first use)", self.root)

@@ -36,14 +36,24 @@ from typing import Any
 
 import numpy as np
 import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from minesweep.allowed_targets import allowed_targets, check_targets, only_allowed
 from minesweep.envs.crafter import ACHIEVEMENTS, CrafterEnv
 from minesweep.envs.crafter_record import EpisodeResult
 from minesweep.eval_batch import BatchedPolicy, VideoSpec, as_video_frame, state_is_batch_first
 from minesweep.eval_cache import BaselineCache, baseline_key
 from minesweep.eval_parallel import PlayerJob, PolicyJob, WorldsJob, available_cpus, play_jobs
 from minesweep.policies.base import MinePolicy
+from minesweep.policies.build import (  # not minesweep.train: no Lightning
+    FRAME_SIZE_KEY,
+    POLICY_CONFIG_KEY,
+    build_policy,
+)
+from minesweep.policies.weights import load_policy_weights, read_policy_state_dict
+from minesweep.searchpath import CONF_DIR
 
 __all__ = [
     "load_policy",
@@ -165,8 +175,6 @@ def _saved_facts(checkpoint: Path) -> tuple[dict | None, list[int] | None]:
     """The policy config and the training frame size MineLightning stored in ``checkpoint``, each None where it holds
     none (an older checkpoint, a plain state dict). Read with ``weights_only=True``: the checkpoint is data, never
     code."""
-    from minesweep.policies.build import FRAME_SIZE_KEY, POLICY_CONFIG_KEY
-
     try:
         try:
             saved = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)  # tensors stay on disk
@@ -238,9 +246,6 @@ def load_policy(cfg: DictConfig | None, checkpoint: str | Path, use_ema: bool = 
     """Build the policy for ``checkpoint`` (see :func:`_policy_config`; ``cfg=None``: from the checkpoint alone)
     and load its weights strictly: of a checkpoint trained with an EMA (callbacks/ema), the EMA weights, or the
     trained ones with ``use_ema=False``."""
-    from minesweep.policies.build import build_policy  # not minesweep.train: no Lightning import for an eval
-    from minesweep.policies.weights import load_policy_weights, read_policy_state_dict
-
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
         raise FileNotFoundError(f"eval.checkpoint: no checkpoint file at {checkpoint}")
@@ -256,10 +261,6 @@ def load_policy(cfg: DictConfig | None, checkpoint: str | Path, use_ema: bool = 
 
 
 def _instantiate(node: Any, key: str) -> Any:
-    from hydra.utils import instantiate
-
-    from minesweep.allowed_targets import only_allowed
-
     with only_allowed(node, key):
         return instantiate(node)
 
@@ -418,8 +419,6 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
     out = Path(ev.output_dir) if ev.get("output_dir") else checkpoint.resolve().parent.parent / "eval"
     seeds = [int(ev.first_seed) + i for i in range(int(ev.episodes))]
     cache_dir = cfg.get("paths", {}).get("cache_dir") if ev.get("cache_baselines", True) else None
-    from minesweep.allowed_targets import allowed_targets, check_targets
-
     check_targets(ev.env, "eval.env", allowed_targets())  # before anything is read on its behalf
     env = {**_plain(ev.env), "size": play_size(ev.env, checkpoint)}
     report = evaluate_policy(
@@ -471,10 +470,6 @@ def print_report(report: Mapping[str, Any]) -> None:
 def compose_config(overrides: Sequence[str], config: str = "evaluate") -> DictConfig:
     """``conf/<config>.yaml`` with ``overrides``, without a Hydra run (for scripts and tests): ``evaluate`` is what
     ``minesweep-eval`` reads, ``train`` what ``train.py`` does."""
-    from hydra import compose, initialize_config_dir
-
-    from minesweep.searchpath import CONF_DIR
-
     # train's paths.output_dir refers to Hydra's runtime, which compose() does not set: give it a harmless value
     runtime = ["paths.output_dir=."] if config == "train" else []
     with initialize_config_dir(config_dir=str(CONF_DIR)):

@@ -18,7 +18,9 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 import torch
+from hydra.utils import instantiate
 
+from minesweep.allowed_targets import only_allowed
 from minesweep.envs.crafter_record import EpisodeResult, play_episode
 from minesweep.eval_batch import BatchedPolicy, EnvFactory, VideoSpec, play_policy
 from minesweep.rich_bar import counting_bar
@@ -35,10 +37,6 @@ def env_factory(env: EnvSpec, key: str = "eval.env") -> EnvFactory:
     """``env`` itself if it is a factory, else the factory its config builds (checked against the allow-list)."""
     if callable(env):
         return env
-    from hydra.utils import instantiate
-
-    from minesweep.allowed_targets import only_allowed
-
     with only_allowed(env, key):
         return instantiate(env)
 

@@ -31,6 +31,8 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from minesweep.sweeps.trial import JobTrial, trial_number
+
 log = logging.getLogger(__name__)
 
 JOB_FILE = "job.json"
@@ -147,8 +149,6 @@ class JobRecorder:
         return cls(HydraConfig.get()) if HydraConfig.initialized() else None
 
     def start(self, cfg: DictConfig) -> None:
-        from minesweep.sweeps.trial import trial_number
-
         self._started = time.time()
         if not is_rank_zero():
             return
@@ -227,8 +227,6 @@ class JobRecorder:
 
     def _trial_call(self, method: str, *args: Any) -> None:
         """Annotate or finish this job's Optuna trial; the sweeper covers for a job that cannot."""
-        from minesweep.sweeps.trial import JobTrial
-
         try:
             trial = JobTrial.from_hydra(self.hydra_cfg)
             if trial is not None:

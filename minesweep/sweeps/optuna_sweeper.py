@@ -33,6 +33,7 @@ from hydra.types import HydraContext, TaskFunction
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from minesweep.sweeps.storage import open_storage
 from minesweep.sweeps.trial import PRUNED_AT_STEP, TRIAL_ENV
 
 log = logging.getLogger(__name__)
@@ -125,8 +126,6 @@ class OptunaSweeper(Sweeper):
     # -- the sweep ----------------------------------------------------------------------------
     def sweep(self, arguments: list[str]) -> None:
         import optuna
-
-        from minesweep.sweeps.storage import open_storage
 
         assert self.config is not None and self.launcher is not None
         distributions, fixed, fixed_overrides = self._search_space(arguments)

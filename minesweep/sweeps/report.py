@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from minesweep.sweeps.jobs import JOB_FILE, METRICS_FILE, read_json
+from minesweep.sweeps.storage import find_storage, open_storage
 
 log = logging.getLogger(__name__)
 
@@ -106,8 +107,6 @@ def read_jobs(sweep_dir: Path, metric: str) -> list[Job]:
 
 
 def load_studies(sweep_dir: Path) -> list[Any]:
-    from minesweep.sweeps.storage import find_storage, open_storage
-
     spec = find_storage(sweep_dir)
     if spec is None:
         return []

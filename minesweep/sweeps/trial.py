@@ -17,6 +17,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from minesweep.sweeps.storage import open_storage
+
 log = logging.getLogger(__name__)
 
 TRIAL_ENV = "MINESWEEP_OPTUNA_TRIAL"
@@ -82,8 +84,6 @@ class JobTrial:
     def study(self) -> Any:
         if self._study is None:
             import optuna
-
-            from minesweep.sweeps.storage import open_storage
 
             optuna.logging.set_verbosity(optuna.logging.WARNING)
             self._study = optuna.load_study(

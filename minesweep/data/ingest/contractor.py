@@ -38,6 +38,7 @@ from av.video.reformatter import VideoReformatter
 
 from minesweep.actions.contractor import ContractorFormatError, contractor_to_env, read_jsonl_prefix
 from minesweep.data.events import contractor_events
+from minesweep.data.ingest.cursor import cursor_inputs, draw_cursor
 from minesweep.data.ingest.resize import resize_bilinear, resize_masks
 from minesweep.data.segmentation import SegmentationError, check_segmentation, read_sidecar, sidecar_path
 from minesweep.data.store import DEFAULT_SHARD_SIZE, EncodedEpisode, EpisodeLengthError, StoreWriter, encode_episode
@@ -167,8 +168,6 @@ def _decoded_frames(mp4: Path, resolution: tuple[int, int], cursor: Any | None) 
 def _cursor_drawer(steps: list[dict], source: str) -> Any | None:
     """A function that draws the GUI cursor onto a batch of original-size frames, or None when no step has a GUI
     open. Built from the steps' ``isGuiOpen`` and ``mouse.x/y``."""
-    from minesweep.data.ingest.cursor import cursor_inputs, draw_cursor
-
     x, y, gui_open = cursor_inputs(steps, source=source)
     if not gui_open.any():
         return None

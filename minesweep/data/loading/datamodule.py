@@ -58,6 +58,7 @@ from torch.utils.data import (
 
 from minesweep.actions import CAMERA_NULL_INDEX, NULL_BUTTONS_INDEX, env_to_agent
 from minesweep.data.events import match_event_names
+from minesweep.data.ingest.contractor import ingest
 from minesweep.data.loading.mixture import StoreMixture
 from minesweep.data.loading.sampler import (
     PAD,
@@ -66,6 +67,7 @@ from minesweep.data.loading.sampler import (
     RandomWindowSampler,
     ResumableEpochs,
 )
+from minesweep.data.recordings.synth import generate_recordings
 from minesweep.data.segmentation import empty_segmentation
 from minesweep.data.store import MANIFEST, CorruptDataError, EpisodeStore
 from minesweep.graceful_stop import ignore_stop_signals
@@ -489,9 +491,6 @@ class MineDataModule(L.LightningDataModule):
         self._generate_demo()
 
     def _generate_demo(self) -> None:
-        from minesweep.data.ingest.contractor import ingest
-        from minesweep.data.recordings.synth import generate_recordings
-
         demo = self.demo or {}
         log.info("minesweep: generating demo data into %s (first use)", self.root)
         raw = self.root.parent / "demo_raw"  # kept next to the store: the raw recordings can be re-ingested

@@ -12,10 +12,14 @@
 
 from __future__ import annotations
 
+import logging
+import os
 from typing import Any
 
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig
+
+log = logging.getLogger(__name__)
 
 #: strategies that start ranks by re-running the command line, and their spawning counterparts
 SPAWNING = {
@@ -33,7 +37,17 @@ def under_slurm() -> bool:
 def slurm_environment(auto_requeue: bool = False) -> SLURMEnvironment | None:
     """A trainer plugin (``trainer.plugins.cluster``): under SLURM, Lightning's SLURM environment without its own
     requeue (submitit requeues); ``None`` (no plugin) elsewhere."""
-    return SLURMEnvironment(auto_requeue=auto_requeue) if under_slurm() else None
+    if not under_slurm():
+        return None
+    log.info(
+        "SLURM job %s, task %s of %s: SLURMEnvironment(auto_requeue=%s)%s",
+        os.environ.get("SLURM_JOB_ID"),
+        os.environ.get("SLURM_PROCID"),
+        os.environ.get("SLURM_NTASKS"),
+        auto_requeue,
+        "" if auto_requeue else ", submitit requeues",
+    )
+    return SLURMEnvironment(auto_requeue=auto_requeue)
 
 
 def in_multirun() -> bool:

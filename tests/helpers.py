@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from lightning.pytorch import Callback
 
 from minesweep.actions.space import N_BUTTON_COMBINATIONS, N_CAMERA_INDICES
 
@@ -61,15 +62,12 @@ def run_eval_cli(args: list[str]) -> int:
     return 0
 
 
-class DieAtStep:
+class DieAtStep(Callback):
     """A Lightning callback that SIGKILLs its own process at optimizer step ``at_step`` (never when negative): a job
     killed without a word, as the out-of-memory killer or a lost node would."""
 
     def __init__(self, at_step: int) -> None:
         self.at_step = at_step
-
-    def setup(self, trainer, pl_module, stage: str) -> None:
-        pass
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         import os

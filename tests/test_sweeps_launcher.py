@@ -47,4 +47,4 @@ def test_a_killed_job_is_recorded_failed_and_the_other_jobs_finish(store, tmp_pa
     assert "ended without a result" in (killed / "error.log").read_text()
     assert json.loads((survivor / "job.json").read_text())["state"] == "completed"
     assert (survivor / "checkpoints" / "last.ckpt").is_file()
-    assert "failed job 0" in result.stderr + result.stdout
+    assert "job #0 failed" in result.stderr + result.stdout, "the sweep names the job that died"

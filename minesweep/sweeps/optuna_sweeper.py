@@ -1,7 +1,8 @@
 """The ``hydra/sweeper=optuna_study`` plugin (launch/hydra/sweeper/optuna_study.yaml): Optuna trials as Hydra jobs.
 (``hydra/sweeper=optuna`` stays hydra-optuna-sweeper's own preset.)
 
-Built on hydra-optuna-sweeper's search-space parsing, with what a long search on a cluster needs:
+A subclass of hydra-optuna-sweeper's sweeper (its search-space parsing, trial configuration, directions), with what a
+long search on a cluster needs:
 
 - **Resumable**: the study lives in ``storage`` (default: a journal file in the sweep folder, which is
   fixed by the study name), is loaded if it exists, and every invocation runs ``n_trials`` more trials:
@@ -16,21 +17,27 @@ Built on hydra-optuna-sweeper's search-space parsing, with what a long search on
   extensions (minesweep.allowed_targets; configs are a security boundary);
   samplers only from ``optuna.samplers.*``, pruners only from ``optuna.pruners.*``.
 
-Trials tell their own outcome from the job (``minesweep.sweeps.jobs``); the sweeper tells the ones a
-job could not (killed, no storage access) from the job's return.
+Where it differs from upstream, one line each, with the upstream limitation it works around:
+
+- ``__init__``: a pruner, and a storage opened from a spec (upstream has no pruner and takes a URL only); the
+  custom search space is built from allow-listed names only (upstream builds any name).
+- ``_configure_trials``: each job is also told its trial number (upstream's jobs cannot report to their trial).
+- ``sweep``: job numbers are trial numbers (upstream counts from 0 in each invocation, so a resumed study would
+  reuse job folders), and jobs tell their own outcome, PRUNED included, the sweeper only what a job could not
+  (upstream tells every trial COMPLETE or FAIL itself: it cannot record a pruned trial, and fails on one told
+  already).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from typing import Any
 
-from hydra.core.plugins import Plugins
 from hydra.core.utils import JobReturn, JobStatus
-from hydra.plugins.sweeper import Sweeper
-from hydra.types import HydraContext, TaskFunction
 from hydra.utils import instantiate
+from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl, create_params_from_overrides
 from omegaconf import DictConfig, OmegaConf
 
 from minesweep.sweeps.storage import open_storage
@@ -45,7 +52,7 @@ PRUNERS = ("optuna.pruners.*",)
 SEARCH_SPACES = ("minesweep.sweeps.search_space.*",)
 
 
-class OptunaSweeper(Sweeper):
+class OptunaSweeper(OptunaSweeperImpl):
     def __init__(
         self,
         sampler: Any,
@@ -61,85 +68,56 @@ class OptunaSweeper(Sweeper):
         objective_weights: DictConfig | None = None,  # read by search_space.objective_weights
         sweep_subdir: str | None = None,  # read by hydra.sweep.dir in conf/train.yaml
     ) -> None:
-        self.sampler = instantiate(sampler, _execution_whitelist_=SAMPLERS) if sampler else None
-        self.pruner = instantiate(pruner, _execution_whitelist_=PRUNERS) if pruner else None
-        self.direction = direction
-        self.storage_spec = storage
-        self.study_name = study_name
-        self.n_trials = int(n_trials)
-        self.n_jobs = max(1, int(n_jobs))
-        self.max_failure_rate = float(max_failure_rate)
-        if not 0.0 <= self.max_failure_rate <= 1.0:
+        if not 0.0 <= float(max_failure_rate) <= 1.0:
             raise ValueError(f"hydra.sweeper.max_failure_rate must be in [0, 1], got {max_failure_rate}")
-        self.custom_search_space = None
+        super().__init__(
+            sampler=instantiate(sampler, _execution_whitelist_=SAMPLERS) if sampler else None,
+            direction=direction,
+            storage=storage,
+            study_name=study_name,
+            n_trials=int(n_trials),
+            n_jobs=max(1, int(n_jobs)),
+            max_failure_rate=float(max_failure_rate),
+            custom_search_space=None,  # built below, from allow-listed names only
+            params=params,
+        )
         if custom_search_space:
-            self.custom_search_space = instantiate(
+            self.custom_search_space_extender = instantiate(
                 {"_target_": custom_search_space, "_partial_": True}, _execution_whitelist_=SEARCH_SPACES
             )
-        self.params = params
-        self.config: DictConfig | None = None
-        self.launcher: Any = None
-        self.hydra_context: HydraContext | None = None
+        self.pruner = instantiate(pruner, _execution_whitelist_=PRUNERS) if pruner else None
 
-    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
-        self.config = config
-        self.hydra_context = hydra_context
-        self.launcher = Plugins.instance().instantiate_launcher(
-            config=config, hydra_context=hydra_context, task_function=task_function
-        )
-
-    # -- search space -------------------------------------------------------------------------
-    def _search_space(self, arguments: list[str]) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
-        from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
-
-        params = [f"{k!s}={v}" for k, v in (self.params or {}).items()]
-        distributions, fixed, fixed_overrides = create_params_from_overrides(params + list(arguments))
-        for name in fixed:
-            distributions.pop(name, None)  # a value on the command line wins over the preset's range
-        return distributions, fixed, fixed_overrides
-
-    def _overrides(self, trial: Any, distributions: dict, fixed: dict, fixed_overrides: list[str]) -> list[str]:
-        for name, distribution in distributions.items():
-            trial._suggest(name, distribution)
-        for name, value in fixed.items():
-            trial.set_user_attr(name, value)
-        if self.custom_search_space is not None:
-            self.custom_search_space(self.config, trial)
-        overlap = set(trial.params) & set(fixed)
-        if overlap:
-            raise ValueError(f"parameters both fixed and searched: {sorted(overlap)}")
-        params = {**trial.params, **fixed}
-        return (
-            [f"{name}={value}" for name, value in params.items()]
-            + list(fixed_overrides)
-            + [f"++hydra.job.env_set.{TRIAL_ENV}={trial.number}"]
-        )
-
-    def _directions(self) -> list[str]:
-        directions = (
-            self.direction
-            if isinstance(self.direction, (list, tuple)) or OmegaConf.is_list(self.direction)
-            else [self.direction]
-        )
-        return [str(getattr(d, "name", d)) for d in directions]
+    def _configure_trials(
+        self, trials: list[Any], distributions: dict[str, Any], fixed: dict[str, Any], fixed_overrides: list[str]
+    ) -> Sequence[Sequence[str]]:
+        overrides = super()._configure_trials(trials, distributions, fixed, fixed_overrides)
+        return [
+            [*job, f"++hydra.job.env_set.{TRIAL_ENV}={trial.number}"]
+            for trial, job in zip(trials, overrides, strict=True)
+        ]
 
     # -- the sweep ----------------------------------------------------------------------------
     def sweep(self, arguments: list[str]) -> None:
         import optuna
 
         assert self.config is not None and self.launcher is not None
-        distributions, fixed, fixed_overrides = self._search_space(arguments)
-        directions = self._directions()
+        self._process_searchspace_config()
+        distributions, fixed, fixed_overrides = create_params_from_overrides(
+            self._parse_sweeper_params_config() + list(arguments)
+        )
+        for name in fixed:
+            distributions.pop(name, None)  # a value on the command line wins over the preset's range
+        directions = self._get_directions()
         study = optuna.create_study(
             study_name=self.study_name,
-            storage=open_storage(self.storage_spec),
+            storage=open_storage(self.storage),
             sampler=self.sampler,
             pruner=self.pruner,
             directions=directions,
             load_if_exists=True,
         )
         before = len(study.trials)
-        log.info(f"Study '{study.study_name}' in {self.storage_spec}: {before} trials so far, {self.n_trials} to run")
+        log.info(f"Study '{study.study_name}' in {self.storage}: {before} trials so far, {self.n_trials} to run")
         log.info(
             f"Sampler: {type(self.sampler).__name__}, pruner: {type(self.pruner).__name__}, directions: {directions}"
         )
@@ -152,7 +130,7 @@ class OptunaSweeper(Sweeper):
         while launched < self.n_trials:
             batch = min(self.n_jobs, self.n_trials - launched)
             trials = [study.ask() for _ in range(batch)]
-            overrides = [self._overrides(t, distributions, fixed, fixed_overrides) for t in trials]
+            overrides = self._configure_trials(trials, distributions, fixed, fixed_overrides)
             numbers = [t.number for t in trials]
             if numbers != list(range(numbers[0], numbers[0] + batch)):
                 log.warning(f"trial numbers {numbers} are not consecutive: job numbers will differ from them")
@@ -176,13 +154,13 @@ class OptunaSweeper(Sweeper):
         """Tell the trial's outcome unless the job already did; return the trial's final state name."""
         import optuna
 
-        frozen = study._storage.get_trial(trial._trial_id)
+        frozen = _trial_now(study, trial.number)
         if not frozen.state.is_finished():
             state, values, why = self._outcome(frozen, ret, directions)
             if why:
                 log.warning(f"trial {trial.number} {state.name}: {why}")
             study.tell(trial, values=values, state=state, skip_if_finished=True)
-            frozen = study._storage.get_trial(trial._trial_id)
+            frozen = _trial_now(study, trial.number)
         elif frozen.state == optuna.trial.TrialState.FAIL and ret.status == JobStatus.FAILED:
             log.warning(f"trial {trial.number} FAIL: {_short_error(ret)}")
         return frozen.state.name
@@ -236,3 +214,9 @@ class OptunaSweeper(Sweeper):
 def _short_error(ret: JobReturn) -> str:
     error = ret._return_value
     return f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else repr(error)
+
+
+def _trial_now(study: Any, number: int) -> Any:
+    """The trial as the storage holds it now (a job may have told it since it was asked)."""
+    (frozen,) = [t for t in study.get_trials(deepcopy=False) if t.number == number]
+    return frozen

@@ -14,7 +14,16 @@ import numpy as np
 from minesweep.data.events import Event, check_events
 from minesweep.data.segmentation import SegmentationError, check_segmentation
 from minesweep.video import H264Writer
-from minesweep.data.store.format import ACTION_KEYS, CODECS, EpisodeLengthError, _INTEGRITY, _SEGMENTATION, _crc, _unit_hashes
+from minesweep.data.store.format import (
+    ACTION_KEYS,
+    CODECS,
+    EpisodeLengthError,
+    _INTEGRITY,
+    _SEGMENTATION,
+    _crc,
+    _unit_hashes,
+)
+
 
 def _env_action_arrays(env_actions: Any, episode_id: str) -> dict[str, np.ndarray]:
     """EnvActions (attributes) or a mapping -> validated arrays with the store dtypes (extra keys are kept)."""

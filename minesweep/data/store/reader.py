@@ -12,7 +12,21 @@ from pathlib import Path
 import av
 import numpy as np
 
-from minesweep.data.store.format import CorruptDataError, EVENTS, EVENT_DTYPE, EpisodeRecord, JOURNAL, MANIFEST, _INTEGRITY, _SEGMENTATION, _crc, _load_index, _read_manifest, _shard_name, _unit_hashes
+from minesweep.data.store.format import (
+    CorruptDataError,
+    EVENTS,
+    EVENT_DTYPE,
+    EpisodeRecord,
+    JOURNAL,
+    MANIFEST,
+    _INTEGRITY,
+    _SEGMENTATION,
+    _crc,
+    _load_index,
+    _read_manifest,
+    _shard_name,
+    _unit_hashes,
+)
 from minesweep.video import ByteRange, OpenVideo
 
 _INHERITED: list = []  # open videos inherited through fork(), kept alive on purpose (see EpisodeStore._own_handles)

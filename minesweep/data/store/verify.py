@@ -10,6 +10,7 @@ from minesweep.data.store.format import EVENTS, INDEX, _shard_name
 from minesweep.data.store.writer import _file_sha256
 from minesweep.data.store.reader import EpisodeStore
 
+
 @dataclass
 class VerifyReport:
     """What :func:`verify_store` found: ``problems`` is empty for an intact store."""

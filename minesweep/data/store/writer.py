@@ -12,8 +12,24 @@ from typing import Any
 
 import numpy as np
 
-from minesweep.data.store.format import ACTION_SPACE_VERSION, CODECS, DEFAULT_SHARD_SIZE, EVENTS, EVENT_DTYPE, EpisodeRecord, FORMAT_VERSION, INDEX, JOURNAL, MANIFEST, SHARDS, _end, _index_array, _shard_name
+from minesweep.data.store.format import (
+    ACTION_SPACE_VERSION,
+    CODECS,
+    DEFAULT_SHARD_SIZE,
+    EVENTS,
+    EVENT_DTYPE,
+    EpisodeRecord,
+    FORMAT_VERSION,
+    INDEX,
+    JOURNAL,
+    MANIFEST,
+    SHARDS,
+    _end,
+    _index_array,
+    _shard_name,
+)
 from minesweep.data.store.encode import EncodedEpisode, encode_episode, validate_episode_id
+
 
 def _write_json_atomic(path: Path, data: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp")

@@ -13,16 +13,16 @@ import numpy as np
 
 from minesweep.data.events import Event, check_events
 from minesweep.data.segmentation import SegmentationError, check_segmentation
-from minesweep.video import H264Writer
 from minesweep.data.store.format import (
+    _INTEGRITY,
+    _SEGMENTATION,
     ACTION_KEYS,
     CODECS,
     EpisodeLengthError,
-    _INTEGRITY,
-    _SEGMENTATION,
     _crc,
     _unit_hashes,
 )
+from minesweep.video import H264Writer
 
 
 def _env_action_arrays(env_actions: Any, episode_id: str) -> dict[str, np.ndarray]:

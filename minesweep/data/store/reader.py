@@ -1,4 +1,5 @@
-"""Reading a store: ``EpisodeStore`` reads any frame range, actions and masks of any episode, each checked against its checksums."""
+"""Reading a store: ``EpisodeStore`` reads any frame range, actions and masks of any episode, each checked
+against its checksums."""
 
 from __future__ import annotations
 
@@ -13,14 +14,14 @@ import av
 import numpy as np
 
 from minesweep.data.store.format import (
-    CorruptDataError,
-    EVENTS,
-    EVENT_DTYPE,
-    EpisodeRecord,
-    JOURNAL,
-    MANIFEST,
     _INTEGRITY,
     _SEGMENTATION,
+    EVENT_DTYPE,
+    EVENTS,
+    JOURNAL,
+    MANIFEST,
+    CorruptDataError,
+    EpisodeRecord,
     _crc,
     _load_index,
     _read_manifest,

@@ -5,10 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
 from minesweep.data.store.format import EVENTS, INDEX, _shard_name
-from minesweep.data.store.writer import _file_sha256
 from minesweep.data.store.reader import EpisodeStore
+from minesweep.data.store.writer import _file_sha256
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""Writing a store: episodes appended to shards and journalled; a killed ingest resumes; ``close()`` writes the index and the manifest."""
+"""Writing a store: episodes appended to shards and journalled; a killed ingest resumes; ``close()`` writes the
+index and the manifest."""
 
 from __future__ import annotations
 
@@ -12,23 +13,23 @@ from typing import Any
 
 import numpy as np
 
+from minesweep.data.store.encode import EncodedEpisode, encode_episode, validate_episode_id
 from minesweep.data.store.format import (
     ACTION_SPACE_VERSION,
     CODECS,
     DEFAULT_SHARD_SIZE,
-    EVENTS,
     EVENT_DTYPE,
-    EpisodeRecord,
+    EVENTS,
     FORMAT_VERSION,
     INDEX,
     JOURNAL,
     MANIFEST,
     SHARDS,
+    EpisodeRecord,
     _end,
     _index_array,
     _shard_name,
 )
-from minesweep.data.store.encode import EncodedEpisode, encode_episode, validate_episode_id
 
 
 def _write_json_atomic(path: Path, data: Any) -> None:

@@ -93,6 +93,9 @@ def build(cfg: DictConfig) -> tuple[L.Trainer, MineLightning, L.LightningDataMod
     with allowed_targets.only_allowed(cfg), explain_refused_targets():  # every _target_ in cfg checked first
         datamodule = instantiate(cfg.data)
         policy = build_policy(cfg.policy)
+        if cfg.get("compile"):  # true, or torch.compile's options, e.g. {mode: max-autotune}
+            options = OmegaConf.to_container(cfg.compile) if OmegaConf.is_dict(cfg.compile) else {}
+            policy.compile(**options)  # in place: parameter names, state dicts and checkpoints stay as they are
         if not cfg.get("objective"):
             raise ValueError("no objective selected: choose at least one, e.g. 'objective=[bc]'")
         objectives = {name: instantiate(node) for name, node in cfg.objective.items()}

@@ -210,6 +210,26 @@ def test_unsupported_reference_kwargs_are_clear_errors():
     with pytest.raises(TypeError, match="hidsise"):
         small_policy(hidsise=64)
     small_policy(single_output=True, active_reward_monitors=None)  # reference kwargs with no effect here
+    # the released IDM's network kwargs: the reference swallows both (its final ReLU is unconditional)
+    small_policy(final_relu=True, dense_init_norm_kwargs={"layer_norm": True})
+
+
+def test_recurrence_is_residual_false_drops_the_mlp_residual_as_the_reference_does():
+    """reference ResidualRecurrentBlock with is_residual=False: x = mlp1(mlp0(attention)), no '+ residual'."""
+    torch.manual_seed(0)
+    residual, plain = small_policy().eval(), small_policy(recurrence_is_residual=False).eval()
+    plain.load_state_dict(residual.state_dict())  # same weights: only the forward differs
+    images, first = random_images(2, 5, 32), torch.zeros(2, 5, dtype=torch.bool)
+    block = plain.net.recurrent_layer.blocks[0]
+    seen = {}
+    block.r.register_forward_hook(lambda module, args, out: seen.update(attention=out[0]))  # update: None
+    block.register_forward_hook(lambda module, args, out: seen.update(block=out[0]))
+    latents_plain, _ = run(plain, images, first)
+    mlp = block.mlp1(block.mlp0(seen["attention"]))
+    torch.testing.assert_close(seen["block"], mlp)  # no residual around the MLP
+    latents_residual, _ = run(residual, images, first)
+    moved = (latents_plain["pi_logits"]["buttons"] - latents_residual["pi_logits"]["buttons"]).abs().max()
+    assert moved > 1e-3, "the flag changes the network"
 
 
 # --------------------------------------------------------------------------- (e) any chunk length

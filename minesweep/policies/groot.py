@@ -129,7 +129,7 @@ class GrootPolicy(MinePolicy):
         self.fuse = nn.Sequential(nn.Linear(2 * hidsize, hidsize), nn.ReLU(inplace=True), nn.LayerNorm(hidsize))
         self.decoder = TransformerStack(
             decoder_layers,
-            residual_init=True,
+            residual=True,
             hidsize=hidsize,
             heads=decoder_heads,
             maxlen=memory_size,

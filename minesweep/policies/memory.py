@@ -134,7 +134,8 @@ class TransformerBlock(nn.Module):
     """``y = LN(x) + Attn(LN(x)); out = y + MLP(y)``; reference ``ResidualRecurrentBlock``.
 
     (reference) The raw input ``x`` is dropped: the only residual is around the normalised
-    input, and the MLP (LN -> Linear no bias -> ReLU -> Linear) is applied to ``y``.
+    input, and the MLP (LN -> Linear no bias -> ReLU -> Linear) is applied to ``y``. With ``residual=False``
+    (the reference's ``is_residual=False``) the MLP has no residual either: ``out = MLP(y)``.
     """
 
     def __init__(
@@ -145,8 +146,10 @@ class TransformerBlock(nn.Module):
         pointwise_ratio: int,
         pointwise_use_activation: bool,
         init_scale: float,
+        residual: bool = True,
     ) -> None:
         super().__init__()
+        self.residual = residual
         self.pre_r_ln = nn.LayerNorm(hidsize)
         self.r = MaskedAttention(hidsize, heads, maxlen, init_scale)
         self.mlp0 = FanInReLULayer(hidsize, hidsize * pointwise_ratio, kind="linear", norm="layer")
@@ -162,7 +165,8 @@ class TransformerBlock(nn.Module):
         self, x: torch.Tensor, first: torch.Tensor, state: Sequence[torch.Tensor]
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         y, state = self.r(self.pre_r_ln(x), first, state)
-        return y + self.mlp1(self.mlp0(y)), state
+        out = self.mlp1(self.mlp0(y))
+        return (y + out if self.residual else out), state
 
 
 def transformer_memory(
@@ -183,10 +187,14 @@ class TransformerStack(nn.Module):
     """Blocks in sequence, each with its own ``[mask, K, V]`` state; reference
     ``ResidualRecurrentBlocks``."""
 
-    def __init__(self, n_layers: int, residual_init: bool, **block_kwargs: Any) -> None:
+    def __init__(self, n_layers: int, residual: bool, **block_kwargs: Any) -> None:
         super().__init__()
-        scale = n_layers**-0.5 * 2**-0.5 if residual_init else 1.0
-        self.blocks = nn.ModuleList(TransformerBlock(init_scale=scale, **block_kwargs) for _ in range(n_layers))
+        # (reference) residual blocks start at n_layers**-0.5, times 2**-0.5 for the MLP's second residual;
+        # without residuals (is_residual=False) at 1, and the MLP adds nothing back.
+        scale = n_layers**-0.5 * 2**-0.5 if residual else 1.0
+        self.blocks = nn.ModuleList(
+            TransformerBlock(init_scale=scale, residual=residual, **block_kwargs) for _ in range(n_layers)
+        )
 
     def forward(
         self, x: torch.Tensor, first: torch.Tensor, state: Sequence[torch.Tensor]

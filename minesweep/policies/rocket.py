@@ -105,7 +105,7 @@ class RocketPolicy(MinePolicy):
         self.project = nn.Sequential(nn.Linear(c3 * 16, hidsize), nn.ReLU(inplace=True), nn.LayerNorm(hidsize))
         self.memory = TransformerStack(
             memory_layers,
-            residual_init=True,
+            residual=True,
             hidsize=hidsize,
             heads=memory_heads,
             maxlen=memory_size,

@@ -174,8 +174,10 @@ class VPTNet(nn.Module):
 
 # --------------------------------------------------------------------------- the policy
 
-# Reference kwargs that have no effect on this model family.
-_IGNORED_KWARGS = {"single_output", "input_shape", "active_reward_monitors"}
+# Reference kwargs that have no effect on this model family (the reference's MinecraftPolicy swallows them too):
+# ``final_relu`` (it applies its final ReLU unconditionally) and ``dense_init_norm_kwargs`` (it derives them from
+# ``init_norm_kwargs``), both in the released IDM's network kwargs.
+_IGNORED_KWARGS = {"single_output", "input_shape", "active_reward_monitors", "final_relu", "dense_init_norm_kwargs"}
 
 
 def _require(ok: bool, message: str) -> None:
@@ -266,7 +268,7 @@ class VPTPolicy(MinePolicy):
         )
         recurrent = TransformerStack(
             n_recurrence_layers,
-            residual_init=recurrence_is_residual,
+            residual=recurrence_is_residual,
             hidsize=hidsize,
             heads=attention_heads,
             maxlen=self.maxlen,

@@ -543,7 +543,7 @@ def test_optuna_custom_search_space_is_a_search_space_function():
     from minesweep.sweeps.optuna_sweeper import OptunaSweeper
 
     sweeper = OptunaSweeper(sampler=None, custom_search_space="minesweep.sweeps.search_space.objective_weights")
-    assert sweeper.custom_search_space is not None
+    assert sweeper.custom_search_space_extender is not None  # upstream's attribute
     with pytest.raises(InstantiationException, match="whitelist"):
         OptunaSweeper(sampler=None, custom_search_space="minesweep.train.train")
 

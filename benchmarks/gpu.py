@@ -38,7 +38,7 @@ from hydra import compose, initialize_config_dir
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.train_throughput import StepTimer, cpu_model, flops_per_frame  # noqa: E402
+from benchmarks.train_throughput import TRAINING_ALONE, StepTimer, cpu_model, flops_per_frame  # noqa: E402
 from minesweep.train import build  # noqa: E402
 
 #: dense bf16 tensor-core peaks (TFLOP/s), SXM parts where there are several, by a substring of the device name
@@ -80,18 +80,11 @@ def compose_run(policy: str, args: argparse.Namespace, overrides: list[str], tmp
                 f"data.batch_size={args.batch_size}",
                 f"data.win_len={args.win_len}",
                 f"data.num_workers={args.workers}",
-                "~logger",
                 f"paths.output_dir={tmp}",
                 f"trainer.accelerator={accelerator}",
                 "trainer.precision=bf16-mixed",
                 f"trainer.max_steps={args.warmup + args.steps}",
-                "trainer.limit_val_batches=0",
-                "+trainer.enable_checkpointing=false",
-                "+trainer.enable_progress_bar=false",
-                "callbacks.checkpoint=null",
-                "callbacks.progress_bar=null",
-                "callbacks.lr_monitor=null",
-                "callbacks.final_eval=null",
+                *TRAINING_ALONE,
                 f"compile={str(compiled).lower()}",
                 f"log_freq={args.warmup + args.steps}",  # no logging inside the timed steps
                 *overrides,

@@ -33,6 +33,18 @@ sys.path.insert(0, str(REPO))
 
 from minesweep.train import build  # noqa: E402
 
+#: Overrides for timing training alone: no logger, validation, checkpoints, progress bar or evaluation.
+TRAINING_ALONE = [
+    "~logger",
+    "trainer.limit_val_batches=0",
+    "+trainer.enable_checkpointing=false",
+    "+trainer.enable_progress_bar=false",
+    "callbacks.checkpoint=null",
+    "callbacks.progress_bar=null",
+    "callbacks.lr_monitor=null",
+    "callbacks.final_eval=null",
+]
+
 
 class StepTimer(L.Callback):
     def __init__(self, warmup: int) -> None:
@@ -155,16 +167,9 @@ def main() -> None:
             cfg = compose(
                 "train",
                 overrides=[
-                    "~logger",
                     f"paths.output_dir={tmp}",
                     f"trainer.max_steps={args.warmup + args.steps}",
-                    "trainer.limit_val_batches=0",
-                    "+trainer.enable_checkpointing=false",
-                    "+trainer.enable_progress_bar=false",
-                    "callbacks.checkpoint=null",
-                    "callbacks.progress_bar=null",
-                    "callbacks.lr_monitor=null",
-                    "callbacks.final_eval=null",  # training alone: no evaluation after the last step
+                    *TRAINING_ALONE,
                     *overrides,
                 ],
             )

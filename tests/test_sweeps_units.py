@@ -207,6 +207,13 @@ def test_a_requeue_is_told_from_the_traceback_not_from_a_flag():
     assert not requeued_by_submitit(RuntimeError("checkpoint_and_try_requeue"))
 
 
+def test_the_job_record_reads_the_metrics_file_training_writes():
+    from minesweep import train
+    from minesweep.sweeps import jobs
+
+    assert jobs.METRICS_FILE == train.METRICS_FILE  # one name, kept in two modules so training imports no sweeps
+
+
 def test_training_imports_nothing_from_the_sweep_machinery():
     code = "import sys, minesweep.train, minesweep.trainer; print(sorted(m for m in sys.modules if 'sweeps' in m))"
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)

@@ -183,6 +183,30 @@ def test_demo_data_generated_on_first_use(tmp_path, caplog):
     assert "generating" not in caplog.text
 
 
+def test_a_failed_demo_build_leaves_no_store_behind(tmp_path, monkeypatch):
+    """Interrupted while ingesting: no folder with a manifest is left at the store's path, so the next run builds
+    the demo again instead of training on part of it."""
+    from minesweep.data.ingest import contractor
+    from minesweep.data.loading import datamodule as module
+
+    root = tmp_path / "demo" / "store"
+    demo = {"episodes": 2, "frames": 36, "width": 64, "height": 64, "seed": 0, "resolution": 32}
+
+    def interrupted(src, dst, **kwargs):
+        contractor.ingest(src, dst, **{**kwargs, "workers": 1})  # a complete store, then the interruption
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(module, "ingest", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        MineDataModule(str(root), num_workers=0, demo=demo).prepare_data()
+    assert not root.exists()
+    monkeypatch.undo()
+    dm = MineDataModule(str(root), win_len=16, batch_size=2, num_workers=0, demo=demo)
+    dm.prepare_data()
+    assert [e.length for e in dm.store.episodes] == [36, 36]
+    assert not root.with_name("store.partial").exists()
+
+
 @pytest.mark.slow
 def test_spawned_workers_read_the_same_batches(root):
     # Readers open their own shard handles per process: spawn (no inherited state) must work like fork.

@@ -3,6 +3,8 @@
 import json
 import os
 import shutil
+import subprocess
+import sys
 from fractions import Fraction
 
 import av
@@ -13,8 +15,9 @@ from minesweep.actions.contractor import contractor_to_env, read_jsonl
 from minesweep.data.cli import main as cli_main
 from minesweep.data.ingest.contractor import ingest
 from minesweep.data.ingest.resize import resize_bilinear, resize_masks
-from minesweep.data.recordings.synth import write_synthetic_episode
+from minesweep.data.recordings.synth import generate_recordings, write_synthetic_episode
 from minesweep.data.store import EpisodeStore
+from tests.conftest import REPO
 
 SRC_W, SRC_H, RES = 96, 64, (48, 64)
 GOOD = {"good-a": 40, "good-b": 50, "sub/good-c": 70}
@@ -413,3 +416,18 @@ def test_a_sidecar_longer_than_video_and_steps_is_still_blamed_on_the_sidecar(tm
     report = ingest(raw, tmp_path / "store", resolution=RES, print_summary=False, progress=False)
     (problem,) = report.skipped
     assert report.ingested == [] and problem["file"] == str(sidecar) and "35 frames" in problem["reason"], problem
+
+
+@pytest.mark.slow
+def test_ingest_from_a_script_without_a_main_guard_fails_with_the_fix_instead_of_hanging(tmp_path):
+    """Spawned workers import the script again; before, the pool respawned them forever and the ingest never ended."""
+    raw = tmp_path / "raw"
+    generate_recordings(raw, episodes=2, frames=8, seed=0, width=32, height=32)
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "from minesweep.data.ingest.contractor import ingest\n"
+        f"ingest({str(raw)!r}, {str(tmp_path / 'store')!r}, resolution=(16, 16), workers=2, print_summary=False)\n"
+    )
+    result = subprocess.run([sys.executable, str(script)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert "if __name__ == '__main__':" in result.stderr, result.stderr[-3000:]

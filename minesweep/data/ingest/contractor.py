@@ -28,6 +28,8 @@ import multiprocessing
 import os
 import time
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -365,9 +367,20 @@ def _run(jobs: list[_Job], settings: _Settings, workers: int) -> Iterator[tuple[
         for job in jobs:
             yield _encode(job, settings)
         return
-    # spawn: a clean interpreter per worker (no inherited ffmpeg or torch threads from the parent).
-    with multiprocessing.get_context("spawn").Pool(workers) as pool:
-        yield from pool.imap(_encode_star, [(job, settings) for job in jobs], chunksize=1)
+    # spawn: a clean interpreter per worker (no inherited ffmpeg or torch threads from the parent). An executor, not
+    # a Pool: a worker that dies (killed, or failing to start) breaks it with an error instead of a silent respawn.
+    executor = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        yield from executor.map(_encode_star, [(job, settings) for job in jobs])
+    except BrokenProcessPool as error:
+        raise RuntimeError(
+            "ingest: a worker process died before finishing its recording (killed, e.g. out of memory, or it "
+            "could not start). Called from a script? Workers are started with 'spawn', which imports the script "
+            "again in each of them: put the call under `if __name__ == '__main__':`. The episodes already "
+            "appended are kept; run the ingest again to resume."
+        ) from error
+    finally:
+        executor.shutdown(wait=True, cancel_futures=True)  # on an error, the recordings not started are dropped
 
 
 class _Progress:

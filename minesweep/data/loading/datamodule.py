@@ -516,11 +516,19 @@ class MineDataModule(L.LightningDataModule):
                 f"with _target_ (e.g. minesweep.envs.crafter_record.CrafterRecordings), got {demo!r}"
             )
         resolution = (int(res), int(res)) if isinstance(res, int) else (int(res[0]), int(res[1]))
+        # Built beside the store and moved into place once complete: a failed or interrupted build never leaves a
+        # folder with a manifest that later runs would take for the finished demo (a store left by an older
+        # version without its manifest is resumed in place).
+        target = self.root if self.root.exists() else self.root.with_name(f"{self.root.name}.partial")
         report = ingest(
-            raw, self.root, resolution=resolution, codec=codec, workers=os.cpu_count() or 1, print_summary=False
+            raw, target, resolution=resolution, codec=codec, workers=os.cpu_count() or 1, print_summary=False
         )
         if report.skipped:
-            raise RuntimeError(f"demo data generation into {self.root} skipped episodes: {report.skipped}")
+            raise RuntimeError(f"demo data generation into {target} skipped episodes: {report.skipped}")
+        if not report.ingested and not report.already:
+            raise RuntimeError(f"demo data generation into {target}: no episode was recorded in {raw}")
+        if target != self.root:
+            os.replace(target, self.root)
 
     # -- store and splits -----------------------------------------------------------------------------------
     @property

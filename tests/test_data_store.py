@@ -167,6 +167,22 @@ def test_failed_episode_leaves_nothing_behind(tmp_path):
     ).stat().st_size == record.actions_offset + record.actions_size + record.segmentation_size
 
 
+def test_an_error_mid_write_leaves_an_unfinished_store_that_resumes(tmp_path):
+    """An exception (or Ctrl-C) out of the writer's block writes no manifest: readers see an unfinished store, and
+    the next writer keeps what was journalled."""
+    with pytest.raises(KeyboardInterrupt):
+        with StoreWriter(tmp_path, resolution=(H, W)) as writer:
+            writer.add_episode("a", make_frames(4), make_actions(4))
+            raise KeyboardInterrupt
+    assert not (tmp_path / "manifest.json").exists()
+    with pytest.raises(FileNotFoundError, match="did not finish: run it again to resume"):
+        EpisodeStore(tmp_path)
+    with StoreWriter(tmp_path, resolution=(H, W)) as writer:
+        assert "a" in writer
+        writer.add_episode("b", make_frames(3), make_actions(3))
+    assert [e.id for e in EpisodeStore(tmp_path).episodes] == ["a", "b"]
+
+
 @pytest.mark.parametrize("codec", ["h264", "raw"])
 def test_both_codecs_read_the_same_windows(tmp_path, codec):
     frames = make_frames(70, seed=3)

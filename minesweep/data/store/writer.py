@@ -305,5 +305,18 @@ class StoreWriter:
     def __enter__(self) -> StoreWriter:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: Any) -> None:
+        if exc_type is None:
+            self.close()
+        else:  # an error or Ctrl-C mid-way: no manifest, so no reader takes this for a finished store
+            self.abort()
+
+    def abort(self) -> None:
+        """Stop without writing the index and manifest: the store reads as unfinished ("run it again to resume"),
+        and a new writer on the folder keeps every journalled episode."""
+        if self._closed:
+            return
+        if self._shard_file is not None:
+            self._shard_file.close()
+        self._journal.close()
+        self._closed = True

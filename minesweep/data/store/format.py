@@ -70,10 +70,9 @@ def _unit_hashes(data: bytes | memoryview, unit_bytes: int, count: int) -> np.nd
 
     A raw frame is read with one ``pread`` at memory speed, which CRC32 (~2 GB/s here) cannot keep up with: it cost
     a fifth of the raw loader's throughput. XXH3 runs at ~20 GB/s, and as a 64-bit hash it catches any change."""
-    view = memoryview(data).cast("B")
-    return np.array(
-        [xxhash.xxh3_64_intdigest(view[i * unit_bytes : (i + 1) * unit_bytes]) for i in range(count)], np.uint64
-    )
+    rows = np.frombuffer(data, np.uint8, count * unit_bytes).reshape(count, unit_bytes)
+    # map over the rows of one array view: no Python slicing per unit (that overhead was a third of the hashing)
+    return np.fromiter(map(xxhash.xxh3_64_intdigest, rows), np.uint64, count)
 
 
 @dataclass(frozen=True)

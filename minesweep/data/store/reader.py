@@ -366,10 +366,10 @@ class EpisodeStore:
             size = int(bounds[1] - bounds[0]) if len(bounds) > 1 else 0
             start = int(bounds[0]) - base
             whole = max(0, min(len(crcs), (len(view) - start) // size)) if size else 0
-            sums = _unit_hashes(view[start : start + whole * size], size, whole).tolist() if whole else []
-            computed = [*sums, *[None] * (len(crcs) - whole)]
-            if computed == crcs.tolist():
+            sums = _unit_hashes(view[start : start + whole * size], size, whole) if whole else crcs[:0]
+            if whole == len(crcs) and np.array_equal(sums, crcs):
                 return
+            computed = [*sums.tolist(), *[None] * (len(crcs) - whole)]
         for j, crc in enumerate(crcs.tolist()):
             a, b = int(bounds[j]) - base, int(bounds[j + 1]) - base
             if b > len(view) or (computed[j] if computed is not None else _crc(view[a:b])) != crc:

@@ -60,6 +60,7 @@ ALLOWED_TARGETS: tuple[str, ...] = (
     "minesweep.*",  # policies, objectives, data modules, envs, players, callbacks
     "minesweep.policies.vpt.VPTPolicy.from_model_file",  # a released VPT's architecture (plain-data reader)
     "minesweep.policies.vpt.VPTPolicy.from_reference",  # reference weights (weights_only loader)
+    "minesweep.policies.idm.IDMPolicy.from_model_file",  # the released IDM's architecture (plain-data reader)
     "minesweep.cluster.slurm_environment",  # trainer plugin: Lightning's SLURM environment, or none off SLURM
     "torch.optim.*",  # optimizers, and schedulers in torch.optim.lr_scheduler
     "lightning.pytorch.callbacks.*",

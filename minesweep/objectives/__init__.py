@@ -3,6 +3,7 @@
 from minesweep.objectives.base import MissingLatentError, ObjectiveCallback
 from minesweep.objectives.bc import BehaviorCloneCallback
 from minesweep.objectives.entropy import EntropyBonusCallback
+from minesweep.objectives.idm import InverseDynamicsCallback
 from minesweep.objectives.kl import KLDivergenceCallback, KLWarmupCallback, gaussian_kl
 
 __all__ = [
@@ -12,5 +13,6 @@ __all__ = [
     "KLDivergenceCallback",
     "KLWarmupCallback",
     "EntropyBonusCallback",
+    "InverseDynamicsCallback",
     "gaussian_kl",
 ]

@@ -25,13 +25,15 @@ class MinePolicy(nn.Module, ABC):
 
     #: Stateful policies get their memory carried across consecutive windows of an episode.
     is_stateful: bool = True
+    #: The action head's class (its ``pi_logits``, ``sample``, ``logprob``): the joint VPT action space by default.
+    action_head: type[MineActionHead] = MineActionHead
 
     def __init__(
         self, hidsize: int, temperature: float = 1.0, name: str | None = None, nucleus_prob: float | None = None
     ) -> None:
         super().__init__()
         self.name = name or type(self).__name__
-        self.pi_head = MineActionHead(hidsize, temperature=temperature, nucleus_prob=nucleus_prob)
+        self.pi_head = self.action_head(hidsize, temperature=temperature, nucleus_prob=nucleus_prob)
         self.value_head = ValueHead(hidsize)
 
     @abstractmethod

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from minesweep.actions.space import N_BUTTON_COMBINATIONS, N_CAMERA_INDICES
+from minesweep.actions.space import N_BUTTON_COMBINATIONS, N_BUTTONS, N_CAMERA_BINS, N_CAMERA_INDICES
 
 PiLogits = dict[str, torch.Tensor]
 Action = dict[str, torch.Tensor]
@@ -36,22 +36,23 @@ def uniform_like(x: torch.Tensor, generator: Generators = None) -> torch.Tensor:
 
 
 class CategoricalHead(nn.Module):
-    """One categorical action component: linear layer -> log-softmax of logits / temperature."""
+    """``count`` independent categoricals over ``num_classes`` (one for a joint action; VPT's IDM has one per
+    button): linear layer -> log-softmax of logits / temperature, shaped ``(..., count, num_classes)``."""
 
-    def __init__(self, input_dim: int, num_classes: int, temperature: float = 1.0) -> None:
+    def __init__(self, input_dim: int, num_classes: int, temperature: float = 1.0, count: int = 1) -> None:
         super().__init__()
         # Named like the reference so released state dicts load without renaming.
-        self.linear_layer = nn.Linear(input_dim, num_classes)
-        self.num_classes = num_classes
+        self.linear_layer = nn.Linear(input_dim, count * num_classes)
+        self.num_classes, self.count = num_classes, count
         self.temperature = temperature
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits = self.linear_layer(x).unsqueeze(-2) / self.temperature
+        logits = self.linear_layer(x).unflatten(-1, (self.count, self.num_classes)) / self.temperature
         return F.log_softmax(logits.float(), dim=-1)
 
     @staticmethod
     def logprob(action: torch.Tensor, log_probs: torch.Tensor) -> torch.Tensor:
-        """``action`` (..., 1) int, ``log_probs`` (..., 1, n) -> (...) summed over the action dim."""
+        """``action`` (..., count) int, ``log_probs`` (..., count, n) -> (...) summed over the ``count`` dim."""
         picked = torch.gather(log_probs, -1, action.long().unsqueeze(-1)).squeeze(-1)
         return picked.sum(-1)
 
@@ -99,10 +100,14 @@ class MineActionHead(nn.Module):
     normalised log-probabilities; ``logprob``/``entropy``/``sample`` take those dicts.
     """
 
+    #: (classes, independent categoricals) of each component
+    buttons_shape: tuple[int, int] = (N_BUTTON_COMBINATIONS, 1)
+    camera_shape: tuple[int, int] = (N_CAMERA_INDICES, 1)
+
     def __init__(self, input_dim: int, temperature: float = 1.0, nucleus_prob: float | None = None) -> None:
         super().__init__()
-        self.buttons = CategoricalHead(input_dim, N_BUTTON_COMBINATIONS, temperature)
-        self.camera = CategoricalHead(input_dim, N_CAMERA_INDICES, temperature)
+        self.buttons = CategoricalHead(input_dim, self.buttons_shape[0], temperature, self.buttons_shape[1])
+        self.camera = CategoricalHead(input_dim, self.camera_shape[0], temperature, self.camera_shape[1])
         if nucleus_prob is not None and not 0.0 < nucleus_prob <= 1.0:
             raise ValueError(f"nucleus_prob must be in (0, 1], got {nucleus_prob}")
         # Default top-p of sample(); a plain attribute, so state dicts are unchanged.
@@ -139,6 +144,17 @@ class MineActionHead(nn.Module):
         return {
             name: head.sample(pi_logits[name], deterministic, p, generator) for name, head in self.components().items()
         }
+
+
+class FactoredActionHead(MineActionHead):
+    """VPT's inverse dynamics model's action head: each of the 20 buttons pressed or not, and each camera axis
+    (pitch, yaw) one of 11 mu-law bins, all independent: ``pi_logits = {'buttons': (B,T,20,2), 'camera':
+    (B,T,2,11)}``. The same env action space as :class:`MineActionHead`, without the joint combinations (the
+    released IDM's ``pi_head`` layout). An action is ``{'buttons': (B,T,20), 'camera': (B,T,2)}`` of class indices:
+    the env buttons themselves, and :func:`minesweep.actions.space.camera_to_bins` of the camera."""
+
+    buttons_shape = (2, N_BUTTONS)
+    camera_shape = (N_CAMERA_BINS, 2)
 
 
 class EwmaNormalizer(nn.Module):

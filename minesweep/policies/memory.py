@@ -87,6 +87,8 @@ class CachedSelfAttention(nn.Module):
     def relative_bias(self, x: torch.Tensor) -> torch.Tensor:
         """(B,t,hid) -> (B,heads,t,maxlen+t): ``sum_n R[h,i,n] b_nd[n,d]``, 0 outside the band."""
         B, t, _ = x.shape
+        if self.maxlen == 0:  # (reference) no memory, no band: the bias is zero (an IDM's window attention)
+            return x.new_zeros(B, self.heads, t, t)
         # (reference) r_layer's channels are head-major: [h0 n0..n9, h1 n0..n9, ...].
         R = self.r_layer(x).view(B, t, self.heads, REL_ATTN_NBASIS).transpose(1, 2)
         by_distance = R @ self.b_nd  # (B,heads,t,maxlen), indexed by distance d
@@ -110,22 +112,39 @@ class CachedSelfAttention(nn.Module):
         weights = torch.softmax(logits.float(), dim=-1).to(v.dtype)
         attended = (weights @ v).transpose(1, 2).reshape(B, t, hid)
         # (reference) the residual adds this layer's input, which is already layer-normed.
-        return x + self.proj_layer(attended), K[:, -self.maxlen :], V[:, -self.maxlen :]
+        keep = K.shape[1] - self.maxlen  # (not K[:, -maxlen:], which keeps everything when maxlen is 0)
+        return x + self.proj_layer(attended), K[:, keep:], V[:, keep:]
 
 
 class MaskedAttention(nn.Module):
-    """Builds the clipped-causal mask and runs ``orc_block``; reference ``MaskedAttention``."""
+    """Builds the clipped-causal mask and runs ``orc_block``; reference ``MaskedAttention``.
 
-    def __init__(self, hidsize: int, heads: int, maxlen: int, init_scale: float) -> None:
+    ``causal=False`` is the reference's ``mask="none"`` without memory (``maxlen == 0``, an inverse dynamics
+    model): every frame of the window attends to every other, past and future. Frames where ``key_valid``
+    (B,t) is False (padding after an episode's end; the reference has none) are not attended to."""
+
+    def __init__(self, hidsize: int, heads: int, maxlen: int, init_scale: float, causal: bool = True) -> None:
         super().__init__()
-        self.maxlen = maxlen
+        if not causal and maxlen != 0:
+            raise ValueError(f"non-causal attention keeps no memory: maxlen must be 0, got {maxlen}")
+        self.maxlen, self.causal = maxlen, causal
         self.orc_block = CachedSelfAttention(hidsize, heads, maxlen, init_scale)
 
     def forward(
-        self, x: torch.Tensor, first: torch.Tensor, state: Sequence[torch.Tensor]
+        self,
+        x: torch.Tensor,
+        first: torch.Tensor,
+        state: Sequence[torch.Tensor],
+        key_valid: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         state_mask, K_cache, V_cache = state
-        mask, state_mask = clipped_causal_mask(first, state_mask, x.shape[1], self.maxlen)
+        if self.causal:
+            mask, state_mask = clipped_causal_mask(first, state_mask, x.shape[1], self.maxlen)
+        else:
+            B, t = x.shape[:2]
+            valid = torch.ones(B, t, dtype=torch.bool, device=x.device) if key_valid is None else key_valid.bool()
+            # A window of padding only would attend to nothing (a NaN softmax): let its frames see themselves.
+            mask = valid[:, None, :] | torch.eye(t, dtype=torch.bool, device=x.device)
         x, K_cache, V_cache = self.orc_block(x, mask, K_cache, V_cache)
         return x, [state_mask, K_cache, V_cache]
 
@@ -147,11 +166,12 @@ class TransformerBlock(nn.Module):
         pointwise_use_activation: bool,
         init_scale: float,
         residual: bool = True,
+        causal: bool = True,
     ) -> None:
         super().__init__()
         self.residual = residual
         self.pre_r_ln = nn.LayerNorm(hidsize)
-        self.r = MaskedAttention(hidsize, heads, maxlen, init_scale)
+        self.r = MaskedAttention(hidsize, heads, maxlen, init_scale, causal)
         self.mlp0 = FanInReLULayer(hidsize, hidsize * pointwise_ratio, kind="linear", norm="layer")
         self.mlp1 = FanInReLULayer(
             hidsize * pointwise_ratio,
@@ -162,9 +182,13 @@ class TransformerBlock(nn.Module):
         )
 
     def forward(
-        self, x: torch.Tensor, first: torch.Tensor, state: Sequence[torch.Tensor]
+        self,
+        x: torch.Tensor,
+        first: torch.Tensor,
+        state: Sequence[torch.Tensor],
+        key_valid: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        y, state = self.r(self.pre_r_ln(x), first, state)
+        y, state = self.r(self.pre_r_ln(x), first, state, key_valid)
         out = self.mlp1(self.mlp0(y))
         return (y + out if self.residual else out), state
 
@@ -197,10 +221,15 @@ class TransformerStack(nn.Module):
         )
 
     def forward(
-        self, x: torch.Tensor, first: torch.Tensor, state: Sequence[torch.Tensor]
+        self,
+        x: torch.Tensor,
+        first: torch.Tensor,
+        state: Sequence[torch.Tensor],
+        key_valid: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """``key_valid`` (B,t): frames non-causal attention may attend to (see :class:`MaskedAttention`)."""
         state_out: list[torch.Tensor] = []
         for i, block in enumerate(self.blocks):
-            x, block_state = block(x, first, state[3 * i : 3 * i + 3])
+            x, block_state = block(x, first, state[3 * i : 3 * i + 3], key_valid)
             state_out += block_state
         return x, state_out

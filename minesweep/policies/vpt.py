@@ -33,7 +33,7 @@ from torch.nn import functional as F
 
 from minesweep.policies.base import Latents, MinePolicy, State
 from minesweep.policies.heads import ValueHead
-from minesweep.policies.layers import FanInReLULayer
+from minesweep.policies.layers import FanInReLULayer, fan_in_init_
 from minesweep.policies.memory import TransformerStack, transformer_memory
 from minesweep.policies.weights import load_policy_weights
 
@@ -96,12 +96,14 @@ class ImpalaCNN(nn.Module):
         groups: int,
         dense_norm: str | None,
         post_pool_groups: int | None,
+        first_conv_norm: bool = False,
     ) -> None:
         super().__init__()
         h, w, c = img_shape
         stacks = []
         for i, out_chans in enumerate(chans):
-            # (reference) the very first conv sees raw pixels and has no norm (so it has a bias).
+            # (reference) the very first conv sees raw pixels and has no norm (so it has a bias), unless
+            # first_conv_norm (an IDM, whose first conv sees its 3D convolution's features).
             stacks.append(
                 ImpalaDownStack(
                     c,
@@ -110,7 +112,7 @@ class ImpalaCNN(nn.Module):
                     groups=groups,
                     post_pool_groups=post_pool_groups,
                     init_scale=math.sqrt(len(chans)),
-                    first_conv_norm=i > 0,
+                    first_conv_norm=i > 0 or first_conv_norm,
                 )
             )
             c, h, w = out_chans, (h + 1) // 2, (w + 1) // 2  # max_pool(3, stride 2, pad 1)
@@ -132,11 +134,29 @@ class ImageEncoder(nn.Module):
         self.cnn = cnn
         self.linear = FanInReLULayer(CNN_OUTSIZE, hidsize, kind="linear", norm=dense_norm)
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
+    def forward(self, image: torch.Tensor, stem: nn.Module | None = None) -> torch.Tensor:
+        """``stem``: a module over the scaled frames (B,T,H,W,3) -> (B,T,H,W,C) before the CNN (an IDM's 3D
+        convolution; the caller owns it, as in the reference's state dict)."""
         B, T = image.shape[:2]
         # (reference) pixels are only scaled to [0, 1]: no mean/std normalisation.
-        x = image.reshape(B * T, *image.shape[2:]).to(self.linear.layer.weight.dtype) / 255.0
-        return self.linear(self.cnn(x)).reshape(B, T, -1)
+        x = image.to(self.linear.layer.weight.dtype) / 255.0
+        if stem is not None:
+            x = stem(x)
+        return self.linear(self.cnn(x.reshape(B * T, *x.shape[2:]))).reshape(B, T, -1)
+
+
+class FrameConv3d(nn.Module):
+    """A 3D convolution over (frames, height, width) then ReLU: (B,T,H,W,C) -> (B,T,H,W,C'); the reference
+    IDM's ``conv3d_layer`` (a fan-in initialised layer without norm). Its temporal padding is zeros: frames
+    near a window's edges see blank frames beyond it."""
+
+    def __init__(self, inchan: int, outchan: int, kernel_size: Sequence[int], padding: Sequence[int]) -> None:
+        super().__init__()
+        self.layer = nn.Conv3d(inchan, outchan, tuple(kernel_size), padding=tuple(padding))
+        fan_in_init_(self.layer)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.layer(x.permute(0, 4, 1, 2, 3))).permute(0, 2, 3, 4, 1)
 
 
 # --------------------------------------------------------------------------- memory transformer
@@ -152,23 +172,32 @@ class VPTNet(nn.Module):
         recurrent_layer: TransformerStack,
         dense_norm: str | None,
         use_pre_lstm_ln: bool,
+        conv3d_layer: FrameConv3d | None = None,
     ) -> None:
         super().__init__()
+        self.conv3d_layer = conv3d_layer  # before the image encoder (an IDM); None: not in the state dict
         self.img_process = img_encoder
         self.pre_lstm_ln = nn.LayerNorm(hidsize) if use_pre_lstm_ln else None
         self.recurrent_layer = recurrent_layer
         self.lastlayer = FanInReLULayer(hidsize, hidsize, kind="linear", norm=dense_norm)
         self.final_ln = nn.LayerNorm(hidsize)
+        self.use_lastlayer = True
 
     def forward(
-        self, image: torch.Tensor, first: torch.Tensor, state: Sequence[torch.Tensor]
+        self,
+        image: torch.Tensor,
+        first: torch.Tensor,
+        state: Sequence[torch.Tensor],
+        key_valid: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        x = self.img_process(image)
+        x = self.img_process(image, stem=self.conv3d_layer)
         if self.pre_lstm_ln is not None:
             x = self.pre_lstm_ln(x)
-        x, state_out = self.recurrent_layer(x, first, state)
-        # (reference) an unconditional ReLU after the transformer stack.
-        x = self.final_ln(self.lastlayer(F.relu(x)))
+        x, state_out = self.recurrent_layer(x, first, state, key_valid)
+        # (reference) an unconditional ReLU after the transformer stack. (reference, IDM) InverseActionNet computes
+        # lastlayer and then normalises its input instead: use_lastlayer=False.
+        x = F.relu(x)
+        x = self.final_ln(self.lastlayer(x) if self.use_lastlayer else x)
         return x, state_out
 
 
@@ -222,22 +251,39 @@ class VPTPolicy(MinePolicy):
         scale_input_img: bool = True,
         img_statistics: Any = None,
         obs_processing_width: int = CNN_OUTSIZE,
+        conv3d_params: Mapping[str, Any] | None = None,
         **ignored: Any,
     ) -> None:
         unknown = set(ignored) - _IGNORED_KWARGS
         if unknown:
             raise TypeError(f"VPTPolicy: unknown kwargs {sorted(unknown)}")
         _require(recurrence_type == "transformer", f"{recurrence_type=} is not supported")
-        _require(attention_mask_style == "clipped_causal", f"{attention_mask_style=} is not supported")
+        _require(attention_mask_style in ("clipped_causal", "none"), f"{attention_mask_style=} is not supported")
+        causal = attention_mask_style == "clipped_causal"
         _require(use_pointwise_layer, "use_pointwise_layer=False is not supported")
         _require(only_img_input, "only_img_input=False is not supported")
         _require(not diff_mlp_embedding, "diff_mlp_embedding=True is not supported")
-        _require(not first_conv_norm, "first_conv_norm=True is not supported")
         _require(scale_input_img and img_statistics is None, "only scale_input_img=True, img_statistics=None")
         _require(obs_processing_width == CNN_OUTSIZE, f"obs_processing_width must be {CNN_OUTSIZE}")
         _require(hidsize % attention_heads == 0, f"{hidsize=} is not divisible by {attention_heads=}")
-        _require(attention_memory_size > timesteps, "attention_memory_size must exceed timesteps")
-        _require(len(img_shape) == 3 and img_shape[2] == 3, f"img_shape must be (H, W, 3), got {img_shape}")
+        if causal:
+            _require(attention_memory_size > timesteps, "attention_memory_size must exceed timesteps")
+        else:  # the reference's "none" mask over a memory would attend across episodes: only the IDM's no-memory case
+            _require(
+                attention_memory_size == timesteps,
+                "attention_mask_style='none' needs attention_memory_size == timesteps (no memory, as the released IDM)",
+            )
+        conv3d = dict(conv3d_params or {})
+        stem_kwargs = {k: conv3d.pop(k) for k in ("inchan", "outchan", "kernel_size", "padding") if k in conv3d}
+        _require(not conv3d, f"unsupported conv3d_params {sorted(conv3d)}")
+        if conv3d_params is not None:
+            _require(len(stem_kwargs) == 4, "conv3d_params needs inchan, outchan, kernel_size and padding")
+            _require(stem_kwargs["inchan"] == 3, "conv3d_params.inchan must be 3 (RGB frames)")
+        channels = stem_kwargs["outchan"] if conv3d_params is not None else 3
+        _require(
+            len(img_shape) == 3 and img_shape[2] == channels,
+            f"img_shape must be (H, W, {channels}) (the CNN's input channels), got {img_shape}",
+        )
 
         impala_kwargs = dict({"post_pool_groups": 1} if impala_kwargs is None else impala_kwargs)
         post_pool_groups = impala_kwargs.pop("post_pool_groups", None)
@@ -265,10 +311,12 @@ class VPTPolicy(MinePolicy):
             groups=groups or 1,
             dense_norm=dense_norm,
             post_pool_groups=post_pool_groups,
+            first_conv_norm=first_conv_norm,
         )
         recurrent = TransformerStack(
             n_recurrence_layers,
             residual=recurrence_is_residual,
+            causal=causal,
             hidsize=hidsize,
             heads=attention_heads,
             maxlen=self.maxlen,
@@ -276,7 +324,8 @@ class VPTPolicy(MinePolicy):
             pointwise_use_activation=pointwise_use_activation,
         )
         encoder = ImageEncoder(hidsize, cnn, dense_norm)
-        self.net = VPTNet(hidsize, encoder, recurrent, dense_norm, use_pre_lstm_ln)
+        stem = FrameConv3d(**stem_kwargs) if conv3d_params is not None else None
+        self.net = VPTNet(hidsize, encoder, recurrent, dense_norm, use_pre_lstm_ln, conv3d_layer=stem)
 
     def initial_state(self, batch_size: int | None = None) -> State:
         """Per layer: an all-False memory mask (B,1,maxlen) and zero K, V (B,maxlen,hidsize)."""
@@ -292,7 +341,7 @@ class VPTPolicy(MinePolicy):
         state = self.initial_state(B) if state_in is None else state_in
         _require(len(state) == 3 * self.n_layers, f"state has {len(state)} tensors, not 3 per layer")
 
-        h, state_out = self.net(image, first.bool(), state)
+        h, state_out = self.net(image, first.bool(), state, key_valid=input.get("mask"))
         latents = {"pi_logits": self.pi_head(h), "vpred": self.value_head(h), "pi_h": h, "vf_h": h}
         return latents, state_out
 

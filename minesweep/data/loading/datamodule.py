@@ -56,7 +56,7 @@ from torch.utils.data import (
     get_worker_info,
 )
 
-from minesweep.actions import CAMERA_NULL_INDEX, NULL_BUTTONS_INDEX, env_to_agent
+from minesweep.actions import CAMERA_NULL_BIN, CAMERA_NULL_INDEX, NULL_BUTTONS_INDEX, camera_to_bins, env_to_agent
 from minesweep.data.events import match_event_names
 from minesweep.data.ingest.contractor import ingest
 from minesweep.data.loading.mixture import StoreMixture
@@ -254,7 +254,12 @@ class WindowDataset(Dataset):
                 "buttons": torch.from_numpy(agent_buttons[:, None]),
                 "camera": torch.from_numpy(agent_camera[:, None]),
             },
-            "env_action": {"buttons": torch.from_numpy(env_buttons), "camera": torch.from_numpy(env_camera)},
+            "env_action": {
+                "buttons": torch.from_numpy(env_buttons),
+                "camera": torch.from_numpy(env_camera),
+                # each axis's mu-law bin (an IDM's camera targets), from the degrees, inventory or not
+                "camera_bins": torch.from_numpy(camera_to_bins(env_camera)),
+            },
             "mask": torch.from_numpy(mask),
             "is_null": torch.from_numpy(is_null),
             "episode": torch.tensor(episode, dtype=torch.int64),
@@ -319,7 +324,11 @@ class WindowDataset(Dataset):
                 "buttons": torch.full((T, 1), NULL_BUTTONS_INDEX, dtype=torch.int64),
                 "camera": torch.full((T, 1), CAMERA_NULL_INDEX, dtype=torch.int64),
             },
-            "env_action": {"buttons": torch.zeros(T, 20, dtype=torch.uint8), "camera": torch.zeros(T, 2)},
+            "env_action": {
+                "buttons": torch.zeros(T, 20, dtype=torch.uint8),
+                "camera": torch.zeros(T, 2),
+                "camera_bins": torch.full((T, 2), CAMERA_NULL_BIN, dtype=torch.int64),
+            },
             "mask": torch.zeros(T),
             "is_null": torch.ones(T, dtype=torch.bool),
             "episode": torch.tensor(PAD, dtype=torch.int64),

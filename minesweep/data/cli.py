@@ -5,11 +5,15 @@
     minesweep-data ingest SRC DST [--resolution 128 | 128x96] [--legacy-vpt-camera] [--workers N] [--codec h264|raw]
                    [--shard-size-mb 256] [--on-error skip|prefix] [--no-gui-cursor] [--no-progress]
     minesweep-data import-minestudio SRC DST [--resolution 128 | 128x96]
+    minesweep-data label VIDEOS DST --idm RUN/checkpoints/last.ckpt [--window N --stride N] [--workers N]
+                   [--codec raw|h264] [--on-error skip|prefix] [--no-progress]
     minesweep-data verify STORE [--json]
     minesweep-data events STORE [PATTERN ...] [--json]
 
-``ingest`` and ``import-minestudio`` exit 0 when the store holds at least one episode (problems are printed), 1 when
-none. Re-running ``ingest`` on the same DST resumes it: episodes already there are kept, the rest are added.
+``ingest``, ``import-minestudio`` and ``label`` exit 0 when the store holds at least one episode (problems are
+printed), 1 when none. Re-running ``ingest`` or ``label`` on the same DST resumes it: episodes already there are
+kept, the rest are added. ``label`` predicts the actions of videos (``.mp4`` files, or a store's episodes) with an
+inverse dynamics model (:mod:`minesweep.data.ingest.label`).
 ``verify`` reads the whole store and checks it against its checksums (every video chunk, action block and mask row;
 the shard and index sha256 sums): exit 0 when intact, 1 when anything is damaged (listed, or a JSON report).
 ``events`` lists each event name of a store (or those matching the patterns) with its count and the episodes it
@@ -114,6 +118,26 @@ def _parser() -> argparse.ArgumentParser:
     minestudio.add_argument("src", help="the dataset folder (holding image/ or video/, and action/)")
     minestudio.add_argument("dst")
     minestudio.add_argument("--resolution", type=_resolution, default=(128, 128), help="N or HxW (default 128)")
+
+    label = commands.add_parser(
+        "label", help="label videos (*.mp4 under VIDEOS, or a store) with an inverse dynamics model into DST"
+    )
+    label.add_argument("src", metavar="VIDEOS")
+    label.add_argument("dst")
+    label.add_argument("--idm", required=True, help="an IDM's checkpoint (policy=idm_tiny 'objective=[idm]')")
+    label.add_argument("--window", type=int, default=None, help="frames the IDM sees at once (default: its timesteps)")
+    label.add_argument("--stride", type=int, default=None, help="frames between windows (default: window / 2)")
+    label.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="worker processes, each with its own IDM on one thread (default: one per core)",
+    )
+    label.add_argument("--codec", choices=CODECS, default="raw", help="the store's codec (default raw)")
+    label.add_argument(
+        "--on-error", choices=("skip", "prefix"), default="skip", help="a bad video is skipped, or its prefix kept"
+    )
+    label.add_argument("--no-progress", dest="progress", action="store_false")
 
     verify = commands.add_parser(
         "verify", help="check every episode of a store against its checksums (exit 1: damaged)"
@@ -247,6 +271,26 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"minesweep-data import-minestudio: {err}", file=sys.stderr)
             return 1
         return 0 if report.ingested else 1
+
+    if args.command == "label":
+        from minesweep.data.ingest.label import label
+
+        try:
+            report = label(
+                args.src,
+                args.dst,
+                args.idm,
+                window=args.window,
+                stride=args.stride,
+                workers=args.workers,
+                codec=args.codec,
+                on_error=args.on_error,
+                progress=args.progress,
+            )
+        except (FileNotFoundError, FileExistsError, ValueError, KeyError) as err:
+            print(f"minesweep-data label: {err}", file=sys.stderr)
+            return 1
+        return 0 if report.ingested or report.already else 1
 
     from minesweep.data.ingest.contractor import ingest
 

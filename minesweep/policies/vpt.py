@@ -303,6 +303,7 @@ class VPTPolicy(MinePolicy):
         self.n_layers = n_recurrence_layers
         # (reference) the memory holds attention_memory_size - timesteps past frames.
         self.maxlen = attention_memory_size - timesteps
+        self.timesteps = timesteps  # frames per training window (an IDM's labelling window)
 
         cnn = ImpalaCNN(
             img_shape,

@@ -386,8 +386,8 @@ def _run(jobs: list[_Job], settings: _Settings, workers: int) -> Iterator[tuple[
 class _Progress:
     """Episodes done / total with episodes/s and frames/s (rich), or nothing when disabled."""
 
-    def __init__(self, total: int, done: int, enabled: bool) -> None:
-        self.enabled, self.total, self.done, self.frames = enabled, total, done, 0
+    def __init__(self, total: int, done: int, enabled: bool, name: str = "ingest") -> None:
+        self.enabled, self.total, self.done, self.frames, self.name = enabled, total, done, 0, name
         self.start = time.perf_counter()
 
     def __enter__(self) -> _Progress:
@@ -395,14 +395,14 @@ class _Progress:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
             self.bar = Progress(
-                TextColumn("ingest"),
+                TextColumn(self.name),
                 BarColumn(),
                 MofNCompleteColumn(),
                 TimeElapsedColumn(),
                 TextColumn("{task.fields[rate]}"),
             )
             self.bar.start()
-            self.task = self.bar.add_task("ingest", total=self.total, completed=self.done, rate="")
+            self.task = self.bar.add_task(self.name, total=self.total, completed=self.done, rate="")
         return self
 
     def advance(self, frames: int) -> None:
@@ -420,22 +420,22 @@ class _Progress:
             self.bar.stop()
 
 
-def print_report(report: IngestReport) -> None:
-    """Summary table of an ingest run (rich)."""
+def print_report(report: IngestReport, verb: str = "ingested") -> None:
+    """Summary table of an ingest (or labelling: ``verb="labelled"``) run (rich)."""
     from rich.console import Console
     from rich.table import Table
 
     console = Console()
     rate = report.frames / report.seconds if report.seconds else 0.0
     summary = (
-        f"ingested {len(report.ingested)} episode(s), {report.frames} frames ({rate:.0f} frames/s) from "
+        f"{verb} {len(report.ingested)} episode(s), {report.frames} frames ({rate:.0f} frames/s) from "
         f"{report.src} into {report.dst}; {report.already} already there; {len(report.skipped)} problem(s)"
     )
     if not console.is_terminal:
         # A log file: plain tab-separated lines, never wrapped, so every name and path stays whole for grep.
         print(summary)
         if report.skipped:
-            print("problems (kept > 0: the valid prefix was ingested)")
+            print(f"problems (kept > 0: the valid prefix was {verb})")
             print("episode\tfile\tframe\tkept\treason")
             for s in report.skipped:
                 print(
@@ -445,7 +445,7 @@ def print_report(report: IngestReport) -> None:
         return
     console.print(summary)
     if report.skipped:
-        table = Table(title="problems (kept > 0: the valid prefix was ingested)", show_lines=False)
+        table = Table(title=f"problems (kept > 0: the valid prefix was {verb})", show_lines=False)
         for column in ("episode", "file", "frame", "kept", "reason"):
             table.add_column(column, overflow="fold")
         for s in report.skipped:

@@ -69,7 +69,7 @@ from minesweep.data.loading.sampler import (
 )
 from minesweep.data.recordings.synth import generate_recordings
 from minesweep.data.segmentation import empty_segmentation
-from minesweep.data.store import MANIFEST, CorruptDataError, EpisodeStore
+from minesweep.data.store import LABEL_CONFIDENCE, MANIFEST, CorruptDataError, EpisodeStore
 from minesweep.graceful_stop import ignore_stop_signals
 
 __all__ = ["WindowDataset", "MineDataModule", "split_episodes"]
@@ -88,6 +88,12 @@ RANDOM_WINDOW = -2
 SAMPLING = ("grid", "frames", "episodes", "events")
 REFERENCE_WINDOWS = ("same", "other")
 ON_CORRUPT = ("raise", "skip")
+
+
+def _check_confidence(threshold: float | None) -> float | None:
+    if threshold is not None and not 0.0 <= float(threshold) <= 1.0:
+        raise ValueError(f"data.min_label_confidence must be in [0, 1] (or null), got {threshold!r}")
+    return None if threshold is None else float(threshold)
 
 
 class WindowDataset(Dataset):
@@ -116,6 +122,7 @@ class WindowDataset(Dataset):
         reference_window: str = "same",
         on_corrupt: str = "raise",
         event_frames: bool = False,
+        min_label_confidence: float | None = None,
     ) -> None:
         if win_len <= 0:
             raise ValueError(f"win_len must be positive, got {win_len}")
@@ -134,6 +141,7 @@ class WindowDataset(Dataset):
         self.event_frames = bool(event_frames)
         self.win_len, self.frame_skip = int(win_len), int(frame_skip)
         self.drop_null_actions = bool(drop_null_actions)
+        self.min_label_confidence = _check_confidence(min_label_confidence)
         self.lengths = np.asarray(self.store.lengths, np.int64)
         self.episode_indices = list(range(len(self.lengths)) if episodes is None else episodes)
         self.span = self.win_len * self.frame_skip  # frames a window covers (keeping every frame_skip-th one)
@@ -249,6 +257,9 @@ class WindowDataset(Dataset):
         mask[:n] = 1.0
         if self.drop_null_actions:
             mask[is_null] = 0.0
+        confidence = actions.get(LABEL_CONFIDENCE)  # an IDM-labelled store's (minesweep.data.ingest.label)
+        if self.min_label_confidence is not None and confidence is not None:
+            mask[:n][confidence[real] < self.min_label_confidence] = 0.0
         item = {
             "agent_action": {
                 "buttons": torch.from_numpy(agent_buttons[:, None]),
@@ -430,6 +441,7 @@ class MineDataModule(L.LightningDataModule):
         event_offset: int | str = "end",
         event_share: float = 1.0,
         event_balance: str = "occurrences",
+        min_label_confidence: float | None = None,
     ) -> None:
         super().__init__()
         # Window-consistent augmentation of training batches (minesweep.data.loading.augment), on the training device.
@@ -471,6 +483,7 @@ class MineDataModule(L.LightningDataModule):
         self.sampling, self.weights = sampling, None if weights is None else list(weights)
         self.samples_per_epoch = samples_per_epoch
         self.drop_null_actions = bool(drop_null_actions)
+        self.min_label_confidence = _check_confidence(min_label_confidence)
         self.win_len, self.batch_size, self.num_workers = int(win_len), int(batch_size), int(num_workers)
         self.frame_skip = int(frame_skip)
         # Each batch slot follows one episode window after window; a memory policy's state is then
@@ -571,6 +584,7 @@ class MineDataModule(L.LightningDataModule):
             self.reference_window,
             self.on_corrupt,
             self.sampling == "events",
+            self.min_label_confidence,
         )
         self.train_set = WindowDataset(self.store, train, *settings)
         self.val_set = WindowDataset(self.store, val, *settings)

@@ -2,8 +2,10 @@
 
 Layout of a store folder::
 
-    manifest.json     dataset facts: format/action-space version, fps, resolution, codec, chunk size, counts, and
-                      every shard's size and sha256. Written last: a folder without it is an unfinished ingest.
+    manifest.json     dataset facts: format/action-space version, fps, resolution, codec, chunk size, where the
+                      actions come from (``labels``: "human", or "idm:<checkpoint hash>" for a pseudo-labelled
+                      store, whose actions then carry a per-frame ``label_confidence``), counts, and every shard's
+                      size and sha256. Written last: a folder without it is an unfinished ingest.
     index.npy         one row per episode (id, length, shard, byte ranges): what readers load, memory-mapped,
                       so a worker holds only the pages it touches, never the whole dataset's metadata.
     episodes.jsonl    the same rows plus each episode's sha256 and source file, one JSON line per episode,
@@ -45,8 +47,10 @@ from minesweep.data.store.format import (
     EVENT_DTYPE,
     EVENTS,
     FORMAT_VERSION,
+    HUMAN_LABELS,
     INDEX,
     JOURNAL,
+    LABEL_CONFIDENCE,
     MANIFEST,
     SHARDS,
     CorruptDataError,
@@ -64,7 +68,9 @@ __all__ = [
     "EVENTS",
     "EVENT_DTYPE",
     "FORMAT_VERSION",
+    "HUMAN_LABELS",
     "INDEX",
+    "LABEL_CONFIDENCE",
     "JOURNAL",
     "MANIFEST",
     "SHARDS",

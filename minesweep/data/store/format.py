@@ -20,6 +20,10 @@ FORMAT_VERSION = 4
 ACTION_SPACE_VERSION = "vpt-20buttons-camera-degrees-1"
 CODECS = ("h264", "raw")
 MANIFEST, INDEX, JOURNAL, SHARDS = "manifest.json", "index.npy", "episodes.jsonl", "shards"
+#: A store's ``labels`` (manifest) when its actions were recorded with the video; "idm:<hash>" when predicted.
+HUMAN_LABELS = "human"
+#: The per-frame probability of the predicted action, kept with the actions of an IDM-labelled store.
+LABEL_CONFIDENCE = "label_confidence"
 EVENTS = "events.npy"
 #: One row per event of the store, sorted by (episode, frame, name); ``name`` indexes ``manifest["events"]["names"]``.
 EVENT_DTYPE = np.dtype([("episode", "<i8"), ("frame", "<i8"), ("name", "<i4")])

@@ -18,6 +18,7 @@ from minesweep.data.store.format import (
     _SEGMENTATION,
     EVENT_DTYPE,
     EVENTS,
+    HUMAN_LABELS,
     JOURNAL,
     MANIFEST,
     CorruptDataError,
@@ -85,6 +86,8 @@ class EpisodeStore:
         self.resolution: tuple[int, int] = tuple(manifest["resolution"])
         self.chunk_size: int = int(manifest["chunk_size"])
         self.codec: str = manifest["codec"]
+        #: where the actions come from: "human" (recorded with the video) or "idm:<checkpoint hash>" (predicted)
+        self.labels: str = str(manifest.get("labels", HUMAN_LABELS))
         self.index = _load_index(self.root, manifest)
         self.episodes = _Episodes(self.index)
         self._by_id: dict[str, int] | None = None  # built on first lookup by id

@@ -21,6 +21,7 @@ from minesweep.data.store.format import (
     EVENT_DTYPE,
     EVENTS,
     FORMAT_VERSION,
+    HUMAN_LABELS,
     INDEX,
     JOURNAL,
     MANIFEST,
@@ -67,6 +68,7 @@ class StoreWriter:
         shard_size: int = DEFAULT_SHARD_SIZE,
         crf: int = 18,
         preset: str = "veryfast",
+        labels: str = HUMAN_LABELS,
     ) -> None:
         if codec not in CODECS:
             raise ValueError(f"unknown codec {codec!r}; choose one of {CODECS}")
@@ -74,6 +76,7 @@ class StoreWriter:
         self.resolution = (int(resolution[0]), int(resolution[1]))
         self.fps, self.chunk_size, self.codec = int(fps), int(chunk_size), codec
         self.shard_size, self.crf, self.preset = int(shard_size), crf, preset
+        self.labels = str(labels)  # where the actions come from: "human" (recordings) or "idm:<checkpoint hash>"
         self._check_compatible()
         (self.root / SHARDS).mkdir(parents=True, exist_ok=True)
         self.episodes: list[EpisodeRecord] = self._recover()
@@ -92,13 +95,14 @@ class StoreWriter:
             "resolution": list(self.resolution),
             "chunk_size": self.chunk_size,
             "codec": self.codec,
+            "labels": self.labels,
         }
 
     def _check_compatible(self) -> None:
         """Appending to an existing store is only allowed with the same settings (else its episodes would mix)."""
         settings_path = self.root / ".settings.json"
         if settings_path.exists():
-            existing = json.loads(settings_path.read_text())
+            existing = {"labels": HUMAN_LABELS, **json.loads(settings_path.read_text())}  # before labels: human
             changed = {k: (existing.get(k), v) for k, v in self._settings().items() if existing.get(k) != v}
             if changed:
                 detail = ", ".join(f"{k}: store has {a!r}, asked for {b!r}" for k, (a, b) in changed.items())

@@ -82,3 +82,47 @@ def _run(args: list[str], store: Path, tmp_path: Path) -> subprocess.CompletedPr
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, f"{' '.join(command)}\n{result.stderr[-4000:]}"
     return result
+
+
+def idm_lines() -> list[str]:
+    """The command lines of the README's first code block under "### Learning from unlabelled video"."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    section = text.split("### Learning from unlabelled video", 1)[1]
+    block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
+    return [line.split("  #", 1)[0].strip() for line in block.splitlines() if line.strip()]
+
+
+def test_the_readme_idm_lines_run_as_written(tmp_path: Path):
+    """Ingest a few recordings, train an IDM, label videos with it, train BC on both stores (toy scale)."""
+    from minesweep.data.recordings.synth import generate_recordings
+
+    lines = idm_lines()
+    assert [line.split()[:2] for line in lines] == [
+        ["minesweep-data", "ingest"],
+        ["python", "train.py"],
+        ["minesweep-data", "label"],
+        ["python", "train.py"],
+        ["python", "train.py"],
+    ], lines
+    generate_recordings(tmp_path / "labelled", 2, 40, seed=5, width=96, height=64, segmentation=False)
+    (tmp_path / "videos").mkdir()
+    for mp4 in (tmp_path / "labelled").glob("*.mp4"):
+        (tmp_path / "videos" / f"unlabelled-{mp4.name}").write_bytes(mp4.read_bytes())
+    env = dict(os.environ, WANDB_MODE="disabled", PWD=str(tmp_path))
+    bin_dir = Path(sys.executable).parent
+    for n, line in enumerate(lines):
+        line = line.replace("$PWD", str(tmp_path)).replace("IDM_RUN", str(tmp_path / "idm_run"))
+        args = shlex.split(line)
+        if args[0] == "python":
+            given = {x.split("=")[0] for x in args} | {"data.demo"}  # data=store has no demo
+            toy = [a for a in TOY if a.split("=")[0] not in given]
+            run = tmp_path / "idm_run" if n == 1 else tmp_path / f"run{n}"
+            command = [sys.executable, str(REPO / "train.py"), *args[2:], *toy, f"hydra.run.dir={run}"]
+        else:
+            command = [str(bin_dir / args[0]), *args[1:], *(["--no-progress"] if args[1] == "label" else [])]
+        result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, f"{' '.join(command)}\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}"
+    from minesweep.data.store import EpisodeStore
+
+    assert EpisodeStore(tmp_path / "pseudo_store").labels.startswith("idm:")
+    assert (tmp_path / "run4" / "checkpoints" / "last.ckpt").is_file()

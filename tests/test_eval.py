@@ -231,7 +231,7 @@ def test_record_ingest_train_eval(tmp_path):
     for name in ("policy", "random", "scripted"):
         assert again["players"][name]["returns"] == report["players"][name]["returns"]
     assert (out / "achievements.png").stat().st_size > 1000
-    from minesweep.data.ingest.contractor import _decoded_frames
+    from minesweep.data.ingest.pipeline import decoded_frames as _decoded_frames
 
     video = np.concatenate(list(_decoded_frames(out / "episode.mp4", (64, 64), None)))
     assert 1 <= len(video) <= 20

@@ -23,60 +23,39 @@ one is a bad step like any other.
 
 from __future__ import annotations
 
-import json
-import multiprocessing
 import os
 import time
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-import av
 import numpy as np
-from av.video.reformatter import VideoReformatter
 
 from minesweep.actions.contractor import ContractorFormatError, contractor_to_env, read_jsonl_prefix
 from minesweep.data.events import contractor_events
 from minesweep.data.ingest.cursor import cursor_inputs, draw_cursor
-from minesweep.data.ingest.resize import resize_bilinear, resize_masks
+from minesweep.data.ingest.pipeline import (
+    REPORT,
+    DecodeError,
+    IngestReport,
+    Progress,
+    append_episodes,
+    decoded_frames,
+    episode_id,
+    finish,
+    is_utf8,
+    print_report,
+    run_jobs,
+)
+from minesweep.data.ingest.resize import resize_masks
 from minesweep.data.segmentation import SegmentationError, check_segmentation, read_sidecar, sidecar_path
 from minesweep.data.store import DEFAULT_SHARD_SIZE, EncodedEpisode, EpisodeLengthError, StoreWriter, encode_episode
 
-__all__ = ["IngestReport", "ingest", "print_report"]
+__all__ = ["IngestReport", "ingest", "print_report", "REPORT"]
 
-REPORT = "ingest_report.json"
 ON_ERROR = ("skip", "prefix")
-_RESIZE_BATCH = 32  # frames resized per vectorised call
-_DECODE_ERRORS = (av.error.FFmpegError, OSError, ValueError, EOFError, RuntimeError)
-
-
-@dataclass
-class IngestReport:
-    src: str
-    dst: str
-    ingested: list[str] = field(default_factory=list)  # newly added by this run
-    already: int = 0  # episodes found in the store from an earlier run, kept
-    # {episode, file, reason, frame (int or None), kept (frames kept with on_error="prefix", else 0)}
-    skipped: list[dict] = field(default_factory=list)
-    frames: int = 0  # frames added by this run
-    seconds: float = 0.0
-
-    def skip(self, episode: str, file: Path | str, reason: str, frame: int | None = None, kept: int = 0) -> None:
-        self.skipped.append({"episode": episode, "file": str(file), "reason": reason, "frame": frame, "kept": kept})
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=1)
-
-
-class _DecodeError(Exception):
-    """A video stopped decoding; ``frame`` is the index of the first frame that could not be read."""
-
-    def __init__(self, frame: int, cause: BaseException) -> None:
-        super().__init__(f"video could not be decoded at frame {frame}: {type(cause).__name__}: {cause}")
-        self.frame = frame
 
 
 @dataclass(frozen=True)
@@ -98,24 +77,11 @@ class _Settings:
     gui_cursor: bool
 
 
-def _episode_id(src: Path, path: Path) -> str:
-    """Unique, flat id: the path relative to ``src`` without suffix, folders joined by '__'."""
-    return "__".join(path.relative_to(src).with_suffix("").parts)
-
-
-def _is_utf8(path: Path) -> bool:
-    try:
-        str(path).encode("utf-8")
-        return True
-    except UnicodeEncodeError:  # undecodable bytes in the name became surrogates
-        return False
-
-
 def _pairs(src: Path, report: IngestReport) -> list[_Job]:
     files = sorted(p for p in src.rglob("*") if p.suffix in (".mp4", ".jsonl") and p.is_file())
     good: list[Path] = []
     for path in files:
-        if _is_utf8(path):
+        if is_utf8(path):
             good.append(path)
         else:
             shown = os.fsencode(path).decode("utf-8", "backslashreplace")
@@ -123,48 +89,13 @@ def _pairs(src: Path, report: IngestReport) -> list[_Job]:
     videos = {p.with_suffix(""): p for p in good if p.suffix == ".mp4"}
     actions = {p.with_suffix(""): p for p in good if p.suffix == ".jsonl"}
     for stem in sorted(videos.keys() - actions.keys()):
-        report.skip(_episode_id(src, videos[stem]), videos[stem], "no matching .jsonl")
+        report.skip(episode_id(src, videos[stem]), videos[stem], "no matching .jsonl")
     for stem in sorted(actions.keys() - videos.keys()):
-        report.skip(_episode_id(src, actions[stem]), actions[stem], "no matching .mp4")
+        report.skip(episode_id(src, actions[stem]), actions[stem], "no matching .mp4")
     return [
-        _Job(_episode_id(src, videos[s]), videos[s], actions[s], os.fspath(videos[s].relative_to(src)))
+        _Job(episode_id(src, videos[s]), videos[s], actions[s], os.fspath(videos[s].relative_to(src)))
         for s in sorted(videos.keys() & actions.keys())
     ]
-
-
-def _decoded_frames(mp4: Path, resolution: tuple[int, int], cursor: Any | None) -> Iterator[np.ndarray]:
-    """Decode ``mp4`` and yield resized RGB frame batches ``(n, h, w, 3)``; ``cursor(batch, first_index)`` draws
-    the GUI cursor on original-size frames first. Decoding errors become :class:`_DecodeError`."""
-    count = 0
-    batch: list[np.ndarray] = []
-    reformatter = VideoReformatter()  # reused: keeps its swscale context between frames
-
-    def flush() -> np.ndarray:
-        frames = np.stack(batch)
-        if cursor is not None:
-            cursor(frames, count - len(batch))
-        batch.clear()
-        return resize_bilinear(frames, resolution)
-
-    try:
-        with av.open(str(mp4)) as container:
-            if not container.streams.video:
-                raise ValueError("no video stream")
-            stream = container.streams.video[0]
-            # One decoding thread: ingest runs one worker process per core, and frame threads would make the
-            # workers fight over the cores.
-            stream.codec_context.thread_count = 1
-            for frame in container.decode(stream):
-                batch.append(reformatter.reformat(frame, format="rgb24").to_ndarray())
-                count += 1
-                if len(batch) == _RESIZE_BATCH:
-                    yield flush()
-    except _DECODE_ERRORS as err:
-        if batch:
-            yield flush()  # the frames before the error are good (a valid prefix)
-        raise _DecodeError(count, err) from err
-    if batch:
-        yield flush()
 
 
 def _cursor_drawer(steps: list[dict], source: str) -> Any | None:
@@ -234,12 +165,12 @@ def _encode(job: _Job, settings: _Settings) -> tuple[EncodedEpisode | None, list
                 return None, problems
             segmentation = None
 
-    decode_error: list[_DecodeError] = []
+    decode_error: list[DecodeError] = []
 
     def frames() -> Iterator[np.ndarray]:
         try:
-            yield from _decoded_frames(job.mp4, settings.resolution, cursor)
-        except _DecodeError as err:
+            yield from decoded_frames(job.mp4, settings.resolution, cursor)
+        except DecodeError as err:
             decode_error.append(err)
             if not prefix:
                 raise
@@ -258,7 +189,7 @@ def _encode(job: _Job, settings: _Settings) -> tuple[EncodedEpisode | None, list
             segmentation=segmentation,
             events=events,
         )
-    except _DecodeError as err:
+    except DecodeError as err:
         problem(job.mp4, str(err), frame=err.frame)
         return None, problems
     except EpisodeLengthError as err:
@@ -309,10 +240,6 @@ def _encode(job: _Job, settings: _Settings) -> tuple[EncodedEpisode | None, list
     return encoded, problems
 
 
-def _encode_star(args: tuple[_Job, _Settings]) -> tuple[EncodedEpisode | None, list[dict]]:
-    return _encode(*args)
-
-
 def ingest(
     src_dir: str | Path,
     dst_dir: str | Path,
@@ -346,110 +273,8 @@ def ingest(
     with StoreWriter(dst, resolution=resolution, fps=fps, codec=codec, shard_size=shard_size) as writer:
         todo = [job for job in jobs if job.episode not in writer]
         report.already = len(jobs) - len(todo)
-        with _Progress(len(jobs), report.already, enabled=progress) as bar:
-            for encoded, problems in _run(todo, settings, workers):
-                report.skipped.extend(problems)
-                if encoded is not None:
-                    writer.append(encoded)
-                    report.ingested.append(encoded.id)
-                    report.frames += encoded.length
-                bar.advance(encoded.length if encoded is not None else 0)
-    report.seconds = time.perf_counter() - started
-    (dst / REPORT).write_text(report.to_json())
-    if print_summary:
-        print_report(report)
+        with Progress(len(jobs), report.already, enabled=progress) as bar:
+            results = run_jobs(partial(_encode, settings=settings), todo, workers, "recording")
+            append_episodes(results, writer, report, bar)
+    finish(report, dst, started, print_summary)
     return report
-
-
-def _run(jobs: list[_Job], settings: _Settings, workers: int) -> Iterator[tuple[EncodedEpisode | None, list[dict]]]:
-    """Results in the order of ``jobs`` (so the store layout is deterministic), computed by ``workers`` processes."""
-    if workers <= 1 or len(jobs) <= 1:
-        for job in jobs:
-            yield _encode(job, settings)
-        return
-    # spawn: a clean interpreter per worker (no inherited ffmpeg or torch threads from the parent). An executor, not
-    # a Pool: a worker that dies (killed, or failing to start) breaks it with an error instead of a silent respawn.
-    executor = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
-    try:
-        yield from executor.map(_encode_star, [(job, settings) for job in jobs])
-    except BrokenProcessPool as error:
-        raise RuntimeError(
-            "ingest: a worker process died before finishing its recording (killed, e.g. out of memory, or it "
-            "could not start). Called from a script? Workers are started with 'spawn', which imports the script "
-            "again in each of them: put the call under `if __name__ == '__main__':`. The episodes already "
-            "appended are kept; run the ingest again to resume."
-        ) from error
-    finally:
-        executor.shutdown(wait=True, cancel_futures=True)  # on an error, the recordings not started are dropped
-
-
-class _Progress:
-    """Episodes done / total with episodes/s and frames/s (rich), or nothing when disabled."""
-
-    def __init__(self, total: int, done: int, enabled: bool, name: str = "ingest") -> None:
-        self.enabled, self.total, self.done, self.frames, self.name = enabled, total, done, 0, name
-        self.start = time.perf_counter()
-
-    def __enter__(self) -> _Progress:
-        if self.enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-            self.bar = Progress(
-                TextColumn(self.name),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                TextColumn("{task.fields[rate]}"),
-            )
-            self.bar.start()
-            self.task = self.bar.add_task(self.name, total=self.total, completed=self.done, rate="")
-        return self
-
-    def advance(self, frames: int) -> None:
-        self.frames += frames
-        if self.enabled:
-            seconds = max(time.perf_counter() - self.start, 1e-9)
-            self.bar.advance(self.task)
-            episodes = self.bar.tasks[0].completed - self.done
-            self.bar.update(
-                self.task, rate=f"{episodes / seconds:.2f} episodes/s, {self.frames / seconds:.0f} frames/s"
-            )
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.enabled:
-            self.bar.stop()
-
-
-def print_report(report: IngestReport, verb: str = "ingested") -> None:
-    """Summary table of an ingest (or labelling: ``verb="labelled"``) run (rich)."""
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console()
-    rate = report.frames / report.seconds if report.seconds else 0.0
-    summary = (
-        f"{verb} {len(report.ingested)} episode(s), {report.frames} frames ({rate:.0f} frames/s) from "
-        f"{report.src} into {report.dst}; {report.already} already there; {len(report.skipped)} problem(s)"
-    )
-    if not console.is_terminal:
-        # A log file: plain tab-separated lines, never wrapped, so every name and path stays whole for grep.
-        print(summary)
-        if report.skipped:
-            print(f"problems (kept > 0: the valid prefix was {verb})")
-            print("episode\tfile\tframe\tkept\treason")
-            for s in report.skipped:
-                print(
-                    f"{s['episode']}\t{s['file']}\t{'' if s['frame'] is None else s['frame']}\t{s['kept']}\t"
-                    f"{s['reason']}"
-                )
-        return
-    console.print(summary)
-    if report.skipped:
-        table = Table(title=f"problems (kept > 0: the valid prefix was {verb})", show_lines=False)
-        for column in ("episode", "file", "frame", "kept", "reason"):
-            table.add_column(column, overflow="fold")
-        for s in report.skipped:
-            table.add_row(
-                s["episode"], s["file"], "" if s["frame"] is None else str(s["frame"]), str(s["kept"]), s["reason"]
-            )
-        console.print(table)

@@ -25,14 +25,12 @@ with a progress bar and the same bad-input report (``<dst>/ingest_report.json``,
 from __future__ import annotations
 
 import hashlib
-import multiprocessing
 import os
 import time
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -40,15 +38,16 @@ import numpy as np
 import torch
 
 from minesweep.actions.space import CAMERA_NULL_BIN, bins_to_camera
-from minesweep.data.ingest.contractor import (
-    REPORT,
+from minesweep.data.ingest.pipeline import (
+    DecodeError,
     IngestReport,
-    _decoded_frames,
-    _DecodeError,
-    _episode_id,
-    _is_utf8,
-    _Progress,
-    print_report,
+    Progress,
+    append_episodes,
+    decoded_frames,
+    episode_id,
+    finish,
+    is_utf8,
+    run_jobs,
 )
 from minesweep.data.store import (
     DEFAULT_SHARD_SIZE,
@@ -170,9 +169,9 @@ def _label_one(job: _Job, settings: _Settings) -> tuple[EncodedEpisode | None, l
     if job.mp4 is not None:
         batches: list[np.ndarray] = []
         try:
-            for batch in _decoded_frames(job.mp4, settings.resolution, None):
+            for batch in decoded_frames(job.mp4, settings.resolution, None):
                 batches.append(batch)
-        except _DecodeError as err:
+        except DecodeError as err:
             problem(str(err), frame=err.frame)
             if settings.on_error != "prefix" or not batches:
                 return None, problems
@@ -214,21 +213,17 @@ def _label_one(job: _Job, settings: _Settings) -> tuple[EncodedEpisode | None, l
     return encoded, problems
 
 
-def _label_star(args: tuple[_Job, _Settings]) -> tuple[EncodedEpisode | None, list[dict]]:
-    return _label_one(*args)
-
-
 def _jobs(src: Path, report: IngestReport) -> list[_Job]:
     if (src / MANIFEST).is_file():  # a store: label its episodes again
         store = EpisodeStore(src)
         return [_Job(e.id, e.source or e.id, position=i) for i, e in enumerate(store.episodes)]
     jobs = []
     for path in sorted(p for p in src.rglob("*.mp4") if p.is_file()):
-        if not _is_utf8(path):
+        if not is_utf8(path):
             shown = os.fsencode(path).decode("utf-8", "backslashreplace")
             report.skip(shown, shown, "file name is not valid UTF-8: rename it")
             continue
-        jobs.append(_Job(_episode_id(src, path), os.fspath(path.relative_to(src)), mp4=path))
+        jobs.append(_Job(episode_id(src, path), os.fspath(path.relative_to(src)), mp4=path))
     return jobs
 
 
@@ -280,18 +275,12 @@ def label(
     with StoreWriter(dst, resolution=resolution, fps=fps, codec=codec, shard_size=shard_size, labels=source) as writer:
         todo = [job for job in jobs if job.episode not in writer]
         report.already = len(jobs) - len(todo)
-        with _Progress(len(jobs), report.already, enabled=progress, name="label") as bar, _one_thread():
-            for encoded, problems in _run(todo, settings, workers):
-                report.skipped.extend(problems)
-                if encoded is not None:
-                    writer.append(encoded)
-                    report.ingested.append(encoded.id)
-                    report.frames += encoded.length
-                bar.advance(encoded.length if encoded is not None else 0)
-    report.seconds = time.perf_counter() - started
-    (dst / REPORT).write_text(report.to_json())
-    if print_summary:
-        print_report(report, verb="labelled")
+        with Progress(len(jobs), report.already, enabled=progress, name="label") as bar, _one_thread():
+            # one thread in each worker too (see _one_thread)
+            work = partial(_label_one, settings=settings)
+            results = run_jobs(work, todo, workers, "video", initializer=torch.set_num_threads, initargs=(1,))
+            append_episodes(results, writer, report, bar)
+    finish(report, dst, started, print_summary, verb="labelled")
     return report
 
 
@@ -305,24 +294,3 @@ def _one_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(threads)
-
-
-def _run(jobs: list[_Job], settings: _Settings, workers: int) -> Iterator[tuple[EncodedEpisode | None, list[dict]]]:
-    """Results in the order of ``jobs``, computed by ``workers`` spawned processes (each loads the IDM once)."""
-    if workers <= 1 or len(jobs) <= 1:
-        for job in jobs:
-            yield _label_one(job, settings)
-        return
-    executor = ProcessPoolExecutor(
-        workers, mp_context=multiprocessing.get_context("spawn"), initializer=torch.set_num_threads, initargs=(1,)
-    )
-    try:
-        yield from executor.map(_label_star, [(job, settings) for job in jobs])
-    except BrokenProcessPool as error:
-        raise RuntimeError(
-            "label: a worker process died before finishing its video (killed, e.g. out of memory, or it could not "
-            "start; from a script, put the call under `if __name__ == '__main__':`). The episodes already "
-            "labelled are kept; run it again to resume."
-        ) from error
-    finally:
-        executor.shutdown(wait=True, cancel_futures=True)

@@ -227,3 +227,42 @@ def test_min_label_confidence_masks_the_unsure_frames(idm_checkpoint, tmp_path):
     assert human.all()  # a human-labelled store has no confidence: nothing is masked
     with pytest.raises(ValueError, match="min_label_confidence"):
         WindowDataset(labelled, [0], win_len=40, min_label_confidence=1.5)
+
+
+class WindowStartIdm(torch.nn.Module):
+    """Predicts, for every frame of a window, the window's start written in binary over the 20 buttons (frame t's
+    pixels hold t), with a confidence that falls with the distance to the window's centre."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(()))  # predict_actions finds the device through a parameter
+
+    def forward(self, batch: dict) -> tuple[dict, None]:
+        image = batch["image"].long()
+        B, T = image.shape[:2]
+        start = image[:, 0, 0, 0, 0] + 256 * image[:, 0, 0, 0, 1]  # frames t = (t % 256, t // 256, 0)
+        bits = (start[:, None] >> torch.arange(20)) & 1  # (B, 20)
+        buttons = torch.full((B, T, 20, 2), -5.0)
+        buttons.scatter_(-1, bits[:, None, :, None].expand(B, T, 20, 1), -0.01)
+        camera = torch.full((B, T, 2, 11), -5.0)
+        camera[..., 5] = -0.01
+        return {"pi_logits": {"buttons": buttons.log_softmax(-1), "camera": camera.log_softmax(-1)}}, None
+
+
+@pytest.mark.parametrize(("length", "window", "stride"), [(5, 8, 4), (8, 8, 4), (37, 8, 4), (50, 16, 5), (64, 16, 16)])
+def test_each_frame_is_labelled_by_the_window_whose_centre_is_nearest(length, window, stride):
+    from minesweep.data.ingest.label import predict_actions
+
+    t = np.arange(length)
+    frames = np.zeros((length, 4, 4, 3), np.uint8)
+    frames[:, :, :, 0], frames[:, :, :, 1] = (t % 256)[:, None, None], (t // 256)[:, None, None]
+    buttons, camera, confidence = predict_actions(WindowStartIdm(), frames, window, stride)
+    chosen = (buttons.astype(np.int64) << np.arange(20)).sum(1)
+    starts = window_starts(length, window, stride)
+    for frame in range(length):  # brute force: the covering window nearest by centre, the earlier one on a tie
+        covering = [s for s in starts if s <= frame < s + window]
+        best = min(covering, key=lambda s: (abs(frame - s - (window - 1) / 2), s))
+        assert chosen[frame] == best, (frame, chosen[frame], best)
+    p_button = np.exp(-0.01) / (np.exp(-0.01) + np.exp(-5.0))
+    p_axis = np.exp(-0.01) / (np.exp(-0.01) + 10 * np.exp(-5.0))
+    assert (camera == 5).all() and np.allclose(confidence, p_button**20 * p_axis**2)

@@ -266,3 +266,24 @@ def test_each_frame_is_labelled_by_the_window_whose_centre_is_nearest(length, wi
     p_button = np.exp(-0.01) / (np.exp(-0.01) + np.exp(-5.0))
     p_axis = np.exp(-0.01) / (np.exp(-0.01) + 10 * np.exp(-5.0))
     assert (camera == 5).all() and np.allclose(confidence, p_button**20 * p_axis**2)
+
+
+def test_human_and_idm_labelled_stores_mix_by_weight(idm_checkpoint, tmp_path):
+    from minesweep.data.loading.datamodule import MineDataModule
+
+    truth = write_store(tmp_path / "truth", episodes=2, length=40)
+    label(truth, tmp_path / "labelled", idm_checkpoint, progress=False, print_summary=False)
+    data = MineDataModule(
+        root=[str(truth), str(tmp_path / "labelled")],
+        weights=[0.25, 0.75],
+        sampling="frames",
+        win_len=8,
+        batch_size=4,
+        num_workers=0,
+        val_fraction=0.25,
+        min_label_confidence=0.5,
+    )
+    data.setup()
+    assert [s.labels.split(":")[0] for s in data.store.stores] == ["human", "idm"]
+    batch = next(iter(data.train_dataloader()))
+    assert batch["image"].shape == (4, 8, RES, RES, 3) and batch["mask"].shape == (4, 8)

@@ -158,6 +158,7 @@ def test_weights_saved_by_us_load_strictly_and_a_wrong_name_is_refused(tmp_path)
         ({"img_shape": [16, 16, 3]}, r"img_shape must be \(H, W, 4\)"),
         ({"first_conv_norm": True}, "first_conv_norm"),
         ({"attention_mask_style": "causal"}, "attention_mask_style"),
+        ({"attention_mask_style": "clipped_causal", "attention_memory_size": 16}, "needs attention_mask_style='none'"),
     ],
 )
 def test_reference_kwargs_it_cannot_honour_are_refused_by_name(overrides, message):

@@ -277,6 +277,8 @@ class VPTPolicy(MinePolicy):
         stem_kwargs = {k: conv3d.pop(k) for k in ("inchan", "outchan", "kernel_size", "padding") if k in conv3d}
         _require(not conv3d, f"unsupported conv3d_params {sorted(conv3d)}")
         if conv3d_params is not None:
+            # its temporal kernel sees frames t+1, t+2: an IDM's stem (IDMPolicy), never a policy's
+            _require(not causal, "conv3d_params (a 3D conv over future frames too) needs attention_mask_style='none'")
             _require(len(stem_kwargs) == 4, "conv3d_params needs inchan, outchan, kernel_size and padding")
             _require(stem_kwargs["inchan"] == 3, "conv3d_params.inchan must be 3 (RGB frames)")
         channels = stem_kwargs["outchan"] if conv3d_params is not None else 3

@@ -15,7 +15,8 @@
    alone (``labelled``), on every game with its true labels (``true``); plays each on the eval's held-out worlds.
 
 Prints the machine, the command, the IDM's accuracy and each arm's return, ratio to random and achievements;
-writes ``OUT/results.json``. Recordings and stores are reused when they match the settings.
+writes ``OUT/results.json``. Recordings, stores, the IDM (same ``--idm-steps``) and its labels are reused from an
+earlier run in the same ``--out``, so that other BC budgets (``--bc-steps``) cost only the BC runs.
 """
 
 from __future__ import annotations
@@ -99,6 +100,13 @@ def idm_accuracy(labelled: EpisodeStore, truth: EpisodeStore, ids: list[str]) ->
         "keypress_precision": hit / max(said, 1),
         "frames": frames,
     }
+
+
+def trained_steps(checkpoint: Path) -> int | None:
+    """The optimizer steps a checkpoint was trained for (None: no checkpoint)."""
+    if not checkpoint.is_file():
+        return None
+    return int(torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)["global_step"])
 
 
 def train_and_play(name: str, run: Path, overrides: list[str], worlds: int) -> dict:
@@ -202,10 +210,14 @@ def main() -> int:
         ],
         config="train",
     )
-    t = time.perf_counter()
-    idm_metrics = train(idm_cfg)
-    idm_seconds = time.perf_counter() - t
     checkpoint = idm_run / "checkpoints" / "last.ckpt"
+    t = time.perf_counter()
+    if trained_steps(checkpoint) == args.idm_steps:  # an earlier run's IDM, with these settings: reused
+        idm_metrics = {"global_step": args.idm_steps}
+        print(f"reusing the IDM of {checkpoint}", flush=True)
+    else:
+        idm_metrics = train(idm_cfg)
+    idm_seconds = time.perf_counter() - t
     print(
         f"IDM: {int(idm_metrics['global_step'])} steps on {len(labelled_names)} games in {idm_seconds:.0f} s",
         flush=True,

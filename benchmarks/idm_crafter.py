@@ -15,8 +15,8 @@
    alone (``labelled``), on every game with its true labels (``true``); plays each on the eval's held-out worlds.
 
 Prints the machine, the command, the IDM's accuracy and each arm's return, ratio to random and achievements;
-writes ``OUT/results.json``. Recordings, stores, the IDM (same ``--idm-steps``) and its labels are reused from an
-earlier run in the same ``--out``, so that other BC budgets (``--bc-steps``) cost only the BC runs.
+writes ``OUT/results_bc<steps>.json``. Recordings, stores, the IDM (same ``--idm-steps``) and its labels are
+reused from an earlier run in the same ``--out``, so that other BC budgets (``--bc-steps``) cost only the BC runs.
 """
 
 from __future__ import annotations
@@ -244,12 +244,12 @@ def main() -> int:
         rows.append(
             train_and_play(
                 arm,
-                out / f"bc_{arm}",
+                out / f"bc_{arm}_{args.bc_steps}",
                 [f"data.root={roots[arm]}", f"trainer.max_steps={args.bc_steps}", *overrides],
                 args.eval_worlds,
             )
         )
-        (out / "results.json").write_text(
+        (out / f"results_bc{args.bc_steps}.json").write_text(
             json.dumps({"command": sys.argv, "idm": accuracy, "idm_steps": args.idm_steps, "arms": rows}, indent=1)
         )
     by_arm = {r["arm"]: r for r in rows}

@@ -58,6 +58,7 @@ from minesweep.data.store import (
     StoreWriter,
     encode_episode,
 )
+from minesweep.policies.heads import FactoredActionHead
 
 __all__ = ["label", "label_source", "predict_actions", "window_starts"]
 ON_ERROR = ("skip", "prefix")
@@ -256,7 +257,7 @@ def label(
         raise FileNotFoundError(f"--idm: no checkpoint file at {checkpoint}")
     started = time.perf_counter()
     idm = _load(str(checkpoint))  # here too: its frame size and window are the store's
-    if not hasattr(idm.pi_head, "buttons_shape") or idm.pi_head.buttons_shape != (2, 20):
+    if not isinstance(idm.pi_head, FactoredActionHead):
         raise ValueError(
             f"--idm {checkpoint}: its policy '{getattr(idm, 'name', '?')}' is not an inverse dynamics model "
             "(train one with policy=idm_tiny 'objective=[idm]')"

@@ -5,6 +5,12 @@ never on the policy being evaluated, so each is played once and read back afterw
 One JSON file per world, ``<cache_dir>/eval-baselines/<key>.json``, where the key hashes exactly those things
 plus :data:`CACHE_VERSION` (:func:`baseline_key`). Files are written atomically (a temporary file renamed); a file
 that cannot be read back as a valid episode of that key is reported and played again, never trusted.
+
+The package ships the episodes of the default evaluation (``minesweep-eval``'s 30 held-out worlds at 64x64, the
+random and the scripted player) for the game versions it was built with (:data:`SHIPPED`), so that a newcomer's
+first evaluation plays only the policy. They are keyed the same way: another game version, env or player misses
+them and is played. ``python -m minesweep.eval_cache`` plays them again and rewrites the file; a test checks that
+playing gives exactly what is shipped.
 """
 
 from __future__ import annotations
@@ -22,13 +28,16 @@ from typing import Any
 
 from minesweep.envs.crafter_record import EpisodeResult
 
-__all__ = ["CACHE_VERSION", "game_version", "baseline_key", "BaselineCache"]
+__all__ = ["CACHE_VERSION", "SHIPPED", "game_version", "baseline_key", "shipped_episodes", "BaselineCache"]
 
 log = logging.getLogger("minesweep")
 
 #: Bump when the players (minesweep/envs/crafter_player.py), the env adapter (minesweep/envs/crafter.py) or the
 #: episode loop change what a baseline does in a world: every cached episode is then played again.
 CACHE_VERSION = 1
+
+#: The default evaluation's baseline episodes, by key (see the module docstring).
+SHIPPED = Path(__file__).with_name("eval_baselines.json")
 
 
 def game_version() -> dict[str, str]:
@@ -66,11 +75,27 @@ def _plain(config: Mapping[str, Any]) -> Any:
     return json.loads(json.dumps(config))  # plain types only: a value json cannot write fails here, loudly
 
 
-class BaselineCache:
-    """Cached baseline episodes under ``root`` (``<cache_dir>/eval-baselines``), one file per key."""
+def shipped_episodes(path: str | Path = SHIPPED) -> dict[str, Any]:
+    """The shipped records by key (``{}`` when the file is absent or unreadable: a warning, then they are played)."""
+    try:
+        episodes = json.loads(Path(path).read_text())["episodes"]
+        if not isinstance(episodes, dict):
+            raise TypeError("'episodes' is not a mapping")
+        return episodes
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError, TypeError, KeyError) as error:
+        log.warning("baseline cache: cannot read the shipped episodes %s (%s): playing the worlds", path, error)
+        return {}
 
-    def __init__(self, root: str | Path) -> None:
+
+class BaselineCache:
+    """Cached baseline episodes under ``root`` (``<cache_dir>/eval-baselines``), one file per key; a key not there
+    is looked up in ``shipped`` (default: the package's :data:`SHIPPED` episodes; ``{}``: none)."""
+
+    def __init__(self, root: str | Path, shipped: dict[str, Any] | None = None) -> None:
         self.root = Path(root)
+        self.shipped = shipped_episodes() if shipped is None else shipped
 
     def path(self, key: str) -> Path:
         return self.root / f"{key}.json"
@@ -82,6 +107,11 @@ class BaselineCache:
         try:
             text = path.read_text()
         except FileNotFoundError:
+            if key in self.shipped:  # checked as strictly as a file: a damaged package plays the world again
+                try:
+                    return _episode(self.shipped[key], key, seed)
+                except (ValueError, TypeError, KeyError) as error:
+                    log.warning("baseline cache: shipped episode %s... is not valid (%s): playing", key[:16], error)
             return None
         except OSError as error:
             log.warning("baseline cache: cannot read %s (%s): playing the world again", path, error)
@@ -94,13 +124,7 @@ class BaselineCache:
 
     def store(self, key: str, result: EpisodeResult) -> None:
         """Write ``result`` under ``key`` atomically; a cache that cannot be written is a warning, not an error."""
-        record = {
-            "key": key,
-            "seed": int(result.seed),
-            "length": int(result.length),
-            "episode_return": float(result.episode_return),
-            "achievements": {str(k): int(v) for k, v in result.achievements.items()},
-        }
+        record = _record(key, result)
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=self.root, prefix=f".{key[:16]}-", suffix=".tmp")
@@ -114,6 +138,16 @@ class BaselineCache:
                 raise
         except OSError as error:
             log.warning("baseline cache: cannot write %s (%s): the episode is not cached", self.path(key), error)
+
+
+def _record(key: str, result: EpisodeResult) -> dict[str, Any]:
+    return {
+        "key": key,
+        "seed": int(result.seed),
+        "length": int(result.length),
+        "episode_return": float(result.episode_return),
+        "achievements": {str(k): int(v) for k, v in result.achievements.items()},
+    }
 
 
 def _episode(record: Any, key: str, seed: int) -> EpisodeResult:
@@ -141,3 +175,35 @@ def _episode(record: Any, key: str, seed: int) -> EpisodeResult:
     return EpisodeResult(
         seed=int(seed), player="", length=length, episode_return=float(episode_return), achievements=dict(achievements)
     )
+
+
+def default_baselines() -> tuple[dict[str, Any], dict[str, Any], list[int]]:
+    """The default evaluation's players, env (at the demo's 64x64) and worlds, from the composed configs."""
+    from minesweep.eval import compose_config
+
+    ev = compose_config([]).eval
+    env = {**_plain(ev.env), "size": 64}
+    seeds = [int(ev.first_seed) + i for i in range(int(ev.episodes))]
+    return {name: _plain(player) for name, player in ev.baselines.items()}, env, seeds
+
+
+def play_default_baselines(workers: int = 1) -> dict[str, Any]:
+    """Play the default evaluation's baselines in every world (nothing read from any cache); records by key."""
+    from minesweep.eval import _instantiate
+    from minesweep.eval_parallel import PlayerJob, play_jobs
+
+    players, env, seeds = default_baselines()
+    jobs = [(PlayerJob(name, _instantiate(p, f"eval.baselines.{name}"), env), seeds) for name, p in players.items()]
+    played = play_jobs(jobs, workers=workers)
+    return {
+        baseline_key(players[name], env, r.seed): _record(baseline_key(players[name], env, r.seed), r)
+        for name, results in played.items()
+        for r in results
+    }
+
+
+if __name__ == "__main__":  # python -m minesweep.eval_cache: play the default baselines, rewrite SHIPPED
+    episodes = play_default_baselines(workers=os.cpu_count() or 1)
+    about = "minesweep.eval_cache.SHIPPED: the default evaluation's baseline episodes (python -m minesweep.eval_cache)"
+    SHIPPED.write_text(json.dumps({"about": about, "game": game_version(), "episodes": episodes}, indent=0) + "\n")
+    print(f"{len(episodes)} episodes -> {SHIPPED}")

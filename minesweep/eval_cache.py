@@ -20,12 +20,12 @@ import json
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from minesweep.atomic_file import write_text_atomic
 from minesweep.envs.crafter_record import EpisodeResult
 
 __all__ = ["CACHE_VERSION", "SHIPPED", "game_version", "baseline_key", "shipped_episodes", "BaselineCache"]
@@ -127,15 +127,7 @@ class BaselineCache:
         record = _record(key, result)
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.root, prefix=f".{key[:16]}-", suffix=".tmp")
-            try:
-                os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide the file from others sharing the cache
-                with os.fdopen(fd, "w") as f:
-                    json.dump(record, f)
-                os.replace(tmp, self.path(key))  # readers see the old file or the whole new one, never a part
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            write_text_atomic(self.path(key), json.dumps(record))  # readers see the old file or the new one
         except OSError as error:
             log.warning("baseline cache: cannot write %s (%s): the episode is not cached", self.path(key), error)
 

@@ -19,6 +19,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from minesweep import allowed_targets
+from minesweep.atomic_file import write_text_atomic
 from minesweep.cluster import check_strategy
 from minesweep.host_memory import retain_freed_memory
 from minesweep.policies.build import build_policy  # noqa: F401 - also minesweep.train.build_policy, as before
@@ -178,10 +179,8 @@ def finish_wandb() -> None:
 @rank_zero_only  # DDP ranks started by srun or torchrun share the run folder
 def save_final_metrics(output_dir: str | Path, metrics: dict[str, float]) -> None:
     """``metrics.json`` in the run folder: what ``train()`` returned (job records and sweep reports read it)."""
-    path = Path(output_dir) / METRICS_FILE
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps({k: float(v) for k, v in sorted(metrics.items())}, indent=2) + "\n")
-    tmp.replace(path)  # atomically: a reader never sees half a file
+    text = json.dumps({k: float(v) for k, v in sorted(metrics.items())}, indent=2) + "\n"
+    write_text_atomic(Path(output_dir) / METRICS_FILE, text)
 
 
 # Hydra builds hydra.callbacks (the job record, the user's trusted extensions) before main runs: see

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from minesweep.atomic_file import write_text_atomic
 from minesweep.data.store.encode import EncodedEpisode, encode_episode, validate_episode_id
 from minesweep.data.store.format import (
     ACTION_SPACE_VERSION,
@@ -34,9 +35,7 @@ from minesweep.data.store.format import (
 
 
 def _write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data, indent=1))
 
 
 def _file_sha256(path: Path) -> str:

@@ -60,6 +60,16 @@ def test_a_wheel_install_finds_its_configs_from_any_folder(tmp_path: Path):
     ).stdout.split()
     assert where == [str(target / "minesweep" / "conf"), str(target / "minesweep" / "launch")]
     assert (target / "minesweep" / "conf" / "train.yaml").is_file()
+    # the default evaluation's baseline episodes (package data), found where eval_cache looks for them
+    shipped = subprocess.run(
+        [sys.executable, "-c", "from minesweep.eval_cache import shipped_episodes as s; print(len(s()))"],
+        check=True,
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    assert shipped == ["60"]
 
     # the console script, run from a folder with no conf/: the experiment and a launcher preset of launch/ compose
     script = target / "bin" / "minesweep-train"

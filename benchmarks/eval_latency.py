@@ -1,12 +1,14 @@
-"""How long ``minesweep-eval`` takes, from the command to its report, with a cold and a warm baseline cache.
+"""How long ``minesweep-eval`` takes, from the command to its report, with an empty and a warm baseline cache.
 
     python benchmarks/eval_latency.py [--checkpoint RUN/checkpoints/last.ckpt] [--runs 2] [overrides of minesweep-eval]
 
 Without ``--checkpoint``, a short ``python train.py trainer.max_steps=20`` run on the demo data makes one (the demo
 is recorded into the cache on first use). Each run is a fresh ``minesweep-eval`` process (start-up included): first
-with an empty baseline cache (``paths.cache_dir`` in a temporary folder: random and scripted are played), then
-``--runs`` times with it warm. Prints the wall time, the CPU time of the process and its workers, and the load
-average before and after each run: other jobs on the machine lengthen the wall time, not the CPU time.
+with an empty baseline cache (``paths.cache_dir`` in a temporary folder: what a newcomer's first eval does; the
+default worlds' baselines then come from the episodes shipped with the package, minesweep/eval_baselines.json, and
+other worlds', e.g. ``eval.first_seed=2000000``, are played), then ``--runs`` times with it warm. Prints the wall
+time, the CPU time of the process and its workers, and the load average before and after each run: other jobs on
+the machine lengthen the wall time, not the CPU time.
 """
 
 from __future__ import annotations
@@ -84,14 +86,15 @@ def main() -> None:
             *overrides,
         ]
         print(f"eval: {' '.join(command[1:])}")
-        for _ in range(1 + args.runs):
+        for run in range(1 + args.runs):
             before = load()
             wall, cpu = timed(command, env)
             report = json.loads((out / "results.json").read_text())
             cached = all(report["players"][name].get("from_cache") for name in report["players"] if name != "policy")
             length = report["players"]["policy"]["mean_length"]
             print(
-                f"{'warm' if cached else 'cold'} cache: {wall:.1f} s wall, {cpu:.1f} s CPU; "
+                f"{'empty cache' if run == 0 else 'warm cache'} (baselines {'read' if cached else 'played'}): "
+                f"{wall:.1f} s wall, {cpu:.1f} s CPU; "
                 f"{report['worlds']['episodes']} worlds, {report['play']['workers']} processes, play "
                 f"{report['play']['seconds']:.1f} s; policy mean length {length:.0f}; "
                 f"load average before {before}, after {load()}"

@@ -22,17 +22,24 @@ from minesweep.policies.base import Latents, MinePolicy, State
 
 
 class ImageEncoder(nn.Module):
-    """uint8 (N,H,W,3) -> (N,hidsize); three strided convolutions and a linear projection."""
+    """uint8 (N,H,W,3) -> (N,hidsize); three strided convolutions (kernels 8, 4, 3), pooled to 4x4, and a linear
+    projection. With the Atari strides (4, 2, 2), the class default, a 64x64 frame leaves a 2x2 map, which the
+    pooling only repeats; strides (4, 2, 1), conf/policy/tiny.yaml's, leave a real 4x4 map for a few more FLOPs."""
 
-    def __init__(self, hidsize: int, channels: tuple[int, int, int] = (16, 32, 32)) -> None:
+    def __init__(
+        self, hidsize: int, channels: tuple[int, int, int] = (16, 32, 32), strides: tuple[int, int, int] = (4, 2, 2)
+    ) -> None:
         super().__init__()
+        if len(channels) != 3 or len(strides) != 3:
+            raise ValueError(f"TinyPolicy: channels and strides list 3 values each, got {channels}, {strides}")
         c1, c2, c3 = channels
+        s1, s2, s3 = strides
         self.convs = nn.Sequential(
-            nn.Conv2d(3, c1, kernel_size=8, stride=4),
+            nn.Conv2d(3, c1, kernel_size=8, stride=s1),
             nn.ReLU(),
-            nn.Conv2d(c1, c2, kernel_size=4, stride=2),
+            nn.Conv2d(c1, c2, kernel_size=4, stride=s2),
             nn.ReLU(),
-            nn.Conv2d(c2, c3, kernel_size=3, stride=2),
+            nn.Conv2d(c2, c3, kernel_size=3, stride=s3),
             nn.ReLU(),
             nn.AdaptiveAvgPool2d(4),  # any input resolution works
             nn.Flatten(),
@@ -79,10 +86,11 @@ class TinyPolicy(MinePolicy):
         name: str = "tiny",
         bottleneck: bool = False,
         latent_dim: int = 32,
+        strides: tuple[int, int, int] = (4, 2, 2),
     ) -> None:
         super().__init__(hidsize, temperature=temperature, name=name)
         self.hidsize = hidsize
-        self.encoder = ImageEncoder(hidsize, tuple(channels))
+        self.encoder = ImageEncoder(hidsize, tuple(channels), tuple(strides))
         self.memory = nn.GRUCell(hidsize, hidsize)
         self.norm = nn.LayerNorm(hidsize)
         self.bottleneck = Bottleneck(hidsize, latent_dim) if bottleneck else None

@@ -40,7 +40,7 @@ def one_run(out: Path, overrides: list[str]) -> dict[str, float]:
     checkpoint = runs / "demo" / "runs" / "default" / "checkpoints" / "last.ckpt"
     t = time.perf_counter()
     subprocess.run(
-        [sys.executable, "-m", "minesweep.eval", f"eval.checkpoint={checkpoint}", *overrides],
+        [sys.executable, "-m", "minesweep.eval_cli", f"eval.checkpoint={checkpoint}"],  # what minesweep-eval runs
         cwd=REPO,
         env=env,
         check=True,

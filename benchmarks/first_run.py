@@ -30,17 +30,25 @@ from benchmarks.train_throughput import cpu_model  # noqa: E402
 TARGETS = {"train_s": 300.0, "return_vs_random": 3.0, "collect_wood": 0.8}
 
 
-def one_run(out: Path, overrides: list[str]) -> dict[str, float]:
+def one_run(out: Path, overrides: list[str], eval_episodes: int = 30) -> dict[str, float]:
     cache, runs = out / "cache", out / "outputs"
     shutil.rmtree(out, ignore_errors=True)
     env = dict(os.environ, MINESWEEP_CACHE=str(cache), WANDB_MODE=os.environ.get("WANDB_MODE", "offline"))
     t = time.perf_counter()
     subprocess.run([sys.executable, "train.py", f"paths.output_root={runs}", *overrides], cwd=REPO, env=env, check=True)
     train_s = time.perf_counter() - t
-    checkpoint = runs / "demo" / "runs" / "default" / "checkpoints" / "last.ckpt"
+    # runs/default without overrides; with them, the folder Hydra names after them
+    (checkpoint,) = (runs / "demo" / "runs").glob("*/checkpoints/last.ckpt")
     t = time.perf_counter()
     subprocess.run(
-        [sys.executable, "-m", "minesweep.eval_cli", f"eval.checkpoint={checkpoint}"],  # what minesweep-eval runs
+        # what minesweep-eval runs; the path quoted: a run folder named after overrides holds '=' and ','
+        [
+            sys.executable,
+            "-m",
+            "minesweep.eval_cli",
+            f"eval.checkpoint='{checkpoint}'",
+            f"eval.episodes={eval_episodes}",
+        ],
         cwd=REPO,
         env=env,
         check=True,
@@ -63,6 +71,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--out", default="outputs/first_run")
+    parser.add_argument("--eval-episodes", type=int, default=30, help="worlds minesweep-eval plays (its default: 30)")
     args, overrides = parser.parse_known_args()
     import torch
 
@@ -74,7 +83,7 @@ def main() -> int:
     )
     results = []
     for i in range(args.runs):
-        results.append(one_run(Path(args.out).resolve() / f"run{i}", overrides))
+        results.append(one_run(Path(args.out).resolve() / f"run{i}", overrides, args.eval_episodes))
         r = results[-1]
         print(
             f"run {i}: train.py {r['train_s']:.0f} s (recording included), eval {r['eval_s']:.0f} s; return "

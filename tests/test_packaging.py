@@ -50,25 +50,18 @@ def test_a_wheel_install_finds_its_configs_from_any_folder(tmp_path: Path):
     elsewhere.mkdir()
     env = {**os.environ, "PYTHONPATH": str(target), "WANDB_MODE": "disabled"}
 
-    where = subprocess.run(
-        [sys.executable, "-c", "import minesweep.searchpath as s; print(s.CONF_DIR, s.LAUNCH_DIR)"],
-        check=True,
-        cwd=elsewhere,
-        env=env,
-        capture_output=True,
-        text=True,
-    ).stdout.split()
+    def printed_by(code: str) -> list[str]:
+        """What ``code`` prints, run by the installed wheel from a folder with no checkout."""
+        done = subprocess.run(
+            [sys.executable, "-c", code], check=True, cwd=elsewhere, env=env, capture_output=True, text=True
+        )
+        return done.stdout.split()
+
+    where = printed_by("import minesweep.searchpath as s; print(s.CONF_DIR, s.LAUNCH_DIR)")
     assert where == [str(target / "minesweep" / "conf"), str(target / "minesweep" / "launch")]
     assert (target / "minesweep" / "conf" / "train.yaml").is_file()
     # the default evaluation's baseline episodes (package data), found where eval_cache looks for them
-    shipped = subprocess.run(
-        [sys.executable, "-c", "from minesweep.eval_cache import shipped_episodes as s; print(len(s()))"],
-        check=True,
-        cwd=elsewhere,
-        env=env,
-        capture_output=True,
-        text=True,
-    ).stdout.split()
+    shipped = printed_by("from minesweep.eval_cache import shipped_episodes as s; print(len(s()))")
     assert shipped == ["60"]
 
     # the console script, run from a folder with no conf/: the experiment and a launcher preset of launch/ compose

@@ -170,11 +170,12 @@ def _episode(record: Any, key: str, seed: int) -> EpisodeResult:
 
 
 def default_baselines() -> tuple[dict[str, Any], dict[str, Any], list[int]]:
-    """The default evaluation's players, env (at the demo's 64x64) and worlds, from the composed configs."""
+    """The default evaluation's players, env and worlds, as the default training run composes them (its env's frame
+    size is the demo's, ``data.demo.size``)."""
     from minesweep.eval import compose_config
 
-    ev = compose_config([]).eval
-    env = {**_plain(ev.env), "size": 64}
+    ev = compose_config([], config="train").eval
+    env = _plain(ev.env)
     seeds = [int(ev.first_seed) + i for i in range(int(ev.episodes))]
     return {name: _plain(player) for name, player in ev.baselines.items()}, env, seeds
 
@@ -187,11 +188,8 @@ def play_default_baselines(workers: int = 1) -> dict[str, Any]:
     players, env, seeds = default_baselines()
     jobs = [(PlayerJob(name, _instantiate(p, f"eval.baselines.{name}"), env), seeds) for name, p in players.items()]
     played = play_jobs(jobs, workers=workers)
-    return {
-        baseline_key(players[name], env, r.seed): _record(baseline_key(players[name], env, r.seed), r)
-        for name, results in played.items()
-        for r in results
-    }
+    keyed = [(baseline_key(players[name], env, r.seed), r) for name, results in played.items() for r in results]
+    return {key: _record(key, r) for key, r in keyed}
 
 
 if __name__ == "__main__":  # python -m minesweep.eval_cache: play the default baselines, rewrite SHIPPED

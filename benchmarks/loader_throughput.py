@@ -4,13 +4,14 @@
         --batch-size 4 --runs 3]
 
 Builds synthetic stores at 128x128 (moving shapes over gradients, so H.264 has real work), then reads random
-windows (RandomWindowSampler, uniform over window starts) through WindowDataset and a DataLoader with ONE worker,
-``--batch-size`` windows per batch, fetched whole as MineDataModule does. Reports frames/s (median of ``--runs``)
-and the worker's peak RSS, for a store and for one 10x
-larger (the same episodes appended ten times under new ids): the RSS must not grow with the dataset. Also prints
-the rate of building the same batches in this process: the worker's own work, without handing each batch to the
-training process through shared memory (for raw frames that hand-over, a fresh shared buffer per batch, costs more
-memory bandwidth than the read itself).
+windows (RandomWindowSampler, uniform over window starts) through WindowDataset and the loader MineDataModule uses
+(WindowLoader: ONE persistent worker, ``--batch-size`` windows per batch fetched whole, frames handed over in
+shared slots allocated once, minesweep/data/loading/batch_slots.py). Each run reads its windows twice and times the
+second pass: a training run's loader lives for many epochs, and the first pass also faults the slots' pages in.
+Reports frames/s (median of ``--runs``) and the worker's peak RSS, for a store and for one 10x larger (the same
+episodes appended ten times under new ids): the RSS must not grow with the dataset. Also prints the rate without
+the slots (a plain DataLoader's hand-over: fresh shared memory per batch and per small tensor, as before them) and
+the rate of building the same batches in this process (the worker's own work, no hand-over at all).
 
     python benchmarks/loader_throughput.py --checksum-cost [--episodes 4 --frames 600 --windows 200 --runs 5]
 
@@ -39,6 +40,7 @@ from torch.utils.data import DataLoader
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from minesweep.data.loading.batch_slots import WindowLoader  # noqa: E402
 from minesweep.data.loading.datamodule import Batches, WindowDataset  # noqa: E402
 from minesweep.data.loading.sampler import RandomWindowSampler  # noqa: E402
 from minesweep.data.store import EpisodeStore, StoreWriter, encode_episode  # noqa: E402
@@ -98,24 +100,31 @@ class WithPeakRss(WindowDataset):
         return item
 
 
-def measure(store: EpisodeStore, win_len: int, windows: int, batch_size: int, seed: int) -> tuple[float, float]:
-    """frames/s of one loader worker reading ``windows`` random windows, and that worker's peak RSS (MiB).
-
-    Loaded as MineDataModule does: whole batches per fetch (a batch sampler as the sampler, batch_size=None)."""
+def measure(
+    store: EpisodeStore, win_len: int, windows: int, batch_size: int, seed: int, slots: bool = True
+) -> tuple[float, float]:
+    """frames/s of one loader worker reading ``windows`` random windows (the second pass over them), and that
+    worker's peak RSS (MiB). Loaded as MineDataModule does (``slots``; False: a plain DataLoader's hand-over)."""
     dataset = WithPeakRss(store, win_len=win_len)
     sampler = RandomWindowSampler(store.lengths, win_len, windows, seed=seed, rank=0, world_size=1)
-    loader = DataLoader(
-        dataset,
-        sampler=Batches(sampler, batch_size, drop_last=False),
-        batch_size=None,
-        num_workers=1,
-        prefetch_factor=4,
-    )
-    iterator = iter(loader)
-    next(iterator)  # worker start-up and the first batch are not timed
+    batches = Batches(sampler, batch_size, drop_last=False)
+    if slots:
+        loader = WindowLoader(
+            dataset,
+            windows_per_batch=batch_size,
+            sampler=batches,
+            batch_size=None,
+            num_workers=1,
+            prefetch_factor=4,
+            persistent_workers=True,
+        )
+    else:
+        loader = DataLoader(dataset, sampler=batches, batch_size=None, num_workers=1, prefetch_factor=4)
+    for _ in loader:  # worker start-up, first reads, the slots' pages: not timed
+        pass
     start = time.perf_counter()
     frames, peak = 0, 0
-    for batch in iterator:
+    for batch in loader:
         frames += batch["mask"].numel()
         peak = max(peak, int(batch["peak_rss_kib"]))
     seconds = time.perf_counter() - start
@@ -230,12 +239,16 @@ def main() -> None:
                 reads = statistics.median(
                     measure_reads(store, args.win_len, args.windows, args.batch_size, seed) for seed in range(args.runs)
                 )
+                plain = statistics.median(
+                    measure(store, args.win_len, args.windows, args.batch_size, seed, slots=False)[0]
+                    for seed in range(args.runs)
+                )
                 print(
                     f"{codec:4s} store {len(store):4d} episodes, {int(store.lengths.sum()):7d} frames, "
                     f"{size / 2**20:8.1f} MiB ({size / store.lengths.sum() / 1024:.1f} KB/frame): "
                     f"{statistics.median(rates):9.0f} frames/s per worker (runs: "
                     f"{', '.join(f'{r:.0f}' for r in rates)}); peak worker RSS {rss:.0f} MiB; "
-                    f"same batches built in-process: {reads:.0f} frames/s"
+                    f"without slots: {plain:.0f} frames/s; same batches built in-process: {reads:.0f} frames/s"
                 )
 
 

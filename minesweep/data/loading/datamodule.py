@@ -59,6 +59,7 @@ from torch.utils.data import (
 from minesweep.actions import CAMERA_NULL_BIN, CAMERA_NULL_INDEX, NULL_BUTTONS_INDEX, camera_to_bins, env_to_agent
 from minesweep.data.events import match_event_names
 from minesweep.data.ingest.contractor import ingest
+from minesweep.data.loading.batch_slots import BatchSlots, WindowLoader, stack_by_value
 from minesweep.data.loading.mixture import StoreMixture
 from minesweep.data.loading.sampler import (
     PAD,
@@ -133,6 +134,8 @@ class WindowDataset(Dataset):
         if on_corrupt not in ON_CORRUPT:
             raise ValueError(f"on_corrupt must be one of {ON_CORRUPT}, got {on_corrupt!r}")
         self.on_corrupt = on_corrupt
+        # Set by a WindowLoader before its workers start: where they put each batch's frames (batch_slots.py).
+        self.batch_slots: BatchSlots | None = None
         # In shared memory: loader workers (forked or spawned) count into the same number the trainer reads.
         self._corrupt_count = torch.zeros(1, dtype=torch.int64).share_memory_()
         self.store = store if isinstance(store, (EpisodeStore, StoreMixture)) else EpisodeStore(store)
@@ -183,13 +186,24 @@ class WindowDataset(Dataset):
         shared memory). The data module's loaders fetch batches this way (a batch sampler as ``sampler``)."""
         h, w = self.store.resolution
         shape = (len(keys), self.win_len, h, w, 3)
-        if get_worker_info() is not None:  # the tensor goes to the main process: put it where it can be shared
+        slot = self.batch_slots.acquire(len(keys)) if self.batch_slots is not None else None
+        if slot is not None:  # a WindowLoader's worker: the frames go to a slot it was given (batch_slots.py)
+            image, pixels = slot
+        elif get_worker_info() is not None:  # the tensor goes to the main process: put it where it can be shared
             storage = torch.UntypedStorage._new_shared(int(np.prod(shape)))
             image = torch.empty(0, dtype=torch.uint8).set_(storage).view(shape)
+            pixels = image.numpy()
         else:
             image = torch.empty(shape, dtype=torch.uint8)
-        pixels = image.numpy()
-        rest = default_collate([self._window(key, pixels[b]) for b, key in enumerate(keys)])
+            pixels = image.numpy()
+        try:
+            items = [self._window(key, pixels[b]) for b, key in enumerate(keys)]
+        except BaseException:
+            if slot is not None:
+                self.batch_slots.release(image)
+            raise
+        by_value = self.batch_slots is not None and get_worker_info() is not None  # a WindowLoader's worker
+        rest = stack_by_value(items) if by_value else default_collate(items)
         return {"image": image, **rest}
 
     @property
@@ -620,8 +634,9 @@ class MineDataModule(L.LightningDataModule):
         # Whole batches are fetched at once (WindowDataset._batch: no collation copy), so the batch sampler goes in
         # as the sampler, with batch_size=None. The DataLoader keeps batch order with any number of workers, so
         # continuous slots stay continuous.
-        return DataLoader(
+        return WindowLoader(
             dataset,
+            windows_per_batch=self.batch_size,
             sampler=batches,
             batch_size=None,
             num_workers=self.num_workers,

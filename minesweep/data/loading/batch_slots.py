@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, default_collate, get_worker_info
 
-__all__ = ["BatchSlots", "InSlot", "WindowLoader", "stack_by_value", "tensors_of"]
+__all__ = ["BatchSlots", "InSlot", "WindowLoader", "shared_uint8", "stack_by_value", "tensors_of"]
 
 #: Stacked arrays at least this large still travel in shared memory (a GROOT reference video, segmentation masks):
 #: by value they would be pickled and copied through a pipe.
@@ -68,7 +68,7 @@ class InSlot:
     windows: int
 
 
-def _shared_uint8(shape: tuple[int, ...]) -> torch.Tensor:
+def shared_uint8(shape: tuple[int, ...]) -> torch.Tensor:
     """A uint8 tensor in shared memory whose pages are only allocated when first written (no zero-fill pass)."""
     storage = torch.UntypedStorage._new_shared(math.prod(shape))
     return torch.empty(0, dtype=torch.uint8).set_(storage).view(shape)
@@ -86,7 +86,7 @@ class BatchSlots:
         if workers <= 0 or per_worker <= 0:
             raise ValueError(f"BatchSlots needs workers > 0 and per_worker > 0, got {workers} and {per_worker}")
         self.frame_shape = tuple(int(n) for n in frame_shape)
-        self.frames = _shared_uint8((workers, per_worker, *self.frame_shape))
+        self.frames = shared_uint8((workers, per_worker, *self.frame_shape))
         self.busy = torch.zeros((workers, per_worker), dtype=torch.bool).share_memory_()
         self.received = torch.zeros((workers, per_worker), dtype=torch.bool).share_memory_()
         self.taken_in = torch.zeros((workers, per_worker), dtype=torch.int64).share_memory_()

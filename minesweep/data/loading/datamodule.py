@@ -59,7 +59,7 @@ from torch.utils.data import (
 from minesweep.actions import CAMERA_NULL_BIN, CAMERA_NULL_INDEX, NULL_BUTTONS_INDEX, camera_to_bins, env_to_agent
 from minesweep.data.events import match_event_names
 from minesweep.data.ingest.contractor import ingest
-from minesweep.data.loading.batch_slots import BatchSlots, WindowLoader, stack_by_value
+from minesweep.data.loading.batch_slots import BatchSlots, WindowLoader, shared_uint8, stack_by_value
 from minesweep.data.loading.mixture import StoreMixture
 from minesweep.data.loading.sampler import (
     PAD,
@@ -181,17 +181,18 @@ class WindowDataset(Dataset):
         return {"image": image, **self._window(key, image.numpy())}
 
     def _batch(self, keys: Sequence[int | tuple[int, int]]) -> dict[str, Any]:
-        """A whole batch, the frames written straight into the batch tensor, which a loader worker allocates in
-        shared memory: one copy from the store to the training process instead of three (item, collate,
-        shared memory). The data module's loaders fetch batches this way (a batch sampler as ``sampler``)."""
+        """A whole batch, the frames written straight where the training process will read them: in a
+        :class:`~minesweep.data.loading.batch_slots.WindowLoader`'s worker, a shared slot allocated once (the other
+        arrays by value); in another loader's worker, fresh shared memory; in-process, the batch tensor. One copy
+        from the store to the training process instead of three (item, collate, shared memory). The data module's
+        loaders fetch batches this way (a batch sampler as ``sampler``)."""
         h, w = self.store.resolution
         shape = (len(keys), self.win_len, h, w, 3)
         slot = self.batch_slots.acquire(len(keys)) if self.batch_slots is not None else None
         if slot is not None:  # a WindowLoader's worker: the frames go to a slot it was given (batch_slots.py)
             image, pixels = slot
         elif get_worker_info() is not None:  # the tensor goes to the main process: put it where it can be shared
-            storage = torch.UntypedStorage._new_shared(int(np.prod(shape)))
-            image = torch.empty(0, dtype=torch.uint8).set_(storage).view(shape)
+            image = shared_uint8(shape)
             pixels = image.numpy()
         else:
             image = torch.empty(shape, dtype=torch.uint8)

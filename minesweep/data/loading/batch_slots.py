@@ -91,7 +91,8 @@ class BatchSlots:
         self.received = torch.zeros((workers, per_worker), dtype=torch.bool).share_memory_()
         self.taken_in = torch.zeros((workers, per_worker), dtype=torch.int64).share_memory_()
         self.generation = torch.zeros((), dtype=torch.int64).share_memory_()
-        self.fallbacks = torch.zeros((), dtype=torch.int64).share_memory_()  # batches sent in fresh memory
+        # Batches sent in fresh memory, all workers together (a rare lost update between workers only undercounts).
+        self.fallbacks = torch.zeros((), dtype=torch.int64).share_memory_()
         self._next = 0  # a worker's own round-robin start (each process has its own copy)
 
     def new_generation(self) -> None:

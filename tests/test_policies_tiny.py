@@ -1,3 +1,6 @@
+from pathlib import Path
+
+import pytest
 import torch
 
 from minesweep.policies.tiny import TinyPolicy
@@ -85,7 +88,6 @@ def test_without_bottleneck_there_are_no_kl_latents_and_old_state_dicts_load():
 
 def test_sampling_with_one_generator_per_row_ignores_the_other_rows():
     """get_action(generator=[g0, g1, ...]): row i's sample depends only on its own generator (batched evaluation)."""
-    import pytest
 
     torch.manual_seed(0)
     policy = TinyPolicy(hidsize=16).eval()
@@ -106,3 +108,59 @@ def test_sampling_with_one_generator_per_row_ignores_the_other_rows():
     assert one["buttons"].shape == (3, 1, 1)
     with pytest.raises(ValueError, match="2 generators for a batch of 3"):
         policy.get_action(obs, None, generator=gens(1, 2))
+
+
+def _conf_policy(**overrides):
+    """TinyPolicy as conf/policy/tiny.yaml builds it (the default policy)."""
+    from omegaconf import OmegaConf
+
+    from minesweep.policies.build import build_policy
+
+    cfg = OmegaConf.load(Path(__file__).parents[1] / "conf" / "policy" / "tiny.yaml")
+    return build_policy(OmegaConf.merge(cfg, overrides))
+
+
+def test_the_default_encoder_embeds_each_crafter_tile_once():
+    """A 64x64 Crafter frame is 9x9 tiles of 7x7 pixels (crafter.Env.render: unit = 64 // 9, no border). The default
+    encoder's first convolution must see exactly one tile per output cell: changing one tile's pixels changes one
+    cell of its output and nothing else, for every tile."""
+    policy = _conf_policy()
+    first = policy.encoder.convs[0]
+    frame = torch.randint(0, 256, (1, 3, 64, 64)).float()
+    with torch.no_grad():
+        base = first(frame)
+        assert base.shape[-2:] == (9, 9)
+        for ty in range(9):
+            for tx in range(9):
+                changed = frame.clone()
+                tile = (..., slice(7 * ty, 7 * ty + 7), slice(7 * tx, 7 * tx + 7))
+                changed[tile] = 255 - changed[tile]
+                moved = (first(changed) - base).abs().sum(1)[0] > 0
+                assert moved.nonzero().tolist() == [[ty, tx]]
+        # The last row and column of pixels belong to no tile: nothing reads them.
+        edge = frame.clone()
+        edge[..., 63, :] = 0
+        edge[..., :, 63] = 0
+        torch.testing.assert_close(first(edge), base)
+
+
+def test_the_default_encoder_keeps_where_things_are():
+    """The projection reads the whole 9x9 map (pooled to 9x9, unchanged): two neighbouring tiles swapped give
+    different features (a coarser pooling averages them into one cell and cannot tell)."""
+    policy = _conf_policy().eval()
+    tiles = torch.randint(0, 256, (9, 9, 7, 7, 3), dtype=torch.uint8)
+    frame = torch.zeros(1, 64, 64, 3, dtype=torch.uint8)
+    frame[0, :63, :63] = tiles.permute(0, 2, 1, 3, 4).reshape(63, 63, 3)
+    swapped = tiles.clone()
+    swapped[0, 0], swapped[0, 1] = tiles[0, 1], tiles[0, 0]  # two neighbours in the top-left corner
+    other = frame.clone()
+    other[0, :63, :63] = swapped.permute(0, 2, 1, 3, 4).reshape(63, 63, 3)
+    with torch.no_grad():
+        assert not torch.allclose(policy.encoder(frame), policy.encoder(other))
+
+
+def test_the_default_encoder_takes_other_frame_sizes():
+    """A 128x128 Crafter frame (14-pixel tiles) gives a 18x18 map, pooled to the same 9x9 tiles."""
+    policy = _conf_policy()
+    for size in [(64, 64), (128, 128), (180, 320)]:
+        assert policy.encoder(torch.zeros(2, *size, 3, dtype=torch.uint8)).shape == (2, 128)

@@ -22,29 +22,38 @@ from minesweep.policies.base import Latents, MinePolicy, State
 
 
 class ImageEncoder(nn.Module):
-    """uint8 (N,H,W,3) -> (N,hidsize); three strided convolutions (kernels 8, 4, 3), pooled to 4x4, and a linear
-    projection. With the Atari strides (4, 2, 2), the class default, a 64x64 frame leaves a 2x2 map, which the
-    pooling only repeats; strides (4, 2, 1), conf/policy/tiny.yaml's, leave a real 4x4 map for a few more FLOPs."""
+    """uint8 (N,H,W,3) -> (N,hidsize); three convolutions, average-pooled to ``pool`` x ``pool`` (so any frame size
+    works), and a linear projection.
+
+    The class defaults are the Atari encoder (kernels 8, 4, 3, strides 4, 2, 2, pooled to 4x4): on a 64x64 frame
+    it leaves a 2x2 map, which the pooling only repeats. conf/policy/tiny.yaml instead cuts the frame into Crafter's
+    own tiles: a 64x64 Crafter frame is 9x9 tiles of 7x7 pixels (the local view and the inventory), so kernel 7,
+    stride 7 embeds each tile once, two 1x1 convolutions make that a small per-tile network, and the projection reads
+    the whole 9x9 map (pooled to 9x9 it is unchanged), which keeps where each thing is relative to the player."""
 
     def __init__(
-        self, hidsize: int, channels: tuple[int, int, int] = (16, 32, 32), strides: tuple[int, int, int] = (4, 2, 2)
+        self,
+        hidsize: int,
+        channels: tuple[int, int, int] = (16, 32, 32),
+        strides: tuple[int, int, int] = (4, 2, 2),
+        kernels: tuple[int, int, int] = (8, 4, 3),
+        padding: tuple[int, int, int] = (0, 0, 0),
+        pool: int = 4,
     ) -> None:
         super().__init__()
-        if len(channels) != 3 or len(strides) != 3:
-            raise ValueError(f"TinyPolicy: channels and strides list 3 values each, got {channels}, {strides}")
-        c1, c2, c3 = channels
-        s1, s2, s3 = strides
-        self.convs = nn.Sequential(
-            nn.Conv2d(3, c1, kernel_size=8, stride=s1),
-            nn.ReLU(),
-            nn.Conv2d(c1, c2, kernel_size=4, stride=s2),
-            nn.ReLU(),
-            nn.Conv2d(c2, c3, kernel_size=3, stride=s3),
-            nn.ReLU(),
-            nn.AdaptiveAvgPool2d(4),  # any input resolution works
-            nn.Flatten(),
-        )
-        self.project = nn.Sequential(nn.Linear(c3 * 16, hidsize), nn.ReLU())
+        if not len(channels) == len(strides) == len(kernels) == len(padding) == 3:
+            raise ValueError(
+                f"TinyPolicy: channels, strides, kernels and padding list 3 values each, got {channels}, "
+                f"{strides}, {kernels}, {padding}"
+            )
+        layers: list[nn.Module] = []
+        c_in = 3
+        for c_out, k, s, p in zip(channels, kernels, strides, padding, strict=True):
+            layers += [nn.Conv2d(c_in, c_out, kernel_size=k, stride=s, padding=p), nn.ReLU()]
+            c_in = c_out
+        layers += [nn.AdaptiveAvgPool2d(pool), nn.Flatten()]
+        self.convs = nn.Sequential(*layers)
+        self.project = nn.Sequential(nn.Linear(c_in * pool * pool, hidsize), nn.ReLU())
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         x = image.permute(0, 3, 1, 2).float() / 255.0
@@ -87,10 +96,13 @@ class TinyPolicy(MinePolicy):
         bottleneck: bool = False,
         latent_dim: int = 32,
         strides: tuple[int, int, int] = (4, 2, 2),
+        kernels: tuple[int, int, int] = (8, 4, 3),
+        padding: tuple[int, int, int] = (0, 0, 0),
+        pool: int = 4,
     ) -> None:
         super().__init__(hidsize, temperature=temperature, name=name)
         self.hidsize = hidsize
-        self.encoder = ImageEncoder(hidsize, tuple(channels), tuple(strides))
+        self.encoder = ImageEncoder(hidsize, tuple(channels), tuple(strides), tuple(kernels), tuple(padding), pool)
         self.memory = nn.GRUCell(hidsize, hidsize)
         self.norm = nn.LayerNorm(hidsize)
         self.bottleneck = Bottleneck(hidsize, latent_dim) if bottleneck else None

@@ -21,6 +21,20 @@ from torch import nn
 from minesweep.policies.base import Latents, MinePolicy, State
 
 
+class PoolTo(nn.Module):
+    """Average-pools a (N, C, H, W) map to ``size`` x ``size``; a map of that size already passes untouched (an
+    identity pooling still costs 5% of a tiny training step, mostly in its backward)."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-2:] == (self.size, self.size):
+            return x
+        return nn.functional.adaptive_avg_pool2d(x, self.size)
+
+
 class ImageEncoder(nn.Module):
     """uint8 (N,H,W,3) -> (N,hidsize); three convolutions, average-pooled to ``pool`` x ``pool`` (so any frame size
     works), and a linear projection.
@@ -51,7 +65,7 @@ class ImageEncoder(nn.Module):
         for c_out, k, s, p in zip(channels, kernels, strides, padding, strict=True):
             layers += [nn.Conv2d(c_in, c_out, kernel_size=k, stride=s, padding=p), nn.ReLU()]
             c_in = c_out
-        layers += [nn.AdaptiveAvgPool2d(pool), nn.Flatten()]
+        layers += [PoolTo(pool), nn.Flatten()]
         self.convs = nn.Sequential(*layers)
         self.project = nn.Sequential(nn.Linear(c_in * pool * pool, hidsize), nn.ReLU())
 

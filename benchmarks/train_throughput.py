@@ -8,13 +8,16 @@ the median. ``--flops`` also counts the policy's FLOPs per frame (forward + back
 FlopCounterMode), measures this CPU's convolution ceiling (a 3x3 conv layer of the VPT-1x
 shape, forward + backward, in the run's dtype) and prints the fraction of it reached, and of a nominal
 ceiling (``--nominal-gflops-per-core``, float32, per core; twice that in bf16), the figure VPT's
-throughput target was stated against.
+throughput target was stated against. ``--overhead`` also times the same steps without Lightning: the policy, the
+objectives, backward and AdamW on batches already in memory (no loop, logging, clipping, loader hand-off), and
+prints the share of a step that the rest takes: the fixed per-step cost.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import itertools
 import os
 import platform
 import resource
@@ -142,12 +145,47 @@ def conv_ceiling_gflops(dtype: torch.dtype, repeats: int = 5) -> float:
     return flop / statistics.median(times) / 1e9
 
 
+def bare_steps(cfg, warmup: int, steps: int) -> tuple[float, float]:
+    """Seconds per step of the run's own computation alone: the policy (its memory carried as in training), the
+    objectives, backward and the optimizer step, on ``warmup + steps`` batches read into memory first; and the
+    seconds per step that gradient clipping (``trainer.gradient_clip_val``) adds to it, timed on its own."""
+    _, module, datamodule = build(cfg)
+    datamodule.setup("fit")
+    module.episode_continuous_batch = datamodule.episode_continuous_batch  # what setup() does under a Trainer
+    loader = datamodule.train_dataloader()
+    batches = list(itertools.islice(iter(loader), warmup + steps))
+    del loader  # its worker processes end here, before the timing
+    gc.collect()
+    policy = module.mine_policy
+    optimizer = module.configure_optimizers()["optimizer"]
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    clip_seconds = 0.0
+    for i, batch in enumerate(batches):
+        if i == warmup:
+            start, clip_seconds = time.perf_counter(), 0.0
+        latents, state_out = policy(batch, state_in=module.state_in(batch, "train"))
+        module.remember(batch, state_out, "train")
+        results = [objective(batch, i, "train", latents, policy) for objective in module.objectives.values()]
+        loss = sum(result["loss"] for result in results if "loss" in result)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.trainer.gradient_clip_val:
+            t = time.perf_counter()
+            torch.nn.utils.clip_grad_norm_(params, cfg.trainer.gradient_clip_val)
+            clip_seconds += time.perf_counter() - t
+        optimizer.step()
+    total = (time.perf_counter() - start) / steps
+    clip = clip_seconds / steps
+    return total - clip, clip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--flops", action="store_true", help="print FLOP/frame and the fraction of the conv ceiling")
+    parser.add_argument("--overhead", action="store_true", help="print the fixed per-step cost around the computation")
     parser.add_argument(
         "--nominal-gflops-per-core",
         type=float,
@@ -161,7 +199,7 @@ def main() -> None:
         f"machine: {cpu_model()}; {os.cpu_count()} cores; torch {torch.__version__} "
         f"({torch.get_num_threads()} threads); python {platform.python_version()}"
     )
-    rates, valid_rates, run_peaks = [], [], []
+    rates, valid_rates, run_peaks, step_seconds, bare = [], [], [], [], []
     for run in range(args.runs):
         with tempfile.TemporaryDirectory() as tmp, initialize_config_dir(config_dir=str(REPO / "conf")):
             cfg = compose(
@@ -180,6 +218,7 @@ def main() -> None:
             trainer.callbacks.append(timer)
             trainer.fit(module, datamodule=datamodule)
             seconds = timer.end - timer.start
+            step_seconds.append(seconds / args.steps)
             rates.append(timer.frames / seconds)
             valid_rates.append(timer.valid_frames / seconds)
             peak = run_peak_rss_mib() if resettable else None
@@ -192,6 +231,13 @@ def main() -> None:
             # Free this run's model and optimizer before the next is built, or both would count in its peak.
             del trainer, module, datamodule, timer
             gc.collect()
+            if args.overhead:  # interleaved with the trainer's runs, so that both see the same machine
+                L.seed_everything(cfg.seed + run)
+                bare.append(bare_steps(cfg, args.warmup, args.steps))
+                print(
+                    f"run {run}, bare: {1000 * sum(bare[-1]):.1f} ms a step, of which clipping {1000 * bare[-1][1]:.2f}"
+                )
+                gc.collect()
     own, children = peak_rss_mib()
     print(f"overrides: {' '.join(overrides) or '(none)'}")
     print(f"median training throughput: {statistics.median(rates):.1f} frames/s over {args.runs} runs")
@@ -201,6 +247,16 @@ def main() -> None:
         f"peak RSS: {own:.0f} MiB (this process{', median of the runs' if run_peaks else ''}), "
         f"{children:.0f} MiB (largest data-loader worker)"
     )
+    if args.overhead:
+        computation = statistics.median(b[0] for b in bare)
+        clip = statistics.median(b[1] for b in bare)
+        step = statistics.median(step_seconds)
+        print(
+            f"fixed per-step cost: a step takes {1000 * step:.1f} ms in the trainer (loader included), "
+            f"{1000 * computation:.1f} ms bare (policy, objectives, backward, optimizer on batches in memory; "
+            f"medians of {args.runs}): {100 * (step - computation) / step:.1f}% of a step is the rest "
+            f"(of which gradient clipping, timed alone: {1000 * clip:.2f} ms = {100 * clip / step:.1f}%)"
+        )
     if args.flops:
         gflop = flops_per_frame(cfg) / 1e9
         dtype = torch.bfloat16 if "bf16" in str(cfg.trainer.precision) else torch.float32

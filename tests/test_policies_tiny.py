@@ -164,3 +164,33 @@ def test_the_default_encoder_takes_other_frame_sizes():
     policy = _conf_policy()
     for size in [(64, 64), (128, 128), (180, 320)]:
         assert policy.encoder(torch.zeros(2, *size, 3, dtype=torch.uint8)).shape == (2, 128)
+
+
+def test_the_fused_recurrence_equals_stepping_the_cell_frame_by_frame():
+    """Against the plain loop (wipe where `first`, then one GRUCell step per frame), for random episode starts:
+    outputs, final state and gradients equal to float rounding."""
+    torch.manual_seed(0)
+    policy = TinyPolicy(hidsize=16)
+    for trial in range(20):
+        B, T = int(torch.randint(1, 5, ())), int(torch.randint(1, 12, ()))
+        features = torch.randn(B, T, 16, requires_grad=True)
+        hidden = torch.randn(B, 16)
+        first = torch.rand(B, T) < (0.0 if trial == 0 else 0.15)
+
+        h, expected = hidden, []
+        for t in range(T):
+            h = h * (~first[:, t]).unsqueeze(-1).float()
+            h = policy.memory(features[:, t], h)
+            expected.append(h)
+        expected = torch.stack(expected, dim=1)
+        outputs, last = policy._recur(features, hidden, first)
+        torch.testing.assert_close(outputs, expected, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(last, h, rtol=1e-5, atol=1e-6)
+        params = [features, *policy.memory.parameters()]
+        weights = torch.randn_like(expected)
+        for got, want in zip(
+            torch.autograd.grad((outputs * weights).sum(), params),
+            torch.autograd.grad((expected * weights).sum(), params),
+            strict=True,
+        ):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)

@@ -161,3 +161,17 @@ def test_compiled_policy_trains_and_saves_the_same_checkpoint_layout(store, tmp_
         set(torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]) for run in (eager, compiled)
     ]
     assert keys[0] == keys[1]
+
+
+def test_train_py_imported_by_a_spawned_process_loads_nothing_heavy():
+    """The demo's recording and ingest run in spawned processes, and each spawned process imports the parent's main
+    script again (as __mp_main__). train.py must not load Lightning (or torch) there: at the top of the file, that
+    import cost each pool ~8 s of the first run's five minutes."""
+    probe = (
+        "import runpy, sys; runpy.run_path(sys.argv[1], run_name='__mp_main__'); "
+        "print(sorted(m for m in ('lightning', 'torch', 'hydra', 'minesweep.train') if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe, str(REPO / "train.py")], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert result.stdout.strip() == "[]"

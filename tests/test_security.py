@@ -325,6 +325,8 @@ def test_eval_env_and_baselines_are_checked(tmp_path: Path, evil_pickle: Path, m
     cfg.eval.checkpoint = str(ckpt)
     cfg.policy.hidsize = 24
     cfg.policy.bottleneck = False  # the legacy checkpoint predates the bottleneck
+    # ... and the tile encoder: TinyPolicy's class defaults, the Atari encoder
+    cfg.policy.update(channels=[16, 32, 32], kernels=[8, 4, 3], strides=[4, 2, 2], padding=[0, 0, 0], pool=4)
     cfg.eval.env = {"_target_": "torch.load", "f": str(evil_pickle), "weights_only": False}
     with pytest.raises(RefusedTarget, match="'eval.env'"):
         evaluate_checkpoint(cfg)

@@ -3,6 +3,7 @@
 import csv
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -127,6 +128,28 @@ def test_throughput_benchmark_runs_and_prints_its_figures(store, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     for figure in ("machine:", "torch", "median training throughput:", "frames/s", "peak RSS:"):
         assert figure in result.stdout, result.stdout
+
+
+def test_throughput_benchmark_overhead_times_a_bare_loop_beside_the_trainer(store, tmp_path):
+    args = [
+        sys.executable,
+        "benchmarks/train_throughput.py",
+        "--runs",
+        "1",
+        "--warmup",
+        "1",
+        "--steps",
+        "2",
+        "--overhead",
+        *[o for o in SMALL if not o.startswith("callbacks.")],
+        f"data.root={store}",
+    ]
+    result = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    line = next(x for x in result.stdout.splitlines() if x.startswith("fixed per-step cost:"))
+    trainer_ms, bare_ms = (float(v) for v in re.findall(r"([0-9.]+) ms (?:in the trainer|bare)", line))
+    assert 0 < bare_ms and 0 < trainer_ms, line
+    assert "% of a step is the rest" in line and "gradient clipping" in line, line
 
 
 @pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])

@@ -248,13 +248,29 @@ class MineLightning(L.LightningModule):
                 f"non-finite {step_name} loss {total.item()} at global step {self.global_step}, "
                 f"batch {batch_idx} (episodes {batch.get('episode')}); per objective: {parts}"
             )
-        batch_size = batch["image"].shape[0]
         on_step = step_name == "train"
+        if on_step and not self._writes_training_logs():
+            return total
+        batch_size = batch["image"].shape[0]
         self.log(
             f"{step_name}/loss", total, prog_bar=True, on_step=on_step, on_epoch=not on_step, batch_size=batch_size
         )
         self.log_dict(logs, on_step=on_step, on_epoch=not on_step, batch_size=batch_size)
         return total
+
+    def _writes_training_logs(self) -> bool:
+        """Whether this training step's metrics reach the loggers: on the steps Lightning writes
+        (``trainer.log_every_n_steps``, set to ``log_freq`` by the configs) and on the last step, so that the final
+        metrics are the last step's. Each ``self.log`` is about a millisecond of Python, so logging every step cost
+        several percent of a small model's step for values no logger kept."""
+        if self._trainer is None:
+            return True
+        trainer = self.trainer
+        connector = getattr(trainer, "_logger_connector", None)
+        if connector is None or not trainer.training:
+            return True
+        last_step = trainer.max_steps is not None and 0 < trainer.max_steps <= trainer.global_step + 1
+        return last_step or bool(connector.should_update_logs)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         return self._objective_step(batch, batch_idx, "train")

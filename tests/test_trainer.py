@@ -132,3 +132,54 @@ def test_corrupt_windows_are_logged_once_per_epoch(caplog):
         MineLightning.on_train_epoch_end(fake)
     assert "epoch 1: 3 window(s) with corrupt data" in caplog.text and "epoch 2: 2 window(s)" in caplog.text
     assert logged == [("data/corrupt_windows", 3.0), ("data/corrupt_windows", 2.0)]
+
+
+def test_training_metrics_are_logged_on_the_written_steps_and_the_last_one(store, tmp_path):
+    """Each written row holds that very step's loss; steps no logger writes are not logged (each self.log costs
+    Python time); the final metrics are the last step's."""
+    import csv
+
+    import lightning as L
+    from hydra import compose, initialize_config_dir
+
+    from minesweep.train import build
+    from tests.conftest import CONF_DIR
+    from tests.helpers import SMALL_RUN
+
+    class Losses(L.Callback):
+        def __init__(self) -> None:
+            self.by_step: dict[int, float] = {}
+
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+            self.by_step[trainer.global_step] = float(outputs["loss"])
+
+    with initialize_config_dir(config_dir=str(CONF_DIR)):
+        cfg = compose(
+            "train",
+            overrides=[
+                *SMALL_RUN,
+                f"data.root={store}",
+                f"paths.output_dir={tmp_path}",
+                "logger=csv",
+                "trainer.max_steps=8",
+                "trainer.limit_val_batches=0",
+                "log_freq=3",
+            ],
+        )
+    trainer, module, datamodule = build(cfg)
+    losses = Losses()
+    trainer.callbacks.append(losses)
+    calls = []
+    log = module.log
+    module.log = lambda name, *a, **k: (calls.append((trainer.global_step, name)), log(name, *a, **k))[1]
+    trainer.fit(module, datamodule=datamodule)
+
+    rows = [r for path in tmp_path.glob("csv/version_*/metrics.csv") for r in csv.DictReader(open(path))]
+    written = {int(r["step"]): float(r["train/loss"]) for r in rows if r.get("train/loss")}
+    # Lightning writes after the 3rd and 6th optimizer steps (steps 2 and 5 in its rows)
+    assert sorted(written) == [2, 5], written
+    for step, value in written.items():
+        assert value == pytest.approx(losses.by_step[step + 1], rel=1e-6), step
+    # global_step before each logged step's optimizer step; the 8th step is logged too, for the final metrics
+    assert {step for step, _ in calls} == {2, 5, 7}
+    assert float(trainer.callback_metrics["train/loss"]) == pytest.approx(losses.by_step[8], rel=1e-6)

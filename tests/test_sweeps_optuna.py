@@ -1,7 +1,7 @@
 """An Optuna search through the local submitit launcher: resumable study, pruning, failed trials, report.
 
-One study, two invocations of the same command: 6 trials, then 6 more in the same study (trials
-0..11, not a new study). Before the second invocation two trials are enqueued that are deliberately
+One study, two invocations of the same command: 3 trials (one wave of 3 jobs), then 3 more in the same
+study (trials 0..5, not a new study). Before the second invocation two trials are enqueued that are deliberately
 bad: a huge learning rate that trains (val loss ~100x the others: the median pruner stops it at its
 first validation) and an absurd one whose loss turns NaN at once (the job raises: trial FAIL, its
 traceback in its folder, the sweep goes on).
@@ -40,7 +40,7 @@ def sweep(store: Path, output_root: Path) -> subprocess.CompletedProcess:
         # the search space: command-line ranges replace the preset's for these keys
         "optim.learning_rate=tag(log,interval(3e-4,3e-3))",
         "optim.warmup_steps=range(0,6)",
-        "hydra.sweeper.n_trials=6",
+        "hydra.sweeper.n_trials=3",
         "hydra.sweeper.n_jobs=3",
         "hydra.sweeper.sampler.seed=0",
         "hydra.sweeper.sampler.n_startup_trials=3",
@@ -76,7 +76,7 @@ def test_optuna_sweep_resumes_prunes_records_failures_and_reports(store, tmp_pat
     first = sweep(store, tmp_path)
     assert first.returncode == 0, first.stderr[-4000:]
     study = load_study(sweep_dir)
-    assert [t.number for t in study.trials] == list(range(6))
+    assert [t.number for t in study.trials] == list(range(3))
     assert all(t.state.is_finished() for t in study.trials)
     for trial in study.trials:
         record = json.loads((job_folders(sweep_dir)[trial.number] / "job.json").read_text())
@@ -96,10 +96,10 @@ def test_optuna_sweep_resumes_prunes_records_failures_and_reports(store, tmp_pat
     assert second.returncode == 0, second.stderr[-4000:]
     study = load_study(sweep_dir)
     trials = study.trials
-    assert [t.number for t in trials] == list(range(12)), "the rerun continues the same study to 12 trials"
+    assert [t.number for t in trials] == list(range(6)), "the rerun continues the same study to 6 trials"
     assert all(t.state.is_finished() for t in trials), [(t.number, t.state) for t in trials]
     folders = job_folders(sweep_dir)
-    assert sorted(folders) == list(range(12)), "job number == trial number: one folder per trial"
+    assert sorted(folders) == list(range(6)), "job number == trial number: one folder per trial"
 
     bad = next(t for t in trials if t.params["optim.learning_rate"] == PRUNED_LR)
     assert bad.state == TrialState.PRUNED
@@ -114,7 +114,7 @@ def test_optuna_sweep_resumes_prunes_records_failures_and_reports(store, tmp_pat
     assert record["state"] == "failed"
     assert "FloatingPointError" in (folders[nan.number] / "error.log").read_text()
 
-    assert sum(t.state == TrialState.COMPLETE for t in trials) >= 6
+    assert sum(t.state == TrialState.COMPLETE for t in trials) >= 4
 
     # The report: every job, sorted by val/loss, and a figure.
     result = subprocess.run(
@@ -127,8 +127,8 @@ def test_optuna_sweep_resumes_prunes_records_failures_and_reports(store, tmp_pat
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.splitlines()
     header = next(i for i, line in enumerate(lines) if line.split()[:2] == ["#", "job"])
-    rows = lines[header + 2 : header + 2 + 12]
-    assert len(rows) == 12 and all(row.split()[0].isdigit() for row in rows), result.stdout
+    rows = lines[header + 2 : header + 2 + 6]
+    assert len(rows) == 6 and all(row.split()[0].isdigit() for row in rows), result.stdout
     states = [row.split()[2] for row in rows]
     assert states.count("pruned") >= 1 and states[-1] == "failed", states
     assert f"failed job {nan.number}: FloatingPointError" in result.stdout

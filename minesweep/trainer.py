@@ -43,6 +43,19 @@ def warmup_schedule(warmup_steps: int, total_steps: int | None, lr_schedule: str
     return factor
 
 
+def clip_grad_norm(params: Sequence[torch.Tensor], max_norm: float) -> torch.Tensor:
+    """``torch.nn.utils.clip_grad_norm_``, bit for bit, without scaling every gradient by exactly 1.0 when their norm
+    is within ``max_norm`` and they are in host memory. torch always scales, to spare devices a synchronisation to
+    read the norm; on the CPU there is none to spare, and the scaling is half of clipping's time. Returns the norm."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads or any(g.device.type != "cpu" for g in grads):
+        return torch.nn.utils.clip_grad_norm_(params, max_norm)
+    total = torch.nn.utils.get_total_norm(grads)
+    if bool(max_norm / (total + 1e-6) < 1.0):  # torch's own coefficient; at >= 1 it is clamped to 1
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
+    return total
+
+
 class MineLightning(L.LightningModule):
     """Trains ``mine_policy`` on the sum of the objectives' ``'loss'`` entries.
 
@@ -314,7 +327,7 @@ class MineLightning(L.LightningModule):
             if gradient_clip_algorithm == "value":
                 torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
             else:
-                torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
+                clip_grad_norm(params, gradient_clip_val)
             return
         super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 

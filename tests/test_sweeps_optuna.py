@@ -44,7 +44,7 @@ def sweep(store: Path, output_root: Path) -> subprocess.CompletedProcess:
         "hydra.sweeper.n_jobs=3",
         "hydra.sweeper.sampler.seed=0",
         "hydra.sweeper.sampler.n_startup_trials=3",
-        "hydra.sweeper.pruner.n_startup_trials=2",
+        "hydra.sweeper.pruner.n_startup_trials=3",  # the first wave (3 trials) is never pruned: it completes
         "hydra.launcher.cpus_per_task=1",
     ]
     env = dict(os.environ, WANDB_MODE="offline")
@@ -77,7 +77,7 @@ def test_optuna_sweep_resumes_prunes_records_failures_and_reports(store, tmp_pat
     assert first.returncode == 0, first.stderr[-4000:]
     study = load_study(sweep_dir)
     assert [t.number for t in study.trials] == list(range(3))
-    assert all(t.state.is_finished() for t in study.trials)
+    assert all(t.state == TrialState.COMPLETE for t in study.trials)
     for trial in study.trials:
         record = json.loads((job_folders(sweep_dir)[trial.number] / "job.json").read_text())
         assert record["trial"] == trial.number
@@ -114,7 +114,7 @@ def test_optuna_sweep_resumes_prunes_records_failures_and_reports(store, tmp_pat
     assert record["state"] == "failed"
     assert "FloatingPointError" in (folders[nan.number] / "error.log").read_text()
 
-    assert sum(t.state == TrialState.COMPLETE for t in trials) >= 4
+    assert sum(t.state == TrialState.COMPLETE for t in trials) >= 3
 
     # The report: every job, sorted by val/loss, and a figure.
     result = subprocess.run(

@@ -164,39 +164,29 @@ def assert_same_state(a: Path, b: Path) -> None:
         )
 
 
-class StraightRun:
-    """The uninterrupted run of some overrides, started in the background: it trains beside the interrupted chain
-    (each child uses one thread), and ``result()`` waits for it. Started once per test session: several tests
-    compare with it."""
-
-    def __init__(self, run_dir: Path, record: Path, overrides: list[str]) -> None:
-        self.run_dir, self.record = run_dir, record
-        self.proc: subprocess.Popen | None = start(run_dir, record, overrides)
-
-    def result(self) -> tuple[Path, Path]:
-        if self.proc is not None:
-            out, _ = self.proc.communicate(timeout=600)
-            assert self.proc.returncode == 0, out[-4000:]
-            self.proc = None
-        return self.run_dir, self.record
+_STRAIGHT: dict[tuple[str, ...], tuple[Path, Path]] = {}
 
 
-_STRAIGHT: dict[tuple[str, ...], StraightRun] = {}
-
-
-def straight_run(tmp_path: Path, overrides: list[str]) -> StraightRun:
+def straight_run(tmp_path: Path, overrides: list[str]) -> tuple[Path, Path]:
+    """The uninterrupted run of these overrides (run once per test session: several tests compare with it)."""
     key = tuple(overrides)
     if key not in _STRAIGHT:
-        _STRAIGHT[key] = StraightRun(tmp_path / "straight", tmp_path / "straight.jsonl", overrides)
+        run_dir, record = tmp_path / "straight", tmp_path / "straight.jsonl"
+        run_to_end(run_dir, record, overrides)
+        _STRAIGHT[key] = run_dir, record
     return _STRAIGHT[key]
 
 
 def check_resumed_chain(
     tmp_path: Path, overrides: list[str], kills: list[int], sig: int = signal.SIGKILL, ranks: int = 1
 ) -> None:
-    straight = straight_run(tmp_path, overrides)  # runs while the chain below is interrupted and resumed
+    straight_dir, straight_rec = straight_run(tmp_path, overrides)
+    expected = {r["step"]: r for r in records(straight_rec)}
+    assert sorted(expected) == list(range(1, 41)), "the uninterrupted run trains steps 1..40 once each"
+    expected_ranks = [{r["step"]: r for r in records(straight_rec, rank)} for rank in range(ranks)]
+
     cut_dir = tmp_path / "cut"
-    segments: list[Path] = []
+    trained: dict[int, dict] = {}
     resumed_from = 0  # the step of the checkpoint the next segment starts from
     for segment, at_step in enumerate([*kills, None]):
         record = tmp_path / f"segment{segment}.jsonl"
@@ -206,25 +196,6 @@ def check_resumed_chain(
         else:
             code, out = run_and_kill(cut_dir, record, overrides + resume, at_step, sig)
             assert code != 0, f"the run was not interrupted at step {at_step}:\n{out[-2000:]}"
-        got = records(record)
-        segments.append(record)
-        if segment:  # a resumed segment starts right after the checkpoint's step
-            assert got[0]["step"] == resumed_from + 1, (got[0]["step"], resumed_from)
-        if at_step is not None:
-            resumed_from = saved_step(cut_dir)
-            assert resumed_from <= got[-1]["step"]
-            if sig != signal.SIGKILL:  # a graceful stop: the batch in progress finishes, nothing trained is lost
-                assert code == 128 + sig, out[-3000:]
-                assert resumed_from == got[-1]["step"] >= at_step
-                assert f"stopped by {signal.Signals(sig).name} after step {resumed_from}" in out
-                assert json.loads((cut_dir / "job.json").read_text())["state"] == "stopped"
-
-    straight_dir, straight_rec = straight.result()
-    expected = {r["step"]: r for r in records(straight_rec)}
-    assert sorted(expected) == list(range(1, 41)), "the uninterrupted run trains steps 1..40 once each"
-    expected_ranks = [{r["step"]: r for r in records(straight_rec, rank)} for rank in range(ranks)]
-    trained: dict[int, dict] = {}
-    for record in segments:
         for rank in range(1, ranks):  # every rank trains what it trained in the uninterrupted run
             for r in records(record, rank):
                 e = expected_ranks[rank][r["step"]]
@@ -234,7 +205,12 @@ def check_resumed_chain(
                     e["start"],
                     e["loss"],
                 ), f"rank {rank}, step {r['step']}: another batch or loss than the uninterrupted run"
-        for r in records(record):
+        got = records(record)
+        first = got[0]["step"]
+        # a resumed segment starts right after the checkpoint's step
+        if segment:
+            assert first == resumed_from + 1, (first, resumed_from)
+        for r in got:
             trained[r["step"]] = r
             e = expected[r["step"]]
             assert (r["epoch"], r["episode"], r["window"], r["start"]) == (
@@ -246,6 +222,14 @@ def check_resumed_chain(
             assert r["loss"] == e["loss"], (
                 f"step {r['step']}: loss {float.fromhex(r['loss'])} != {float.fromhex(e['loss'])}"
             )
+        if at_step is not None:
+            resumed_from = saved_step(cut_dir)
+            assert resumed_from <= got[-1]["step"]
+            if sig != signal.SIGKILL:  # a graceful stop: the batch in progress finishes, nothing trained is lost
+                assert code == 128 + sig, out[-3000:]
+                assert resumed_from == got[-1]["step"] >= at_step
+                assert f"stopped by {signal.Signals(sig).name} after step {resumed_from}" in out
+                assert json.loads((cut_dir / "job.json").read_text())["state"] == "stopped"
     assert sorted(trained) == list(range(1, 41))
     assert_same_state(straight_dir, cut_dir)
 
@@ -258,20 +242,18 @@ def kill_steps(seed: int, n: int = 2) -> list[int]:
 
 @pytest.mark.parametrize(
     "mode",
+    # Plain grid and plain continuous batches are killed in test_sigkill_after_a_checkpoint_written_at_an_epoch_end
+    # and stopped in the graceful-stop tests; continuous-ema is continuous with an EMA beside it.
     [
-        ["data.sampling=grid"],
         ["data.sampling=frames"],
         ["data.sampling=episodes", "data.num_workers=0"],
-        ["data.episode_continuous_batch=true"],
         ["data.episode_continuous_batch=true", "data.num_workers=0", "data.frame_skip=2", "data.win_len=8"],
         ["data.episode_continuous_batch=true", "callbacks/ema=default", "callbacks.ema.decay=0.9"],
         ["data.sampling=events", "data.events=['mine_block:*']", "data.event_share=0.5", "data.event_offset=centre"],
     ],
     ids=[
-        "grid",
         "frames",
         "episodes-0workers",
-        "continuous",
         "continuous-frameskip2-0workers",
         "continuous-ema",
         "events",
@@ -289,22 +271,20 @@ def test_sigkill_with_a_store_mixture(stores, tmp_path):
 @pytest.mark.parametrize(
     "mode",
     [
-        ["data.sampling=grid"],
         ["data.episode_continuous_batch=true"],
         ["data.sampling=grid", "callbacks/ema=default", "callbacks.ema.decay=0.9", "data/augment=strong"],
     ],
-    ids=["grid", "continuous", "grid-ema-augment"],
+    ids=["continuous", "grid-ema-augment"],
 )
 def test_a_finished_run_extended_to_more_steps_continues_exactly(stores, tmp_path, mode):
     """max_steps reached mid-epoch: last.ckpt at train end; the same command with a larger max_steps continues."""
     overrides = [*BASE, f"data.root={stores[0]}", *mode]
-    straight = straight_run(tmp_path, overrides)  # beside the two runs below
+    straight_dir, straight_rec = straight_run(tmp_path, overrides)
+    expected = {r["step"]: r for r in records(straight_rec)}
     short = [o for o in overrides if not o.startswith("trainer.max_steps")] + ["trainer.max_steps=15"]
     run_to_end(tmp_path / "cut", tmp_path / "short.jsonl", short)
     assert saved_step(tmp_path / "cut") == 15
     run_to_end(tmp_path / "cut", tmp_path / "extended.jsonl", overrides + ["ckpt_path=last"])
-    straight_dir, straight_rec = straight.result()
-    expected = {r["step"]: r for r in records(straight_rec)}
     got = records(tmp_path / "extended.jsonl")
     assert [r["step"] for r in got] == list(range(16, 41))
     for r in got:

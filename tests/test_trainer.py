@@ -5,7 +5,7 @@ import torch
 
 from minesweep.objectives import BehaviorCloneCallback, KLDivergenceCallback, MissingLatentError, ObjectiveCallback
 from minesweep.policies.tiny import TinyPolicy
-from minesweep.trainer import MineLightning, warmup_schedule
+from minesweep.trainer import MineLightning, clip_grad_norm, warmup_schedule
 from tests.helpers import random_batch
 
 
@@ -183,3 +183,20 @@ def test_training_metrics_are_logged_on_the_written_steps_and_the_last_one(store
     # global_step before each logged step's optimizer step; the 8th step is logged too, for the final metrics
     assert {step for step, _ in calls} == {2, 5, 7}
     assert float(trainer.callback_metrics["train/loss"]) == pytest.approx(losses.by_step[8], rel=1e-6)
+
+
+@pytest.mark.parametrize("factor", [1e-3, 1.0, 1e3], ids=["clips", "at-the-norm", "within"])
+def test_clip_grad_norm_equals_torch_bit_for_bit(factor):
+    torch.manual_seed(0)
+    ours = [torch.nn.Parameter(torch.randn(n)) for n in (7, 300, 4096)]
+    theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    for a, b in zip(ours, theirs, strict=True):
+        a.grad = torch.randn_like(a) * 0.01
+        b.grad = a.grad.clone()
+    # at the norm itself torch still scales, by max_norm / (norm + 1e-6): just below 1
+    max_norm = factor * float(torch.nn.utils.get_total_norm([p.grad for p in ours]))
+    norm = clip_grad_norm(ours, max_norm)
+    assert torch.equal(norm, torch.nn.utils.clip_grad_norm_(theirs, max_norm))
+    for a, b in zip(ours, theirs, strict=True):
+        assert torch.equal(a.grad, b.grad)
+    assert (torch.nn.utils.get_total_norm([p.grad for p in ours]) < norm) == (factor <= 1.0)

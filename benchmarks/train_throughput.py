@@ -186,8 +186,9 @@ def bare_steps(cfg, warmup: int, steps: int) -> tuple[float, float]:
             torch.nn.utils.clip_grad_norm_(params, cfg.trainer.gradient_clip_val)
             clip_seconds += time.perf_counter() - t
         optimizer.step()
-    total = (time.perf_counter() - start) / (len(batches) - warmup)
-    clip = clip_seconds / steps
+    timed = len(batches) - warmup
+    total = (time.perf_counter() - start) / timed
+    clip = clip_seconds / timed
     return total - clip, clip
 
 

@@ -43,6 +43,10 @@ BASE = [
 ]
 
 
+#: Checkpoints every 11 steps = at every epoch end (11 batches per epoch).
+AT_EPOCH_ENDS = "trainer.val_check_interval=11"
+
+
 @pytest.fixture(scope="module")
 def stores(tmp_path_factory) -> list[Path]:
     roots = []
@@ -178,8 +182,12 @@ def straight_run(tmp_path: Path, overrides: list[str]) -> tuple[Path, Path]:
 
 
 def check_resumed_chain(
-    tmp_path: Path, overrides: list[str], kills: list[int], sig: int = signal.SIGKILL, ranks: int = 1
+    tmp_path: Path, overrides: list[str], kills: list[int], sigs: list[int] | None = None, ranks: int = 1
 ) -> None:
+    """Interrupt a run at each of ``kills`` (with ``sigs``, one per kill; SIGKILL by default) and resume it each time;
+    every segment must train what the uninterrupted run trained at the same steps, and end in the same state."""
+    sigs = sigs or [signal.SIGKILL] * len(kills)
+    assert len(sigs) == len(kills)
     straight_dir, straight_rec = straight_run(tmp_path, overrides)
     expected = {r["step"]: r for r in records(straight_rec)}
     assert sorted(expected) == list(range(1, 41)), "the uninterrupted run trains steps 1..40 once each"
@@ -188,7 +196,7 @@ def check_resumed_chain(
     cut_dir = tmp_path / "cut"
     trained: dict[int, dict] = {}
     resumed_from = 0  # the step of the checkpoint the next segment starts from
-    for segment, at_step in enumerate([*kills, None]):
+    for segment, (at_step, sig) in enumerate(zip([*kills, None], [*sigs, None], strict=True)):
         record = tmp_path / f"segment{segment}.jsonl"
         resume = ["ckpt_path=last"] if segment else []
         if at_step is None:
@@ -242,8 +250,9 @@ def kill_steps(seed: int, n: int = 2) -> list[int]:
 
 @pytest.mark.parametrize(
     "mode",
-    # Plain grid and plain continuous batches are killed in test_sigkill_after_a_checkpoint_written_at_an_epoch_end
-    # and stopped in the graceful-stop tests; continuous-ema is continuous with an EMA beside it.
+    # Plain grid and plain continuous batches are killed and stopped gracefully in
+    # test_graceful_stops_and_sigkills_around_checkpoints_written_at_epoch_ends; continuous-ema is continuous with an
+    # EMA beside it.
     [
         ["data.sampling=frames"],
         ["data.sampling=episodes", "data.num_workers=0"],
@@ -271,7 +280,7 @@ def test_sigkill_with_a_store_mixture(stores, tmp_path):
 @pytest.mark.parametrize(
     "mode",
     [
-        ["data.episode_continuous_batch=true"],
+        ["data.episode_continuous_batch=true", AT_EPOCH_ENDS],
         ["data.sampling=grid", "callbacks/ema=default", "callbacks.ema.decay=0.9", "data/augment=strong"],
     ],
     ids=["continuous", "grid-ema-augment"],
@@ -299,25 +308,18 @@ def test_a_finished_run_extended_to_more_steps_continues_exactly(stores, tmp_pat
 
 
 @pytest.mark.parametrize(
-    "mode", [["data.sampling=grid"], ["data.episode_continuous_batch=true"]], ids=["grid", "continuous"]
+    ("mode", "sigs"),
+    [
+        (["data.sampling=grid"], [signal.SIGINT, signal.SIGKILL]),
+        (["data.episode_continuous_batch=true"], [signal.SIGKILL, signal.SIGTERM]),
+    ],
+    ids=["grid-SIGINT-to-the-process-group-then-SIGKILL", "continuous-SIGKILL-then-SIGTERM"],
 )
-def test_sigkill_after_a_checkpoint_written_at_an_epoch_end(stores, tmp_path, mode):
-    """Checkpoints every 11 steps = at every epoch end (11 batches per epoch): the resumed run starts the next epoch."""
-    check_resumed_chain(tmp_path, [*BASE, f"data.root={stores[0]}", *mode, "trainer.val_check_interval=11"], [13, 25])
-
-
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT-to-the-process-group"])
-def test_graceful_stop_saves_the_step_it_ends_at_and_resumes_exactly(stores, tmp_path, sig):
-    check_resumed_chain(tmp_path, [*BASE, f"data.root={stores[0]}", "data.sampling=grid"], kill_steps(3), sig=sig)
-
-
-def test_graceful_stop_in_continuous_mode(stores, tmp_path):
-    check_resumed_chain(
-        tmp_path,
-        [*BASE, f"data.root={stores[0]}", "data.episode_continuous_batch=true"],
-        kill_steps(4),
-        sig=signal.SIGTERM,
-    )
+def test_graceful_stops_and_sigkills_around_checkpoints_written_at_epoch_ends(stores, tmp_path, mode, sigs):
+    """Interrupted at steps 13 and 25, with checkpoints at the epoch ends (steps 11 and 22): a SIGKILL resumes from
+    the epoch end before it and starts the next epoch; a graceful stop (SIGTERM, or Ctrl-C's SIGINT to the whole
+    process group) saves the step it ends at, mid-epoch, and loses nothing trained."""
+    check_resumed_chain(tmp_path, [*BASE, f"data.root={stores[0]}", *mode, AT_EPOCH_ENDS], [13, 25], sigs)
 
 
 def test_a_second_run_in_the_same_folder_is_refused_while_the_first_trains(stores, tmp_path):

@@ -39,7 +39,7 @@ def import_minestudio():
     return vpt.VPTPolicy, MineLightning, BehaviorCloneCallback
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser()
     parser.add_argument("--hidsize", type=int, required=True)
     parser.add_argument("--impala-width", type=int, required=True)
@@ -51,7 +51,11 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=128, help="frame height and width")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--steps", type=int, default=30)
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = parser().parse_args()
 
     import lightning as L
     import torch

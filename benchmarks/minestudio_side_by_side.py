@@ -50,9 +50,9 @@ def frames_per_second(command: list[str], pattern: str) -> float:
     return float(found.group(1))
 
 
-def ours(config: tuple[int, ...], warmup: int, steps: int) -> float:
+def our_overrides(config: tuple[int, ...]) -> list[str]:
     hidsize, width, layers, T, B, heads, memory = config
-    overrides = [
+    return [
         "data=synth_demo",
         "policy=vpt_tiny",
         f"policy.hidsize={hidsize}",
@@ -65,16 +65,25 @@ def ours(config: tuple[int, ...], warmup: int, steps: int) -> float:
         f"data.win_len={T}",
         "data.episode_continuous_batch=true",
     ]
+
+
+def minestudio_args(config: tuple[int, ...]) -> list[str]:
+    hidsize, width, layers, T, B, heads, memory = config
+    return [
+        *("--hidsize", str(hidsize), "--impala-width", str(width), "--layers", str(layers)),
+        *("--timesteps", str(T), "--batch-size", str(B), "--heads", str(heads), "--memory", str(memory)),
+    ]
+
+
+def ours(config: tuple[int, ...], warmup: int, steps: int) -> float:
     command = [sys.executable, "benchmarks/train_throughput.py", "--runs", "1", "--warmup", str(warmup)]
-    command += ["--steps", str(steps), *overrides]
+    command += ["--steps", str(steps), *our_overrides(config)]
     return frames_per_second(command, r"median training throughput: ([\d.]+) frames/s")
 
 
 def minestudio(python: str, config: tuple[int, ...], warmup: int, steps: int) -> float:
-    hidsize, width, layers, T, B, heads, memory = config
-    command = [python, "benchmarks/minestudio_loop.py", "--hidsize", str(hidsize), "--impala-width", str(width)]
-    command += ["--layers", str(layers), "--timesteps", str(T), "--batch-size", str(B), "--heads", str(heads)]
-    command += ["--memory", str(memory), "--warmup", str(warmup), "--steps", str(steps)]
+    command = [python, "benchmarks/minestudio_loop.py", *minestudio_args(config)]
+    command += ["--warmup", str(warmup), "--steps", str(steps)]
     return frames_per_second(command, r"minestudio: ([\d.]+) frames/s")
 
 

@@ -252,16 +252,14 @@ def kill_steps(seed: int, n: int = 2) -> list[int]:
     "mode",
     # Plain grid and plain continuous batches are killed and stopped gracefully in
     # test_graceful_stops_and_sigkills_around_checkpoints_written_at_epoch_ends; continuous-ema is continuous with an
-    # EMA beside it.
+    # EMA beside it. The frames sampler is killed in test_sigkill_with_a_store_mixture (a mixture is a store to it).
     [
-        ["data.sampling=frames"],
         ["data.sampling=episodes", "data.num_workers=0"],
         ["data.episode_continuous_batch=true", "data.num_workers=0", "data.frame_skip=2", "data.win_len=8"],
         ["data.episode_continuous_batch=true", "callbacks/ema=default", "callbacks.ema.decay=0.9"],
         ["data.sampling=events", "data.events=['mine_block:*']", "data.event_share=0.5", "data.event_offset=centre"],
     ],
     ids=[
-        "frames",
         "episodes-0workers",
         "continuous-frameskip2-0workers",
         "continuous-ema",

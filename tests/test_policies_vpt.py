@@ -328,3 +328,64 @@ def test_first_flags_follow_the_reference(policy, ref, chunks):
     with torch.no_grad():
         latents, _ = policy({"image": img[0]})
     assert torch.equal(latents["pi_logits"]["buttons"], chunks[0][0]["pi_logits"]["buttons"])
+
+
+def test_the_relu_after_the_max_pool_gives_the_reference_order_s_numbers_and_gradients_bit_for_bit():
+    """The down-stack applies its first conv's ReLU after the max-pool (cheaper); the reference pools the ReLU's
+    output. Both orders must agree exactly, forward and backward, ties and all-negative windows included."""
+    import copy
+
+    from torch.nn import functional as F
+
+    from minesweep.policies.vpt import ImpalaDownStack
+
+    torch.manual_seed(0)
+    stack = ImpalaDownStack(3, 16, norm="group", groups=1, post_pool_groups=1, init_scale=1.0, first_conv_norm=False)
+    reference = copy.deepcopy(stack)
+
+    def reference_forward(x):
+        conv = reference.firstconv
+        x = F.max_pool2d(F.relu(conv.layer(x)), 3, 2, 1)
+        x = reference.n(x)
+        for block in reference.blocks:
+            x = block(x)
+        return x
+
+    x = torch.randn(4, 3, 33, 32)
+    x[0, :, :8, :8] = -5.0  # windows of equal, all-negative values: ties, and ReLU's zero everywhere
+    x[1, :, :8, :8] = 2.0  # ties of equal positive values
+    x = x.to(memory_format=torch.channels_last)  # as ImpalaCNN hands the first stack its frames
+    ours, theirs = stack(x), reference_forward(x)
+    assert torch.equal(ours, theirs)
+    grad = torch.randn_like(ours)
+    ours.backward(grad)
+    theirs.backward(grad)
+    for (name, p), q in zip(stack.named_parameters(), reference.parameters(), strict=True):
+        assert torch.equal(p.grad, q.grad), name
+
+
+@pytest.mark.parametrize("first_conv_norm", [False, True])
+def test_the_image_encoder_trains_with_a_norm_before_its_first_conv(first_conv_norm):
+    """torch 2.13's CPU GroupNorm backward crashed the process (segfault) on the channels-last frames, which need no
+    gradient, when ``first_conv_norm`` put a GroupNorm before the first convolution."""
+    from minesweep.objectives.bc import BehaviorCloneCallback
+    from tests.helpers import random_batch
+
+    policy = VPTPolicy(
+        hidsize=64,
+        attention_heads=2,
+        n_recurrence_layers=1,
+        attention_memory_size=8,
+        timesteps=4,
+        impala_chans=[8, 8, 8],
+        img_shape=[32, 32, 3],
+        impala_kwargs={"post_pool_groups": 1},
+        init_norm_kwargs={"batch_norm": False, "group_norm_groups": 1},
+        first_conv_norm=first_conv_norm,
+    )
+    batch = random_batch(1, 4, size=32)
+    latents, _ = policy(batch, policy.initial_state(1))
+    BehaviorCloneCallback()(batch, 0, "train", latents, policy)["loss"].backward()
+    first = policy.net.img_process.cnn.stacks[0].firstconv
+    assert (first.norm is not None) == first_conv_norm
+    assert first.layer.weight.grad.abs().sum() > 0

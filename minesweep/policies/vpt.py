@@ -71,13 +71,16 @@ class ImpalaDownStack(nn.Module):
     ) -> None:
         super().__init__()
         first_norm = norm if first_conv_norm else None
-        self.firstconv = FanInReLULayer(in_chans, out_chans, norm=first_norm, groups=groups)
+        # Its ReLU is applied after the max-pool (forward): the same numbers, on a quarter of the pixels.
+        self.firstconv = FanInReLULayer(in_chans, out_chans, norm=first_norm, groups=groups, activation=False)
         self.n = nn.GroupNorm(post_pool_groups, out_chans) if post_pool_groups is not None else None
         block_scale = init_scale / math.sqrt(BLOCKS_PER_STACK)
         self.blocks = nn.ModuleList(ImpalaBlock(out_chans, norm, groups, block_scale) for _ in range(BLOCKS_PER_STACK))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.max_pool2d(self.firstconv(x), kernel_size=3, stride=2, padding=1)
+        # relu(max_pool(x)) == max_pool(relu(x)) exactly, gradients included (ReLU is monotone, so the max picks the
+        # same element), and the ReLU and its backward then run on a quarter of the pixels.
+        x = F.relu(F.max_pool2d(self.firstconv(x), kernel_size=3, stride=2, padding=1), inplace=True)
         if self.n is not None:
             x = self.n(x)
         for block in self.blocks:
@@ -120,7 +123,10 @@ class ImpalaCNN(nn.Module):
         self.dense = FanInReLULayer(c * h * w, CNN_OUTSIZE, kind="linear", norm=dense_norm, init_scale=1.4)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.permute(0, 3, 1, 2)  # HWC -> CHW
+        x = x.permute(0, 3, 1, 2)  # HWC -> CHW, a channels-last view: oneDNN's faster layout for these convolutions
+        if self.stacks[0].firstconv.norm is not None and not x.requires_grad:
+            # torch 2.13's CPU GroupNorm backward crashes (segfault) on a channels-last input that needs no gradient
+            x = x.contiguous()
         for stack in self.stacks:
             x = stack(x)
         return self.dense(x.flatten(1))  # (reference) flattened in C,H,W order

@@ -124,7 +124,7 @@ class ImpalaCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.permute(0, 3, 1, 2)  # HWC -> CHW, a channels-last view: oneDNN's faster layout for these convolutions
-        if self.stacks[0].firstconv.norm is not None and not x.requires_grad:
+        if self.stacks[0].firstconv.norm is not None and torch.is_grad_enabled() and not x.requires_grad:
             # torch 2.13's CPU GroupNorm backward crashes (segfault) on a channels-last input that needs no gradient
             x = x.contiguous()
         for stack in self.stacks:
